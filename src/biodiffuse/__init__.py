@@ -1,0 +1,21 @@
+"""biodiffuse: conditional diffusion and flow models for biological data, scverse-style."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("biodiffuse")
+except PackageNotFoundError:  # pragma: no cover - source tree without install
+    __version__ = "0.0.0+unknown"
+
+from . import data, diffusion, metrics, models, nn, train  # noqa: E402
+
+__all__ = ["data", "datasets", "diffusion", "metrics", "models", "nn", "pl", "train", "__version__"]
+
+
+def __getattr__(name: str):
+    # datasets and pl import heavier dependencies (pooch, matplotlib): load on first use.
+    if name in ("datasets", "pl", "benchmarks"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(name)

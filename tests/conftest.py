@@ -1,0 +1,38 @@
+"""Shared fixtures and the --accelerator / --devices options (default: CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BIODIFFUSE_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--accelerator", default="cpu", help="Lightning accelerator for training tests")
+    parser.addoption("--devices", default="1", help="Lightning devices for training tests")
+
+
+@pytest.fixture(scope="session")
+def accelerator(request: pytest.FixtureRequest) -> str:
+    return request.config.getoption("--accelerator")
+
+
+@pytest.fixture(scope="session")
+def devices(request: pytest.FixtureRequest) -> int | str:
+    d = request.config.getoption("--devices")
+    return int(d) if d.isdigit() else d
+
+
+@pytest.fixture(scope="session")
+def device(accelerator: str) -> str:
+    return "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
