@@ -314,7 +314,7 @@ class MCD(BaseModel):
         train_size: float = 0.9,
         early_stopping: bool = True,
         early_stopping_patience: int | None = None,
-        ema_decay: float | None = 0.999,
+        ema_decay: float | str | None = "auto",
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
         strategy: str = "auto",
@@ -340,7 +340,8 @@ class MCD(BaseModel):
         early_stopping, early_stopping_patience
             Stop when the validation loss stalls (default patience: a tenth of max_epochs).
         ema_decay
-            Exponential moving average of the weights (None: off).
+            Exponential moving average of the weights; ``"auto"`` averages over about the
+            last tenth of the optimiser steps (decay between 0.9 and 0.999); None: off.
         accelerator, devices, strategy, precision
             Passed to Lightning (GPU when present; ``strategy="ddp"`` for several GPUs).
         checkpoint_dir
@@ -388,6 +389,8 @@ class MCD(BaseModel):
             max_epochs = int(np.clip(round(6000 / steps_per_epoch), 100, 3000))
         if early_stopping_patience is None:
             early_stopping_patience = max(20, max_epochs // 10)
+        if ema_decay == "auto":
+            ema_decay = float(np.clip(1.0 - 10.0 / (max_epochs * steps_per_epoch), 0.9, 0.999))
         a = self.init_args
         objective = MCDObjective(a["observed_fraction"], a["loss_on"], a["sigma_data"])
         return self._run_training(

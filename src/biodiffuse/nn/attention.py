@@ -10,9 +10,14 @@ from torch.nn import functional as F
 __all__ = ["SqueezeExcitation", "ChannelAttention", "SpatialAttention", "OutputRecalibration"]
 
 
-def _groups(channels: int) -> int:
-    for g in (32, 16, 8, 4, 2, 1):
-        if channels % g == 0:
+def _groups(channels: int, min_group_size: int = 16) -> int:
+    """GroupNorm groups with at least ``min_group_size`` channels each.
+
+    Small groups matter on 1x1 inputs: a group of one channel at one position normalises
+    to a constant and erases the signal.
+    """
+    for g in (32, 16, 8, 4, 2):
+        if channels % g == 0 and channels // g >= min_group_size:
             return g
     return 1
 

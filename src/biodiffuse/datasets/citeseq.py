@@ -1,0 +1,141 @@
+"""Real CITE-seq data sets (RNA + surface proteins), checked by sha256.
+
+``eccite_pbmc`` is bundled with the package. The others are read from the project's shared
+data folder (see :func:`pbmc10k_protein` for where it is looked for).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ._fetch import fetch_file, read_h5ad_safely
+
+__all__ = ["eccite_pbmc", "pbmc10k_protein", "dsb_adt_pbmc", "DATA_DIR_ENV"]
+
+DATA_DIR_ENV = "BIODIFFUSE_DATA_DIR"
+
+_ECCITE = ("eccite_pbmc500.h5ad", "e0b59268fe78851ce05f9b87a2b62f56c7761e984021f85312bb49c0bfe37ff5")
+_PBMC10K = ("pbmc10k_protein_200cells.h5ad", "512fe360bd1cc79821f67959cc47e19b92bb7edbbb9351da5d1e9d70b35102a2")
+_DSB_CELLS = ("dsb_adt_pbmc_cells.h5ad", "842f481358f6b356af5c9e4a7cf04cdcb58205dca7a604c398f2333c7d89450b")
+
+
+def eccite_pbmc() -> AnnData:
+    """ECCITE-seq PBMC, 500 cells (bundled; 2.3 MB).
+
+    Peripheral blood mononuclear cells from the control sample of Mimitou et al. 2019
+    (Nature Methods, GEO GSE126310), as shipped in the CiteFuse R package
+    (SydneyBioX/CiteFuse @b6075864, ``data/CITEseq_example.rda``, GPL-3), converted to h5ad
+    without changing values.
+
+    Returns
+    -------
+    anndata.AnnData
+        500 cells x 19,521 genes. ``X``: raw RNA UMI counts (CSR, float32);
+        ``obsm["protein_expression"]``: DataFrame of 49 ADT raw counts (protein names as
+        columns); ``obsm["hto_counts"]``: 4 hashtag counts; ``uns["source"]``: provenance.
+        A new object on every call.
+    """
+    name, sha = _ECCITE
+    with resources.as_file(resources.files(__package__).joinpath("_data").joinpath(name)) as path:
+        return read_h5ad_safely(fetch_file(path, sha))
+
+
+def _repo_root() -> Path | None:
+    here = Path(__file__).resolve()
+    # src/biodiffuse/datasets/citeseq.py -> the repository root is the parent of src/.
+    return here.parents[3] if here.parents[2].name == "src" else None
+
+
+def _candidate_dirs() -> list[Path]:
+    dirs: list[Path] = []
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        dirs += [Path(env).expanduser() / "citeseq", Path(env).expanduser()]
+    dirs.append(Path.cwd() / ".." / "shared" / "data" / "citeseq")
+    root = _repo_root()
+    if root is not None:
+        dirs.append(root / ".." / "shared" / "data" / "citeseq")
+    return dirs
+
+
+def _locate(filename: str, path: str | os.PathLike | None) -> Path:
+    """Find ``filename``: in/at ``path`` if given, else in the candidate data folders."""
+    if path is not None:
+        p = Path(path).expanduser()
+        target = p / filename if p.is_dir() else p
+        if not target.is_file():
+            raise FileNotFoundError(f"{filename} not found at {target} (from path={os.fspath(path)!r}).")
+        return target
+    tried = []
+    for d in _candidate_dirs():
+        target = d / filename
+        if target.is_file():
+            return target.resolve()
+        tried.append(str(target.resolve()))
+    raise FileNotFoundError(
+        f"{filename} not found. Looked in: {', '.join(tried)}. Pass path=..., or set "
+        f"{DATA_DIR_ENV} to the shared data folder (the one holding citeseq/)."
+    )
+
+
+def pbmc10k_protein(path: str | os.PathLike | None = None) -> AnnData:
+    """10x Genomics PBMC 10k with TotalSeq-B proteins, 200-cell subset.
+
+    From scverse/scvi-tools test data (``tests/data/pbmc_10k_protein_v3.h5ad``, BSD-3).
+
+    Parameters
+    ----------
+    path
+        The file or the folder holding ``pbmc10k_protein_200cells.h5ad``. Default: the
+        folder in the ``BIODIFFUSE_DATA_DIR`` environment variable (or its ``citeseq/``
+        subfolder), else ``../shared/data/citeseq/`` relative to the working directory and
+        to the repository root.
+
+    Returns
+    -------
+    anndata.AnnData
+        200 cells x 16,727 genes, raw RNA counts in ``X``; ``obsm["protein_expression"]``:
+        DataFrame of 14 protein counts, columns from ``uns["protein_names"]``, index
+        ``obs_names``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is not found (the message lists where it looked).
+    ValueError
+        If its sha256 does not match.
+    """
+    name, sha = _PBMC10K
+    adata = read_h5ad_safely(fetch_file(_locate(name, path), sha))
+    prot = adata.obsm["protein_expression"]
+    if not isinstance(prot, pd.DataFrame):
+        names = [str(n) for n in np.asarray(adata.uns["protein_names"])]
+        adata.obsm["protein_expression"] = pd.DataFrame(np.asarray(prot), index=adata.obs_names.copy(), columns=names)
+    return adata
+
+
+def dsb_adt_pbmc(path: str | os.PathLike | None = None) -> AnnData:
+    """CITE-seq ADT counts only (no RNA): 2,872 PBMC cells x 87 proteins.
+
+    Kotliarov et al. 2020 (Nature Medicine), as shipped in niaid/dsb @aab21279
+    (``data/*.rda``, CC0), converted to h5ad without changing values.
+
+    Parameters
+    ----------
+    path
+        The file or the folder holding ``dsb_adt_pbmc_cells.h5ad``; default search as in
+        :func:`pbmc10k_protein`.
+
+    Returns
+    -------
+    anndata.AnnData
+        2,872 cells x 87 proteins, raw ADT counts in ``X``.
+    """
+    name, sha = _DSB_CELLS
+    return read_h5ad_safely(fetch_file(_locate(name, path), sha))
