@@ -25,6 +25,17 @@ RIDGE_ALPHAS = np.logspace(-2, 4, 13)
 KNN_NEIGHBORS = (5, 10, 20, 30)
 KRR_ALPHAS = (0.01, 0.1, 1.0)
 KRR_GAMMA_FACTORS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# Below this many training cells the BLAS calls are small: threads only add overhead, and on a
+# busy machine spinning BLAS threads make them tens of times slower. Run BLAS and OpenMP single-threaded.
+SMALL_PROBLEM_CELLS = 4096
+
+
+def _blas_threads(n_cells: int):
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1) if n_cells < SMALL_PROBLEM_CELLS else nullcontext()
 
 
 def _counts(adata: AnnData, layer: str | None, what: str) -> np.ndarray | sparse.csr_matrix:
@@ -155,8 +166,9 @@ def gene_features(
     sd[sd == 0] = 1.0
     z_train, z_test = (g_train - mu) / sd, (g_test - mu) / sd
     k = min(int(n_pcs), z_train.shape[0] - 1, z_train.shape[1])
-    pca = PCA(n_components=k, random_state=0).fit(z_train)
-    return pca.transform(z_train), pca.transform(z_test), gene_names
+    with _blas_threads(z_train.shape[0]):
+        pca = PCA(n_components=k, random_state=0).fit(z_train)
+        return pca.transform(z_train), pca.transform(z_test), gene_names
 
 
 def _check_xy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,6 +227,11 @@ def fit_predict(method: str, F_train: np.ndarray, Y_train: np.ndarray, F_test: n
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {list(METHODS)}.")
     f_train, y, f_test = _check_xy(F_train, Y_train, F_test)
+    with _blas_threads(f_train.shape[0]):
+        return _fit_predict(method, f_train, y, f_test, seed)
+
+
+def _fit_predict(method: str, f_train: np.ndarray, y: np.ndarray, f_test: np.ndarray, seed: int) -> np.ndarray:
     if method == "mean":
         return np.repeat(y.mean(axis=0, keepdims=True), f_test.shape[0], axis=0).reshape((f_test.shape[0],) + y.shape[1:])
 

@@ -89,10 +89,22 @@ class ChannelNormalizer:
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
         return self.fit(x).transform(x)
 
-    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
-        """Normalised scale -> original scale."""
+    def inverse_transform(self, z: np.ndarray, clip: tuple[float, float] | None = (-1.0, 2.0)) -> np.ndarray:
+        """Normalised scale -> original scale.
+
+        Parameters
+        ----------
+        z
+            Values in the normalised scale.
+        clip
+            Clip ``z`` to this range first (default: one 1st-99th percentile width beyond
+            either end), so that a wild generated value cannot overflow the exponential
+            branch of the inverse Yeo-Johnson. None: no clipping.
+        """
         self._require_fitted()
         z = self._check(z)
+        if clip is not None:
+            z = np.clip(z, *clip)
         y = z * self.scale_ + self.low_
         lam = self.lambdas_
         eps = 1e-9

@@ -7,6 +7,7 @@ data folder (see :func:`pbmc10k_protein` for where it is looked for).
 from __future__ import annotations
 
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -43,7 +44,16 @@ def eccite_pbmc() -> AnnData:
     """
     name, sha = _ECCITE
     with resources.as_file(resources.files(__package__).joinpath("_data").joinpath(name)) as path:
-        return read_h5ad_safely(fetch_file(path, sha))
+        return _read_known(fetch_file(path, sha))
+
+
+def _read_known(path: Path) -> AnnData:
+    """Read one of our sha256-checked files; its old h5ad layout warnings are not news."""
+    from anndata import OldFormatWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OldFormatWarning)
+        return read_h5ad_safely(path)
 
 
 def _repo_root() -> Path | None:
@@ -112,7 +122,7 @@ def pbmc10k_protein(path: str | os.PathLike | None = None) -> AnnData:
         If its sha256 does not match.
     """
     name, sha = _PBMC10K
-    adata = read_h5ad_safely(fetch_file(_locate(name, path), sha))
+    adata = _read_known(fetch_file(_locate(name, path), sha))
     prot = adata.obsm["protein_expression"]
     if not isinstance(prot, pd.DataFrame):
         names = [str(n) for n in np.asarray(adata.uns["protein_names"])]
@@ -138,4 +148,4 @@ def dsb_adt_pbmc(path: str | os.PathLike | None = None) -> AnnData:
         2,872 cells x 87 proteins, raw ADT counts in ``X``.
     """
     name, sha = _DSB_CELLS
-    return read_h5ad_safely(fetch_file(_locate(name, path), sha))
+    return _read_known(fetch_file(_locate(name, path), sha))

@@ -165,7 +165,7 @@ class MCD(BaseModel):
     def __init__(
         self,
         adata: AnnData,
-        n_genes: int | None = 2000,
+        n_genes: int | None = 1000,
         observed_fraction: float | None = None,
         loss_on: str = "all",
         model_channels: int = 32,
@@ -173,7 +173,7 @@ class MCD(BaseModel):
         num_blocks: int = 1,
         heads: int = 4,
         dropout: float = 0.1,
-        cond_dropout: float = 0.1,
+        cond_dropout: float = 0.5,
         sigma_data: float = 0.5,
     ) -> None:
         super().__init__()
