@@ -33,6 +33,8 @@ class ChannelNormalizer:
         self.lambdas_: np.ndarray | None = None
         self.low_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
+        self.min_: np.ndarray | None = None
+        self.max_: np.ndarray | None = None
 
     @property
     def is_fitted(self) -> bool:
@@ -75,6 +77,7 @@ class ChannelNormalizer:
             warnings.warn(f"{int(flat.sum())} channel(s) are constant between the percentiles; scale set to 1.")
             scale = np.where(flat, 1.0, scale)
         self.low_, self.scale_ = low, scale
+        self.min_, self.max_ = np.nanmin(x, axis=0), np.nanmax(x, axis=0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -99,7 +102,8 @@ class ChannelNormalizer:
         clip
             Clip ``z`` to this range first (default: one 1st-99th percentile width beyond
             either end), so that a wild generated value cannot overflow the exponential
-            branch of the inverse Yeo-Johnson. None: no clipping.
+            branch of the inverse Yeo-Johnson. None: no clipping. The result is also
+            clipped to the range of the fitted data (original scale).
         """
         self._require_fitted()
         z = self._check(z)
@@ -116,7 +120,10 @@ class ChannelNormalizer:
         y = np.clip(y, lower, upper)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return self._power().inverse_transform(y)
+            x = self._power().inverse_transform(y)
+        if clip is not None and self.min_ is not None:
+            x = np.clip(x, self.min_, self.max_)
+        return x
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
@@ -131,6 +138,8 @@ class ChannelNormalizer:
             "lambdas": self.lambdas_.tolist(),
             "low": self.low_.tolist(),
             "scale": self.scale_.tolist(),
+            "min": None if self.min_ is None else self.min_.tolist(),
+            "max": None if self.max_ is None else self.max_.tolist(),
         }
 
     @classmethod
@@ -140,4 +149,7 @@ class ChannelNormalizer:
         obj.lambdas_ = np.asarray(state["lambdas"], dtype=np.float64)
         obj.low_ = np.asarray(state["low"], dtype=np.float64)
         obj.scale_ = np.asarray(state["scale"], dtype=np.float64)
+        if state.get("min") is not None:  # absent in early saved models
+            obj.min_ = np.asarray(state["min"], dtype=np.float64)
+            obj.max_ = np.asarray(state["max"], dtype=np.float64)
         return obj
