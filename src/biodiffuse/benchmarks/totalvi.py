@@ -73,30 +73,16 @@ def _protein_counts(adata: AnnData, key: str) -> tuple[np.ndarray, list[str]]:
     return arr, names
 
 
-def _select_hvg(x_train: sparse.csr_matrix, var_names: pd.Index, n_top_genes: int | None) -> np.ndarray:
-    """Column indices (sorted) of the ``n_top_genes`` HVGs of the training cells (seurat_v3 on counts)."""
-    n_vars = x_train.shape[1]
-    if n_top_genes is None or n_top_genes >= n_vars:
-        return np.arange(n_vars)
+def _select_genes(x_train: sparse.csr_matrix, n_top_genes: int | None) -> np.ndarray:
+    """Column indices (sorted) of the genes fed to totalVI: the same highly variable genes of the
+    training cells as the regression baselines use (scanpy "seurat" on log-normalised counts)."""
+    if n_top_genes is None or n_top_genes >= x_train.shape[1]:
+        return np.arange(x_train.shape[1])
     if n_top_genes < 1:
         raise ValueError(f"n_top_genes must be >= 1 or None, got {n_top_genes}.")
-    import scanpy as sc
+    from .baselines import _log_normalize, _select_hvg
 
-    tmp = AnnData(x_train, var=pd.DataFrame(index=pd.Index(var_names.astype(str))))
-    try:
-        hv = sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, inplace=False)
-        mask = np.asarray(hv["highly_variable"], dtype=bool)
-    except ImportError:  # scikit-misc missing: fall back to the top genes by dispersion of log counts
-        lib = np.asarray(x_train.sum(axis=1)).ravel()
-        scale = np.divide(1e4, lib, out=np.zeros_like(lib, dtype=np.float64), where=lib > 0)
-        logx = sparse.csr_matrix(sparse.diags(scale) @ x_train)
-        logx.data = np.log1p(logx.data)
-        mean = np.asarray(logx.mean(axis=0)).ravel()
-        var = np.asarray(logx.multiply(logx).mean(axis=0)).ravel() - mean**2
-        disp = np.divide(var, mean, out=np.zeros_like(mean), where=mean > 0)
-        mask = np.zeros(n_vars, dtype=bool)
-        mask[np.argsort(-disp, kind="stable")[:n_top_genes]] = True
-    return np.flatnonzero(mask)
+    return np.sort(_select_hvg(_log_normalize(x_train), n_top_genes))
 
 
 def totalvi_impute(
@@ -130,8 +116,9 @@ def totalvi_impute(
     protein_obsm_key
         Key of the protein counts in ``adata_train.obsm``.
     n_top_genes
-        Number of highly variable genes (scanpy ``seurat_v3`` on the training cells' counts) fed
-        to totalVI; ``None`` or a number >= the number of genes keeps all genes.
+        Number of highly variable genes fed to totalVI, chosen on the training cells only as for
+        the regression baselines (scanpy ``"seurat"`` flavour on library-size-normalised log1p
+        counts); ``None`` or a number >= the number of genes keeps all genes.
     max_epochs
         Maximum number of training epochs (totalVI early-stops on a validation split of the
         cells, 10 % by default).
@@ -179,7 +166,7 @@ def totalvi_impute(
         x_test = x_test[:, adata_test.var_names.get_indexer(adata_train.var_names)]
 
     t0 = time.perf_counter()
-    genes = _select_hvg(x_train, adata_train.var_names, n_top_genes)
+    genes = _select_genes(x_train, n_top_genes)
     n_train, n_test = x_train.shape[0], x_test.shape[0]
     x_all = sparse.vstack([x_train[:, genes], x_test[:, genes]], format="csr", dtype=np.float32)
     obs = pd.DataFrame(

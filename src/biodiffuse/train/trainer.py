@@ -101,7 +101,7 @@ def fit(
     if early_stopping and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"))
     if ema_decay is not None:
-        callbacks.append(EMAWeightAveraging(decay=ema_decay))
+        callbacks.append(EMAWeightAveraging(decay=ema_decay, use_buffers=False))
     if checkpoint_dir is not None:
         callbacks.append(
             ModelCheckpoint(dirpath=checkpoint_dir, monitor="val_loss" if has_val else None, save_top_k=1)
