@@ -113,6 +113,8 @@ class MCD(BaseModel):
         Dropout in residual blocks and on the condition input.
     sigma_data
         EDM's data standard deviation (data are scaled to about [-1, 1]).
+    seed
+        Seeds the initial weights (without touching the global random state).
 
     Examples
     --------
@@ -175,6 +177,7 @@ class MCD(BaseModel):
         dropout: float = 0.1,
         cond_dropout: float = 0.5,
         sigma_data: float = 0.5,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         check_adata(adata)
@@ -214,7 +217,9 @@ class MCD(BaseModel):
             cond_dropout=cond_dropout, sigma_data=sigma_data,
         )
         self.adata = adata
-        self.network = self._build_network()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.network = self._build_network()
 
     # --- set-up helpers --------------------------------------------------------------------
     @staticmethod
