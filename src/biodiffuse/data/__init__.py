@@ -1,8 +1,26 @@
-"""Data layer: setup records, field validation and invertible normalisers."""
+"""Data layer: setup records, field validation, invertible normalisers and image tiles."""
 
 from .fields import check_adata, check_values, columns_by_name, get_matrix, get_obsm_frame, log_normalize
 from .normalize import ChannelNormalizer
+from .panels import (
+    KNOWN_CLONES,
+    PROTEIN_ALIASES,
+    canonical_protein_name,
+    harmonize_panels,
+    is_isotype_control,
+    union_panel_matrix,
+)
 from .registry import UNS_KEY, read_setup_record, write_setup_record
+from .tiles import (
+    downsample_mean,
+    extract_tiles,
+    spatial_split,
+    stitch_tiles,
+    tile_origins,
+    tile_window,
+    tiles_inside,
+    upsample_nearest,
+)
 
 __all__ = [
     "check_adata",
@@ -12,7 +30,21 @@ __all__ = [
     "get_obsm_frame",
     "log_normalize",
     "ChannelNormalizer",
+    "KNOWN_CLONES",
+    "PROTEIN_ALIASES",
+    "canonical_protein_name",
+    "harmonize_panels",
+    "is_isotype_control",
+    "union_panel_matrix",
     "UNS_KEY",
     "read_setup_record",
     "write_setup_record",
+    "downsample_mean",
+    "extract_tiles",
+    "spatial_split",
+    "stitch_tiles",
+    "tile_origins",
+    "tile_window",
+    "tiles_inside",
+    "upsample_nearest",
 ]

@@ -103,6 +103,10 @@ class MCD(BaseModel):
     n_genes
         Gene -> protein only: number of highly variable genes (chosen on ``adata``'s
         log-normalised counts, no protein used) kept as condition channels; None keeps all.
+    gene_pcs
+        Gene -> protein only: condition on this many principal components of the
+        standardised genes (PCA fitted on the training cells, scores whitened) instead of
+        the genes themselves. Fewer, denser condition channels suit small data sets.
     observed_fraction
         ``p`` of the Bern(p) channel masks. Default 0.9 (channels) / 0.0 (gene -> protein).
     loss_on
@@ -168,6 +172,7 @@ class MCD(BaseModel):
         self,
         adata: AnnData,
         n_genes: int | None = 1000,
+        gene_pcs: int | None = None,
         observed_fraction: float | None = None,
         loss_on: str = "all",
         model_channels: int = 32,
@@ -210,9 +215,16 @@ class MCD(BaseModel):
             "normalizer": None,
             "gene_mean": None,
             "gene_std": None,
+            "gene_components": None,
         }
+        if gene_pcs is not None:
+            if not gene_mode:
+                raise ValueError("gene_pcs applies to gene -> protein models only (set up with protein_obsm_key).")
+            if not 1 <= int(gene_pcs) <= len(genes):
+                raise ValueError(f"gene_pcs must lie in [1, {len(genes)}] (the number of condition genes), got {gene_pcs}.")
+            gene_pcs = int(gene_pcs)
         self.init_args = dict(
-            n_genes=n_genes, observed_fraction=observed_fraction, loss_on=loss_on, model_channels=model_channels,
+            n_genes=n_genes, gene_pcs=gene_pcs, observed_fraction=observed_fraction, loss_on=loss_on, model_channels=model_channels,
             channel_mult=list(channel_mult), num_blocks=num_blocks, heads=heads, dropout=dropout,
             cond_dropout=cond_dropout, sigma_data=sigma_data,
         )
@@ -250,7 +262,8 @@ class MCD(BaseModel):
     def _build_network(self) -> EDMPrecond:
         a = self.init_args
         n_targets = len(self.registry["target_names"])
-        cond_channels = len(self.registry["condition_genes"]) + 2 * n_targets
+        n_gene_channels = a.get("gene_pcs") or len(self.registry["condition_genes"])
+        cond_channels = n_gene_channels + 2 * n_targets
         unet = MCDUNet(
             channels=n_targets, cond_channels=cond_channels, model_channels=a["model_channels"],
             channel_mult=a["channel_mult"], num_blocks=a["num_blocks"], spatial=False,
@@ -307,7 +320,10 @@ class MCD(BaseModel):
 
     def _gene_tensor(self, adata: AnnData) -> np.ndarray:
         logn, _ = self._raw_genes(adata)
-        return ((logn - np.asarray(self.registry["gene_mean"])) / np.asarray(self.registry["gene_std"])).astype(np.float32)
+        z = (logn - np.asarray(self.registry["gene_mean"])) / np.asarray(self.registry["gene_std"])
+        if self.registry.get("gene_components") is not None:
+            z = z @ np.asarray(self.registry["gene_components"])
+        return z.astype(np.float32)
 
     # --- training ---------------------------------------------------------------------------
     def train(
@@ -384,6 +400,15 @@ class MCD(BaseModel):
                 sd = logn[train_idx].std(axis=0)
                 self.registry["gene_mean"] = mu.astype(float).tolist()
                 self.registry["gene_std"] = np.where(sd > 1e-6, sd, 1.0).astype(float).tolist()
+                k = self.init_args.get("gene_pcs")
+                if k is not None:
+                    z = (logn[train_idx] - mu) / np.asarray(self.registry["gene_std"])
+                    _, svals, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+                    if k > len(svals):
+                        raise ValueError(f"gene_pcs={k} exceeds the {len(svals)} components the training cells allow.")
+                    sd_pc = svals[:k] / math.sqrt(max(len(train_idx) - 1, 1))
+                    comps = vt[:k].T / np.where(sd_pc > 1e-8, sd_pc, 1.0)
+                    self.registry["gene_components"] = comps.astype(float).tolist()
             tensors["genes"] = self._gene_tensor(adata)
 
         def part(idx: np.ndarray) -> dict[str, torch.Tensor]:
