@@ -51,6 +51,7 @@ def run_fold(
     seed: int,
     with_totalvi: bool = False,
     accelerator: str = "auto",
+    mcd_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train every method on ``train_idx`` and score it on ``test_idx``.
 
@@ -71,7 +72,7 @@ def run_fold(
     del query.obsm[protein_key]
     MCD.setup_anndata(train, protein_obsm_key=protein_key)
     t0 = time.perf_counter()
-    model = MCD(train)
+    model = MCD(train, **(mcd_kwargs or {}))
     model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=False, accelerator=accelerator)
     fit_s = time.perf_counter() - t0
     for steps in steps_list:
@@ -124,6 +125,7 @@ def run_benchmark(
     with_totalvi: bool = False,
     accelerator: str = "auto",
     max_folds: int | None = None,
+    mcd_kwargs: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
     """K-fold cross-validation over cells; returns (per-fold rows, summary, mean per-protein r_p)."""
     from sklearn.model_selection import KFold
@@ -135,7 +137,7 @@ def run_benchmark(
     for k, (tr, te) in enumerate(kf.split(np.arange(adata.n_obs))):
         if max_folds is not None and k >= max_folds:
             break
-        rows, pp = run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator)
+        rows, pp = run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator, mcd_kwargs)
         for r in rows:
             r.update(dataset=dataset, fold=k, n_train=len(tr), n_test=len(te))
             print(f"[{dataset} fold {k}] {r['method']:>16s}  r_p={r['r_p_norm']:.3f}  r_c={r['r_c_norm']:.3f}  rmse={r['rmse_norm']:.3f}", flush=True)
@@ -186,12 +188,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--totalvi", action="store_true", help="also run totalVI (needs scvi-tools)")
     p.add_argument("--accelerator", default="auto")
+    p.add_argument("--gene-pcs", type=int, default=None, help="MCD gene_pcs (default: genes as condition channels)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for these small models on a busy machine)")
     p.add_argument("--quick", action="store_true", help="one fold, steps 1 5 18: the README's main job")
     p.add_argument("--out", default="results/citeseq", help="output prefix (.json, .md, _rp.png)")
     args = p.parse_args(argv)
     if args.quick:
         args.max_folds, args.steps = 1, [1, 5, 18]
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from ..datasets import citeseq as ds
 
     if args.data is None:
@@ -205,11 +213,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     df, summary, pp = run_benchmark(
         adata, name, args.protein_key, args.folds, tuple(args.steps), args.n_samples, args.max_epochs,
         args.seed, args.totalvi, args.accelerator, args.max_folds,
+        mcd_kwargs={"gene_pcs": args.gene_pcs} if args.gene_pcs else None,
     )
     table = format_table(summary)
     n_folds = df["fold"].nunique()
     header = (f"{name}: {adata.n_obs} cells x {pp.shape[0]} proteins, {n_folds} of {args.folds} folds over cells "
-              f"(seed {args.seed}), mean ± sd across folds; n_samples={args.n_samples}")
+              f"(seed {args.seed}), mean ± sd across folds; n_samples={args.n_samples}"
+              + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else ""))
     print("\n" + header + "\n" + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from ..data import (
 )
 from ..diffusion import EDMLoss, EDMPrecond, heun_sampler, masked_condition, random_channel_mask
 from ..nn import MCDUNet
+from . import _mcd_image as img
 from .base import BaseModel, resolve_device
 
 __all__ = ["MCD", "MCDObjective"]
@@ -77,6 +78,10 @@ class MCDObjective:
 
     def __call__(self, denoiser: EDMPrecond, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
         x, avail = batch["x"], batch["available"]
+        if x.ndim == 4 and x.shape[-1] > 1:  # image tiles: a random rotation / flip of the batch
+            k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
+            x = torch.rot90(x, k, dims=(-2, -1))
+            x = torch.flip(x, dims=(-1,)) if flip % 2 else x
         mask = random_channel_mask(x.shape[0], x.shape[1], self.observed_fraction, available=avail, generator=generator)
         cond = build_condition(x, mask, batch.get("genes"))
         counted = avail & ~mask if self.loss_on == "missing" else avail
@@ -85,7 +90,7 @@ class MCDObjective:
         return self.loss(denoiser, x4, cond, loss_mask=loss_mask, generator=generator)
 
 
-class MCD(BaseModel):
+class MCD(img.MCDImageMixin, BaseModel):
     """Multi-channel diffusion: impute any missing subset of channels from any observed subset.
 
     Two set-ups (see :meth:`setup_anndata`):
@@ -185,17 +190,31 @@ class MCD(BaseModel):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_adata(adata)
         if loss_on not in ("all", "missing"):
             raise ValueError(f"loss_on must be 'all' or 'missing', got {loss_on!r}.")
-        setup = read_setup_record(adata, self._model_name)
-        if setup is None:
+        if img.is_spatialdata(adata):
+            setup = img.read_image_setup(adata, self._model_name)
+            if setup is None:
+                if len(adata.images) != 1:
+                    raise ValueError("SpatialData not set up for MCD; call MCD.setup_spatialdata(sdata, image_key=...).")
+                key = next(iter(adata.images.keys()))
+                warnings.warn(f"sdata was not set up for MCD; set it up with image_key={key!r}.", UserWarning, stacklevel=2)
+                self.setup_spatialdata(adata, image_key=key)
+                setup = img.read_image_setup(adata, self._model_name)
+            mode, targets, genes = "image", img.image_channels(adata, setup["image_key"]), []
+            gene_mode = False
+        else:
+            check_adata(adata)
+            setup = read_setup_record(adata, self._model_name)
+        if not img.is_spatialdata(adata) and setup is None:
             key = "protein_expression" if "protein_expression" in adata.obsm else None
             logger.warning("adata was not set up for MCD; running MCD.setup_anndata(adata, protein_obsm_key=%r).", key)
             warnings.warn(f"adata was not set up for MCD; set it up with protein_obsm_key={key!r}.", UserWarning, stacklevel=2)
             self.setup_anndata(adata, protein_obsm_key=key)
             setup = read_setup_record(adata, self._model_name)
-        gene_mode = setup.get("protein_obsm_key") is not None
+        if not img.is_spatialdata(adata):
+            gene_mode = setup.get("protein_obsm_key") is not None
+            mode = "gene_to_protein" if gene_mode else "channels"
         if observed_fraction is None:
             observed_fraction = 0.0 if gene_mode else 0.9
         if not 0.0 <= observed_fraction <= 1.0:
@@ -204,12 +223,12 @@ class MCD(BaseModel):
             frame = get_obsm_frame(adata, setup["protein_obsm_key"], setup.get("protein_names"))
             targets = list(map(str, frame.columns))
             genes = self._select_genes(adata, setup.get("layer"), n_genes)
-        else:
+        elif mode == "channels":
             targets = list(map(str, adata.var_names))
             genes = []
         self.registry = {
             "setup": setup,
-            "mode": "gene_to_protein" if gene_mode else "channels",
+            "mode": mode,
             "target_names": targets,
             "condition_genes": genes,
             "normalizer": None,
@@ -266,7 +285,7 @@ class MCD(BaseModel):
         cond_channels = n_gene_channels + 2 * n_targets
         unet = MCDUNet(
             channels=n_targets, cond_channels=cond_channels, model_channels=a["model_channels"],
-            channel_mult=a["channel_mult"], num_blocks=a["num_blocks"], spatial=False,
+            channel_mult=a["channel_mult"], num_blocks=a["num_blocks"], spatial=self.registry["mode"] == "image",
             dropout=a["dropout"], cond_dropout=a["cond_dropout"], heads=a["heads"],
         )
         return EDMPrecond(unet, sigma_data=a["sigma_data"])
@@ -309,6 +328,16 @@ class MCD(BaseModel):
         return values
 
     def _validate_query(self, adata: AnnData) -> None:
+        if img.is_spatialdata(adata):
+            if self.registry["mode"] != "image":
+                raise TypeError("This MCD model was trained on a table; pass an AnnData.")
+            key = self.registry["setup"]["image_key"]
+            have = img.image_channels(adata, key)
+            if not set(have) & set(self.registry["target_names"]):
+                raise ValueError(f"images[{key!r}] shares no channel with the model.")
+            return
+        if self.registry["mode"] == "image":
+            raise TypeError("This MCD model was trained on images; pass a SpatialData.")
         check_adata(adata, "query")
         if self.gene_mode:
             self._raw_genes(adata)
@@ -343,6 +372,7 @@ class MCD(BaseModel):
         checkpoint_dir: str | None = None,
         seed: int = 0,
         enable_progress_bar: bool = True,
+        holdout: np.ndarray | None = None,
         **trainer_kwargs: Any,
     ) -> pd.DataFrame:
         """Train on the registered object; returns (and appends to ``self.history``) the losses.
@@ -371,6 +401,10 @@ class MCD(BaseModel):
             Seeds the split, the initial weights' updates and the noise.
         enable_progress_bar
             Lightning's progress bar.
+        holdout
+            Images only: boolean (H, W) mask of pixels never used for training or validation
+            (e.g. a test region from :func:`~biodiffuse.data.spatial_split`). For images the
+            validation split is a set of whole blocks (``1 - train_size`` of the image).
         **trainer_kwargs
             More :class:`lightning.pytorch.Trainer` arguments.
         """
@@ -379,6 +413,21 @@ class MCD(BaseModel):
             raise RuntimeError("No AnnData attached; pass one to MCD(...) or MCD.load(..., adata=...).")
         if not 0 < train_size <= 1:
             raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
+        a = self.init_args
+        objective = MCDObjective(a["observed_fraction"], a["loss_on"], a["sigma_data"])
+        fit_kwargs = dict(
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+            accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+            early_stopping=early_stopping, checkpoint_dir=checkpoint_dir, enable_progress_bar=enable_progress_bar,
+            seed=seed, trainer_kwargs=trainer_kwargs,
+        )
+        if self.registry["mode"] == "image":
+            train_t, val_t, n_tiles = self._image_training_tensors(holdout, train_size, seed)
+            max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, n_tiles, batch_size)
+            return self._run_training(objective, train_t, val_t, max_epochs=max_epochs,
+                                      early_stopping_patience=patience, ema_decay=ema, **fit_kwargs)
+        if holdout is not None:
+            raise ValueError("holdout applies to image models only.")
         n = adata.n_obs
         rng = np.random.default_rng(seed)
         perm = rng.permutation(n)
@@ -414,23 +463,23 @@ class MCD(BaseModel):
         def part(idx: np.ndarray) -> dict[str, torch.Tensor]:
             return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in tensors.items()}
 
-        steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
-        if max_epochs is None:
-            max_epochs = int(np.clip(round(6000 / steps_per_epoch), 100, 3000))
-        if early_stopping_patience is None:
-            early_stopping_patience = max(20, max_epochs // 10)
-        if ema_decay == "auto":
-            ema_decay = float(np.clip(1.0 - 10.0 / (max_epochs * steps_per_epoch), 0.9, 0.999))
-        a = self.init_args
-        objective = MCDObjective(a["observed_fraction"], a["loss_on"], a["sigma_data"])
+        max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, len(train_idx), batch_size)
         return self._run_training(
             objective, part(train_idx), part(val_idx) if len(val_idx) else None,
-            lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, batch_size=batch_size,
-            accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-            early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
-            ema_decay=ema_decay, checkpoint_dir=checkpoint_dir, enable_progress_bar=enable_progress_bar,
-            seed=seed, trainer_kwargs=trainer_kwargs,
+            max_epochs=max_epochs, early_stopping_patience=patience, ema_decay=ema, **fit_kwargs,
         )
+
+    @staticmethod
+    def _schedule(max_epochs: int | None, patience: int | None, ema_decay: float | str | None, n_train: int, batch_size: int):
+        """Defaults: about 6,000 optimiser steps (100-3,000 epochs), patience a tenth of that, EMA over the last tenth."""
+        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+        if max_epochs is None:
+            max_epochs = int(np.clip(round(6000 / steps_per_epoch), 100, 3000))
+        if patience is None:
+            patience = max(20, max_epochs // 10)
+        if ema_decay == "auto":
+            ema_decay = float(np.clip(1.0 - 10.0 / (max_epochs * steps_per_epoch), 0.9, 0.999))
+        return max_epochs, patience, ema_decay
 
     # --- inference --------------------------------------------------------------------------
     @torch.no_grad()
@@ -456,6 +505,8 @@ class MCD(BaseModel):
         adata = self.adata if adata is None else adata
         if adata is None:
             raise ValueError("Pass adata (no object is attached to this model).")
+        if self.registry["mode"] == "image":
+            raise TypeError("Image models: use image_posterior(sdata, ...) or impute(sdata, ...).")
         self._validate_query(adata)
         if indices is not None:
             adata = adata[np.asarray(indices)]
@@ -519,8 +570,16 @@ class MCD(BaseModel):
         variance_key_added: str | None = "MCD_variance",
         overwrite: bool = False,
         device: str = "auto",
+        missing: Sequence[str] | None = None,
+        image_key: str | None = None,
     ) -> pd.DataFrame:
         """Impute the target channels of ``adata`` and write them into ``obsm``.
+
+        For image models ``adata`` is a SpatialData: the imputed channels are written as new
+        image elements at full resolution (``f"{image_key}_MCD_imputed"`` and
+        ``f"{image_key}_MCD_variance"`` unless keys are given), and, when the image has a
+        segmentation annotated by a table, per-cell means go to that table's
+        ``obsm["MCD_imputed"]`` / ``obsm["MCD_variance"]``; the image element is returned.
 
         Parameters
         ----------
@@ -546,6 +605,11 @@ class MCD(BaseModel):
             Replace existing ``obsm`` entries under these keys.
         device
             ``"auto"`` (GPU if present), ``"cpu"``, ``"cuda"``...
+        missing
+            Channel names to impute (the others present in the query are observed); an
+            alternative to ``observed``. Channels absent from the query are always imputed.
+        image_key
+            Images only: the image element to impute (default: the registered one).
 
         Returns
         -------
@@ -554,6 +618,20 @@ class MCD(BaseModel):
         adata = self.adata if adata is None else adata
         if adata is None:
             raise ValueError("Pass adata (no object is attached to this model).")
+        if self.registry["mode"] == "image":
+            if not img.is_spatialdata(adata):
+                raise TypeError("This MCD model was trained on images; pass a SpatialData.")
+            return self._impute_image(
+                adata, image_key, observed, missing, n_samples, steps, batch_size, seed,
+                None if key_added == "MCD_imputed" else key_added, variance_key_added, overwrite, device,
+            )
+        if missing is not None:
+            if observed is not None:
+                raise ValueError("Pass observed or missing, not both.")
+            unknown = [m for m in missing if m not in self.registry["target_names"]]
+            if unknown:
+                raise ValueError(f"missing names not among the model's channels: {unknown[:5]}.")
+            observed = [n for n in self.registry["target_names"] if n not in set(missing)]
         for key in (key_added, variance_key_added):
             if key is not None and key in adata.obsm and not overwrite:
                 raise KeyError(f"adata.obsm[{key!r}] exists; pass overwrite=True or another key_added.")

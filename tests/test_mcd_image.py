@@ -1,0 +1,137 @@
+"""MCD on SpatialData images: set-up, training on tiles, stitched imputation, no leakage."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("spatialdata")
+import spatialdata as sd
+from spatialdata.models import Image2DModel, Labels2DModel, TableModel
+
+import biodiffuse as bd
+from biodiffuse.io import aggregate_by_labels
+
+
+def _synthetic(seed: int = 0) -> sd.SpatialData:
+    """3 smooth channels, the third a function of the first two, a 4 x 4 grid of square 'cells'."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    a = np.sin(6 * xx) + 1.5
+    b = np.cos(5 * yy) + 1.5
+    c = a * b + 0.05 * rng.standard_normal((64, 64))
+    image = np.stack([a, b, c]).astype(np.float32)
+    labels = (np.arange(64)[:, None] // 16) * 4 + (np.arange(64)[None, :] // 16) + 1
+    table = TableModel.parse(
+        __import__("anndata").AnnData(
+            X=aggregate_by_labels(image, labels, ["A", "B", "C"]).to_numpy(np.float32),
+            obs={"cell_id": np.arange(1, 17), "region": ["img_labels"] * 16},
+        ),
+        region="img_labels", region_key="region", instance_key="cell_id",
+    )
+    table.obs["region"] = table.obs["region"].astype("category")
+    return sd.SpatialData(
+        images={"img": Image2DModel.parse(image, dims=("c", "y", "x"), c_coords=["A", "B", "C"])},
+        labels={"img_labels": Labels2DModel.parse(labels.astype(np.int32), dims=("y", "x"))},
+        tables={"table": table},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    sdata = _synthetic()
+    bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=16, downsample=1)
+    model = bd.models.MCD(sdata, model_channels=16, heads=2, channel_mult=(1, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=40, batch_size=32, enable_progress_bar=False, early_stopping=False)
+    return sdata, model
+
+
+def test_setup_records_only_attrs_and_rejects_bad_arguments():
+    sdata = _synthetic()
+    before = set(sdata.images) | set(sdata.labels) | set(sdata.tables)
+    bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=16, downsample=1)
+    rec = sdata.attrs["biodiffuse"]["MCD"]
+    assert rec["image_key"] == "img" and rec["labels_key"] == "img_labels" and rec["table_key"] == "table"
+    assert set(sdata.images) | set(sdata.labels) | set(sdata.tables) == before
+    with pytest.raises(KeyError, match="not an image element"):
+        bd.models.MCD.setup_spatialdata(sdata, image_key="nope")
+    with pytest.raises(ValueError, match="multiple"):
+        bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=18, downsample=4)
+    with pytest.raises(ValueError, match="smaller than tile_size"):
+        bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=128, downsample=4)
+    with pytest.raises(TypeError, match="SpatialData"):
+        bd.models.MCD.setup_spatialdata(object(), image_key="img")
+
+
+def test_impute_writes_full_size_elements_and_cell_means(trained):
+    sdata, model = trained
+    query = _synthetic(seed=1)
+    original = np.asarray(query.images["img"].data).copy()
+    el = model.impute(query, missing=["C"], n_samples=2, steps=3)
+    assert set(query.images) == {"img", "img_MCD_imputed", "img_MCD_variance"}
+    assert el.shape == (1, 64, 64) and list(el.coords["c"].values) == ["C"]
+    var = np.asarray(query.images["img_MCD_variance"].data)
+    assert (var >= 0).all() and var.max() > 0
+    np.testing.assert_array_equal(np.asarray(query.images["img"].data), original)
+    cells = query.tables["table"].obsm["MCD_imputed"]
+    assert list(cells.columns) == ["C"] and len(cells) == 16
+    np.testing.assert_allclose(cells["C"].to_numpy(), aggregate_by_labels(np.asarray(el.data), np.asarray(query.labels["img_labels"].data), ["C"])["C"].to_numpy())
+    with pytest.raises(KeyError, match="overwrite"):
+        model.impute(query, missing=["C"], n_samples=1, steps=1)
+
+
+def test_imputation_learns_the_relation_and_never_reads_the_missing_channel(trained):
+    sdata, model = trained
+    query = _synthetic(seed=2)
+    truth = np.asarray(query.images["img"].data)[2].copy()
+    post = model.image_posterior(query, missing=["C"], n_samples=4, steps=5, seed=3)
+    r = np.corrcoef(post["mean"][2].ravel(), truth.ravel())[0, 1]
+    assert r > 0.5, r
+    # shuffle the missing channel's pixels: the imputation must not change at all
+    shuffled = np.asarray(query.images["img"].data).copy()
+    shuffled[2] = np.random.default_rng(0).permutation(shuffled[2].ravel()).reshape(64, 64)
+    query.images["img"] = Image2DModel.parse(shuffled, dims=("c", "y", "x"), c_coords=["A", "B", "C"])
+    post2 = model.image_posterior(query, missing=["C"], n_samples=4, steps=5, seed=3)
+    np.testing.assert_array_equal(post["mean"][2], post2["mean"][2])
+
+
+def test_absent_channel_is_imputed_and_errors(trained):
+    sdata, model = trained
+    img = np.asarray(sdata.images["img"].data)[:2]
+    q = sd.SpatialData(images={"img": Image2DModel.parse(img, dims=("c", "y", "x"), c_coords=["A", "B"])})
+    post = model.image_posterior(q, n_samples=1, steps=2)
+    assert list(post["observed"]) == [True, True, False]
+    with pytest.raises(ValueError, match="Nothing to impute"):
+        model.image_posterior(sdata, n_samples=1, steps=1)
+    with pytest.raises(ValueError, match="not among the model's channels"):
+        model.image_posterior(sdata, missing=["Z"], n_samples=1, steps=1)
+    with pytest.raises(TypeError, match="SpatialData"):
+        model.impute(__import__("anndata").AnnData(np.ones((3, 3))))
+
+
+def test_save_load_round_trip_on_images(trained, tmp_path):
+    sdata, model = trained
+    model.save(tmp_path / "m")
+    loaded = bd.models.MCD.load(tmp_path / "m", sdata)
+    a = model.image_posterior(sdata, missing=["B"], n_samples=2, steps=2, seed=5)["mean"]
+    b = loaded.image_posterior(sdata, missing=["B"], n_samples=2, steps=2, seed=5)["mean"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_holdout_keeps_tiles_out_of_training():
+    sdata = _synthetic()
+    bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=16, downsample=1)
+    model = bd.models.MCD(sdata, model_channels=16, heads=2, channel_mult=(1, 1, 1))
+    hold = np.zeros((64, 64), bool)
+    hold[:, :32] = True
+    train_t, val_t, n = model._image_training_tensors(hold, 1.0, 0)
+    from biodiffuse.data.tiles import tile_origins
+
+    origins = tile_origins(64, 64, 16, 8)[model.train_indices]
+    assert n == len(origins) > 0 and (origins[:, 1] >= 32).all()
+    with pytest.raises(ValueError, match="holdout"):
+        model._image_training_tensors(np.zeros((10, 10), bool), 1.0, 0)
