@@ -135,3 +135,16 @@ def test_holdout_keeps_tiles_out_of_training():
     assert n == len(origins) > 0 and (origins[:, 1] >= 32).all()
     with pytest.raises(ValueError, match="holdout"):
         model._image_training_tensors(np.zeros((10, 10), bool), 1.0, 0)
+
+
+def test_image_panels_plot(trained):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sdata, model = trained
+    q = _synthetic(seed=4)
+    model.impute(q, missing=["C"], n_samples=2, steps=2)
+    fig = bd.pl.image_imputation_panels(q, "img", ["C"])
+    assert len(fig.axes) >= 3
+    with pytest.raises(KeyError, match="impute"):
+        bd.pl.image_imputation_panels(_synthetic(), "img", ["C"])

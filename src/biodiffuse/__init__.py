@@ -9,12 +9,12 @@ except PackageNotFoundError:  # pragma: no cover - source tree without install
 
 from . import data, diffusion, metrics, models, nn, train  # noqa: E402
 
-__all__ = ["data", "datasets", "diffusion", "metrics", "models", "nn", "pl", "train", "__version__"]
+__all__ = ["data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "train", "__version__"]
 
 
 def __getattr__(name: str):
-    # datasets and pl import heavier dependencies (pooch, matplotlib): load on first use.
-    if name in ("datasets", "pl", "benchmarks"):
+    # datasets, io and pl import heavier dependencies (pooch, spatialdata, matplotlib): load on first use.
+    if name in ("datasets", "pl", "benchmarks", "io"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -90,7 +90,7 @@ def run(
     model_channels: int = 16,
     batch_size: int = 64,
     n_samples: int = 4,
-    steps: int = 5,
+    steps: tuple[int, ...] = (1, 18),
     baseline_max_train: int = 3000,
     seed: int = 0,
     path: str | None = None,
@@ -114,9 +114,12 @@ def run(
     t0 = time.perf_counter()
     model.train(max_epochs=max_epochs, batch_size=batch_size, holdout=test_mask, seed=seed, enable_progress_bar=False)
     fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    post = model.image_posterior(sdata, missing=held, n_samples=n_samples, steps=steps, seed=seed)
-    impute_s = time.perf_counter() - t0
+    posts, impute_s = {}, {}
+    for st in steps:
+        t0 = time.perf_counter()
+        posts[st] = model.image_posterior(sdata, missing=held, n_samples=n_samples, steps=st, seed=seed)
+        impute_s[st] = time.perf_counter() - t0
+    post = posts[steps[-1]]
 
     # truth at model resolution, normalised with the model's (training-region) normaliser
     full = image_array(sdata, "mibi", names)
@@ -133,10 +136,12 @@ def run(
 
     rows: list[dict[str, Any]] = []
     per_channel: dict[str, list[float]] = {}
-    mcd_pix = post["mean_normalized"][:, test_small].T
-    r = pearson_per_channel(pix_test[:, held_idx], mcd_pix[:, held_idx])
-    per_channel["MCD"] = r.tolist()
-    rows.append(dict(level="pixel", method=f"MCD ({steps} steps, {n_samples} samples)", mean_r=float(np.nanmean(r)), fit_s=fit_s, impute_s=impute_s))
+    for st, pst in posts.items():
+        name = f"MCD ({st} step{'s' if st > 1 else ''}, {n_samples} samples)"
+        mcd_pix = pst["mean_normalized"][:, test_small].T
+        r = pearson_per_channel(pix_test[:, held_idx], mcd_pix[:, held_idx])
+        per_channel[name] = r.tolist()
+        rows.append(dict(level="pixel", method=name, mean_r=float(np.nanmean(r)), fit_s=fit_s, impute_s=impute_s[st]))
     for method, (pred, el) in _baselines(df_train, df_test, observed, held, baseline_max_train, seed).items():
         r = pearson_per_channel(pix_test[:, held_idx], pred[held].to_numpy())
         per_channel[method] = r.tolist()
@@ -151,13 +156,15 @@ def run(
     xy = np.asarray(table.obsm["spatial"])
     in_test = test_mask[np.clip(xy[:, 1].round().astype(int), 0, h - 1), np.clip(xy[:, 0].round().astype(int), 0, w - 1)]
     cells_true = pd.DataFrame(np.asarray(table.X), index=table.obs["cell_id"].to_numpy(), columns=list(table.var_names))
-    mean_full = upsample_to(post["mean"], factor, h, w)
-    cells_mcd = aggregate_by_labels(mean_full, labels, names).reindex(cells_true.index)
+    for st, pst in posts.items():
+        mean_full = upsample_to(pst["mean"], factor, h, w)
+        cells_mcd = aggregate_by_labels(mean_full, labels, names).reindex(cells_true.index)
+        r = pearson_per_channel(cells_true.to_numpy()[in_test][:, held_idx], cells_mcd.to_numpy()[in_test][:, held_idx])
+        name = f"MCD ({st} step{'s' if st > 1 else ''}) (cells)"
+        per_channel[name] = r.tolist()
+        rows.append(dict(level="cell", method=name.replace(" (cells)", ""), mean_r=float(np.nanmean(r)), fit_s=np.nan, impute_s=np.nan))
     cnorm = ChannelNormalizer().fit(cells_true.to_numpy()[~in_test])
     ct = pd.DataFrame(cnorm.transform(cells_true.to_numpy()), index=cells_true.index, columns=names)
-    r = pearson_per_channel(cells_true.to_numpy()[in_test][:, held_idx], cells_mcd.to_numpy()[in_test][:, held_idx])
-    per_channel["MCD (cells)"] = r.tolist()
-    rows.append(dict(level="cell", method="MCD", mean_r=float(np.nanmean(r)), fit_s=np.nan, impute_s=np.nan))
     for method in PIXEL_BASELINES:
         pred = fit_predict_channels(method, ct[~in_test], ct[in_test], observed, held, seed=seed)
         full_pred = np.zeros((pred.shape[0], c))
@@ -167,6 +174,7 @@ def run(
         per_channel[f"{method} (cells)"] = r.tolist()
         rows.append(dict(level="cell", method=method, mean_r=float(np.nanmean(r)), fit_s=np.nan, impute_s=np.nan))
 
+    mcd_pix = post["mean_normalized"][:, test_small].T
     calib = _calibration(pix_test, np.where(np.isin(np.arange(c), held_idx)[None, :], mcd_pix, pix_test), held_idx)
     acc_unc = _accuracy_uncertainty(z_true, post["mean_normalized"], post["variance_normalized"], test_small, held_idx, tile_size // factor)
     return {
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-epochs", type=int, default=80)
     p.add_argument("--model-channels", type=int, default=16)
     p.add_argument("--n-samples", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 18])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/imaging_mibi")
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
-    res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=args.steps, seed=args.seed)
+    res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed)
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "
              f"accuracy-uncertainty Spearman (local r vs sample variance, per test tile x channel): {res['accuracy_uncertainty_spearman']:.3f}")

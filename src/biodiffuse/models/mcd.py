@@ -119,7 +119,9 @@ class MCD(img.MCDImageMixin, BaseModel):
     model_channels, channel_mult, num_blocks, heads
         UNet size (3 levels by default).
     dropout, cond_dropout
-        Dropout in residual blocks and on the condition input.
+        Dropout in residual blocks and on the condition input. ``cond_dropout`` defaults to
+        0.5 for gene -> protein models (a thousand gene channels) and 0 otherwise (dropping
+        entries of ``[x * m, m]`` would corrupt the mask the network conditions on).
     sigma_data
         EDM's data standard deviation (data are scaled to about [-1, 1]).
     seed
@@ -185,7 +187,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         num_blocks: int = 1,
         heads: int = 4,
         dropout: float = 0.1,
-        cond_dropout: float = 0.5,
+        cond_dropout: float | None = None,
         sigma_data: float = 0.5,
         seed: int = 0,
     ) -> None:
@@ -217,6 +219,8 @@ class MCD(img.MCDImageMixin, BaseModel):
             mode = "gene_to_protein" if gene_mode else "channels"
         if observed_fraction is None:
             observed_fraction = 0.0 if gene_mode else 0.9
+        if cond_dropout is None:
+            cond_dropout = 0.5 if gene_mode else 0.0
         if not 0.0 <= observed_fraction <= 1.0:
             raise ValueError(f"observed_fraction must lie in [0, 1], got {observed_fraction}.")
         if gene_mode:
