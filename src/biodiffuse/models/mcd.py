@@ -93,13 +93,16 @@ class MCDObjective:
 class MCD(img.MCDImageMixin, BaseModel):
     """Multi-channel diffusion: impute any missing subset of channels from any observed subset.
 
-    Two set-ups (see :meth:`setup_anndata`):
+    Three set-ups (:meth:`setup_anndata`, :meth:`setup_spatialdata`):
 
     * **gene -> protein** (CITE-seq): ``protein_obsm_key`` names the protein table; genes in
       ``X`` (or ``layer``) are condition channels, proteins are target channels. The paper
       trains this without channel masking (``observed_fraction=0``, the default here).
     * **channels**: the channels are ``var_names``; random channel masking with
       ``observed_fraction`` (default 0.9) lets one model impute any subset from any other.
+    * **image** (SpatialData): the channels of a multiplexed image element, as tiles; the
+      same masking; imputation is stitched back into new image elements (see
+      :meth:`setup_spatialdata`, :meth:`image_posterior`, :meth:`impute`).
 
     Parameters
     ----------
@@ -203,20 +206,18 @@ class MCD(img.MCDImageMixin, BaseModel):
                 warnings.warn(f"sdata was not set up for MCD; set it up with image_key={key!r}.", UserWarning, stacklevel=2)
                 self.setup_spatialdata(adata, image_key=key)
                 setup = img.read_image_setup(adata, self._model_name)
-            mode, targets, genes = "image", img.image_channels(adata, setup["image_key"]), []
-            gene_mode = False
+            mode = "image"
         else:
             check_adata(adata)
             setup = read_setup_record(adata, self._model_name)
-        if not img.is_spatialdata(adata) and setup is None:
-            key = "protein_expression" if "protein_expression" in adata.obsm else None
-            logger.warning("adata was not set up for MCD; running MCD.setup_anndata(adata, protein_obsm_key=%r).", key)
-            warnings.warn(f"adata was not set up for MCD; set it up with protein_obsm_key={key!r}.", UserWarning, stacklevel=2)
-            self.setup_anndata(adata, protein_obsm_key=key)
-            setup = read_setup_record(adata, self._model_name)
-        if not img.is_spatialdata(adata):
-            gene_mode = setup.get("protein_obsm_key") is not None
-            mode = "gene_to_protein" if gene_mode else "channels"
+            if setup is None:
+                key = "protein_expression" if "protein_expression" in adata.obsm else None
+                logger.warning("adata was not set up for MCD; running MCD.setup_anndata(adata, protein_obsm_key=%r).", key)
+                warnings.warn(f"adata was not set up for MCD; set it up with protein_obsm_key={key!r}.", UserWarning, stacklevel=2)
+                self.setup_anndata(adata, protein_obsm_key=key)
+                setup = read_setup_record(adata, self._model_name)
+            mode = "gene_to_protein" if setup.get("protein_obsm_key") is not None else "channels"
+        gene_mode = mode == "gene_to_protein"
         if observed_fraction is None:
             observed_fraction = 0.0 if gene_mode else 0.9
         if cond_dropout is None:
@@ -228,8 +229,9 @@ class MCD(img.MCDImageMixin, BaseModel):
             targets = list(map(str, frame.columns))
             genes = self._select_genes(adata, setup.get("layer"), n_genes)
         elif mode == "channels":
-            targets = list(map(str, adata.var_names))
-            genes = []
+            targets, genes = list(map(str, adata.var_names)), []
+        else:
+            targets, genes = img.image_channels(adata, setup["image_key"]), []
         self.registry = {
             "setup": setup,
             "mode": mode,
