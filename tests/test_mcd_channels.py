@@ -81,3 +81,33 @@ def test_missing_argument_and_absent_channels_are_equivalent(trained, data):
         trained.impute(test.copy(), missing=HELD_OUT, observed=PANEL[:2])
     with pytest.raises(ValueError, match="not among"):
         trained.impute(test.copy(), missing=["nope"])
+
+
+def test_channel_specific_objective_hides_exactly_the_targets(data):
+    train, _ = data
+    ad = train.copy()
+    bd.models.MCD.setup_anndata(ad)
+    model = bd.models.MCD(ad, target_channels=["CD4_PROT"], model_channels=16, heads=2)
+    from biodiffuse.models.mcd import MCDObjective
+
+    seen = []
+    obj = MCDObjective(0.9, "all", 0.5, target_mask=__import__("torch").tensor(np.isin(PANEL, ["CD4_PROT"])))
+    import torch
+
+    x = torch.zeros(5, len(PANEL))
+    avail = torch.ones(5, len(PANEL), dtype=torch.bool)
+    avail[0, 0] = False
+
+    def denoiser(xn, sigma, cond):
+        seen.append(cond[:, len(PANEL):, 0, 0].bool())
+        return xn * 0
+
+    obj(denoiser, {"x": x, "available": avail}, torch.Generator().manual_seed(0))
+    m = seen[0]
+    assert not m[:, PANEL.index("CD4_PROT")].any() and not m[0, 0]
+    assert m[:, [i for i in range(len(PANEL)) if PANEL[i] != "CD4_PROT"]][1:].all()
+    with pytest.raises(ValueError, match="target_channels"):
+        bd.models.MCD(ad, target_channels=["nope"])
+    with pytest.raises(ValueError, match="target_channels"):
+        bd.models.MCD(ad, target_channels=PANEL)
+    assert model.init_args["target_channels"] == ["CD4_PROT"]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.tiles import downsample_mean, spatial_split, tile_origins, tile_window, tiles_inside, upsample_nearest
+from .base import resolve_device
 
 __all__ = ["SDATA_ATTRS_KEY", "read_image_setup", "write_image_setup", "image_array", "image_channels", "ImageAccumulator", "region_tiles"]
 
@@ -47,8 +48,9 @@ def image_channels(sdata, image_key: str) -> list[str]:
     return [str(c) for c in _image_element(sdata, image_key).coords["c"].values]
 
 
-def image_array(sdata, image_key: str, names: Sequence[str]) -> np.ndarray:
-    """``(len(names), H, W)`` float32 values by channel name; channels absent from the image are NaN.
+def image_array(sdata, image_key: str, names: Sequence[str | None]) -> np.ndarray:
+    """``(len(names), H, W)`` float32 values by channel name; channels absent from the image
+    (or named None: not to be read, e.g. channels to impute) are NaN.
 
     Raises on NaN / inf inside present channels (missing channels are declared by absence or
     by ``missing=``, never by NaN pixels).
@@ -59,7 +61,7 @@ def image_array(sdata, image_key: str, names: Sequence[str]) -> np.ndarray:
     h, w = elem.shape[1:]
     out = np.full((len(names), h, w), np.nan, dtype=np.float32)
     for j, name in enumerate(names):
-        if name in pos:
+        if name is not None and name in pos:
             plane = np.asarray(elem.data[pos[name]], dtype=np.float32)
             if not np.isfinite(plane).all():
                 raise ValueError(f"images[{image_key!r}] channel {name!r} holds NaN or inf.")
@@ -327,7 +329,8 @@ class MCDImageMixin:
         obs, _ = self._image_observed(sdata, image_key, observed, missing)
         names = self.registry["target_names"]
         f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
-        full = image_array(sdata, image_key, [n if o else "\0absent" for n, o in zip(names, obs)])
+        # channels to impute are never read, so their values cannot leak into the condition
+        full = image_array(sdata, image_key, [n if o else None for n, o in zip(names, obs)])
         small = downsample_mean(crop_to_factor(full, f), f) if f > 1 else full
         del full
         c, h, w = small.shape
@@ -421,8 +424,3 @@ class MCDImageMixin:
                 table.obsm["MCD_variance"] = cell_means_frame(var_full, labels, names, table)
         return sdata.images[key_added]
 
-
-def resolve_device(device):
-    from .base import resolve_device as _rd
-
-    return _rd(device)

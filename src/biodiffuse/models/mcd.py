@@ -68,13 +68,16 @@ class MCDObjective:
     """EDM loss with random channel masking (MCD Algorithm 1).
 
     Batches hold ``x`` (B, C[, H, W]) in model scale with 0 where unmeasured, ``available``
-    (B, C) booleans, and optionally ``genes`` (B, G).
+    (B, C) booleans, and optionally ``genes`` (B, G). With ``target_mask`` (C,) the mask is not
+    random: the target channels are always hidden and every other available channel observed
+    (the paper's channel-specific setting).
     """
 
-    def __init__(self, observed_fraction: float, loss_on: str, sigma_data: float) -> None:
+    def __init__(self, observed_fraction: float, loss_on: str, sigma_data: float, target_mask: torch.Tensor | None = None) -> None:
         self.observed_fraction = observed_fraction
         self.loss_on = loss_on
         self.loss = EDMLoss(sigma_data=sigma_data)
+        self.target_mask = target_mask
 
     def __call__(self, denoiser: EDMPrecond, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
         x, avail = batch["x"], batch["available"]
@@ -82,7 +85,10 @@ class MCDObjective:
             k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
             x = torch.rot90(x, k, dims=(-2, -1))
             x = torch.flip(x, dims=(-1,)) if flip % 2 else x
-        mask = random_channel_mask(x.shape[0], x.shape[1], self.observed_fraction, available=avail, generator=generator)
+        if self.target_mask is not None:
+            mask = avail & ~self.target_mask.to(avail.device)[None, :]
+        else:
+            mask = random_channel_mask(x.shape[0], x.shape[1], self.observed_fraction, available=avail, generator=generator)
         cond = build_condition(x, mask, batch.get("genes"))
         counted = avail & ~mask if self.loss_on == "missing" else avail
         x4 = _as_image(x)
@@ -115,6 +121,10 @@ class MCD(img.MCDImageMixin, BaseModel):
         Gene -> protein only: condition on this many principal components of the
         standardised genes (PCA fitted on the training cells, scores whitened) instead of
         the genes themselves. Fewer, denser condition channels suit small data sets.
+    target_channels
+        Channel-specific setting (channels / image modes): always hide these channels and
+        observe all others in training, so the model imputes exactly these (the paper's
+        "single channel" models, one per target). None: random masks (any subset).
     observed_fraction
         ``p`` of the Bern(p) channel masks. Default 0.9 (channels) / 0.0 (gene -> protein).
     loss_on
@@ -183,6 +193,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         adata: AnnData,
         n_genes: int | None = 1000,
         gene_pcs: int | None = None,
+        target_channels: Sequence[str] | None = None,
         observed_fraction: float | None = None,
         loss_on: str = "all",
         model_channels: int = 32,
@@ -242,6 +253,14 @@ class MCD(img.MCDImageMixin, BaseModel):
             "gene_std": None,
             "gene_components": None,
         }
+        if target_channels is not None:
+            target_channels = list(map(str, target_channels))
+            unknown = [t for t in target_channels if t not in targets]
+            if gene_mode or unknown or not target_channels or len(target_channels) == len(targets):
+                raise ValueError(
+                    "target_channels must name some (not all) of the model's channels, outside gene -> protein mode"
+                    + (f"; unknown: {unknown[:5]}" if unknown else "") + "."
+                )
         if gene_pcs is not None:
             if not gene_mode:
                 raise ValueError("gene_pcs applies to gene -> protein models only (set up with protein_obsm_key).")
@@ -249,7 +268,7 @@ class MCD(img.MCDImageMixin, BaseModel):
                 raise ValueError(f"gene_pcs must lie in [1, {len(genes)}] (the number of condition genes), got {gene_pcs}.")
             gene_pcs = int(gene_pcs)
         self.init_args = dict(
-            n_genes=n_genes, gene_pcs=gene_pcs, observed_fraction=observed_fraction, loss_on=loss_on, model_channels=model_channels,
+            n_genes=n_genes, gene_pcs=gene_pcs, target_channels=target_channels, observed_fraction=observed_fraction, loss_on=loss_on, model_channels=model_channels,
             channel_mult=list(channel_mult), num_blocks=num_blocks, heads=heads, dropout=dropout,
             cond_dropout=cond_dropout, sigma_data=sigma_data,
         )
@@ -420,7 +439,9 @@ class MCD(img.MCDImageMixin, BaseModel):
         if not 0 < train_size <= 1:
             raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
         a = self.init_args
-        objective = MCDObjective(a["observed_fraction"], a["loss_on"], a["sigma_data"])
+        targets = a.get("target_channels")
+        target_mask = torch.tensor(np.isin(self.registry["target_names"], targets)) if targets else None
+        objective = MCDObjective(a["observed_fraction"], a["loss_on"], a["sigma_data"], target_mask)
         fit_kwargs = dict(
             lr=lr, weight_decay=weight_decay, batch_size=batch_size,
             accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
@@ -529,6 +550,8 @@ class MCD(img.MCDImageMixin, BaseModel):
             values = np.where(keep[None, :], values, np.nan)
         elif self.gene_mode:
             values = np.full_like(values, np.nan)
+        elif self.init_args.get("target_channels"):
+            values = np.where(np.isin(names, self.init_args["target_channels"])[None, :], np.nan, values)
         obs_mask = ~np.isnan(values)
         if obs_mask.any() and self.init_args["observed_fraction"] == 0:
             warnings.warn("This model was trained without channel masking; observed channels are clamped but not used as condition.")
