@@ -273,6 +273,8 @@ class MCDImageMixin:
         have = set(image_channels(sdata, image_key))
         if observed is not None and missing is not None:
             raise ValueError("Pass observed or missing, not both.")
+        if observed is None and missing is None and self.init_args.get("target_channels"):
+            missing = self.init_args["target_channels"]  # channel-specific model: impute its targets
         for what, given in (("observed", observed), ("missing", missing)):
             unknown = [n for n in (given or []) if n not in names]
             if unknown:
