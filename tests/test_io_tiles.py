@@ -393,3 +393,24 @@ def test_imc_pancreas():
     e34 = table[table.obs["region"] == "E34_labels"]
     df = aggregate_by_labels(sdata.images["E34"].values, sdata.labels["E34_labels"].values, list(table.var_names))
     np.testing.assert_allclose(e34.X, df.to_numpy(), rtol=1e-5)
+
+
+def test_accumulator_in_batches_equals_stitch_and_upsample_to_restores_size():
+    from biodiffuse.data import TileAccumulator, crop_to_factor, downsample_mask, upsample_to
+
+    rng = np.random.default_rng(3)
+    image = rng.random((2, 30, 26)).astype(np.float32)
+    origins = tile_origins(30, 26, 8, 5)
+    tiles = extract_tiles(image, origins, 8)
+    acc = TileAccumulator(2, 30, 26, 8)
+    for start in range(0, len(origins), 7):  # uneven batches
+        acc.add(tiles[start : start + 7].astype(np.float64), origins[start : start + 7])
+    np.testing.assert_allclose(acc.result(), stitch_tiles(tiles, origins, 30, 26), rtol=1e-6)
+    np.testing.assert_allclose(acc.result(), image, rtol=1e-5)
+    small = downsample_mean(crop_to_factor(image, 4), 4)
+    assert small.shape == (2, 7, 6)
+    up = upsample_to(small, 4, 30, 26)
+    assert up.shape == image.shape and (up[:, 28:, :] == up[:, 27:28, :]).all()
+    mask = np.zeros((30, 26), bool)
+    mask[5, 5] = True
+    assert downsample_mask(mask, 4).sum() == 1 and downsample_mask(mask, 4)[1, 1]

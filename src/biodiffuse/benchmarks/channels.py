@@ -154,18 +154,18 @@ def run_channel_specific(n_targets: int = 2, max_epochs: int = 150, seed: int = 
     train_ad, query = adata[tr].copy(), adata[te].copy()
     MCD.setup_anndata(train_ad)
     rows = []
-    models = {"any-subset MCD": MCD(train_ad)}
-    models["any-subset MCD"].train(max_epochs=max_epochs, enable_progress_bar=False, seed=seed)
+    any_subset = MCD(train_ad)
+    any_subset.train(max_epochs=max_epochs, enable_progress_bar=False, seed=seed)
+    counts = np.asarray(query.X.toarray() if hasattr(query.X, "toarray") else query.X, dtype=float)
     for target in FIXED_HELD_OUT[:n_targets]:
         spec = MCD(train_ad, target_channels=[target])
         t0 = time.perf_counter()
         spec.train(max_epochs=max_epochs, enable_progress_bar=False, seed=seed)
         fit_s = time.perf_counter() - t0
         j = names.index(target)
-        for label, model in (("any-subset MCD", models["any-subset MCD"]), ("channel-specific MCD", spec)):
+        for label, model in (("any-subset MCD", any_subset), ("channel-specific MCD", spec)):
             post = model.posterior(query, observed=[n for n in names if n != target], n_samples=1, steps=1, seed=seed)
-            norm = ChannelNormalizer.from_dict(model.registry["normalizer"])
-            truth = norm.transform(np.asarray(query.X.toarray() if hasattr(query.X, "toarray") else query.X, dtype=float))[:, j]
+            truth = ChannelNormalizer.from_dict(model.registry["normalizer"]).transform(counts)[:, j]
             r = float(np.corrcoef(truth, post["mean_normalized"][:, j])[0, 1])
             rows.append(dict(target=target, model=label, r=r, fit_s=fit_s if label.startswith("channel") else np.nan))
             print(target, label, round(r, 3), flush=True)
@@ -179,6 +179,15 @@ def format_table(res: dict[str, Any]) -> str:
     for m, row in piv.iterrows():
         lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     return "\n".join(lines)
+
+
+def _write(out: str, res: dict[str, Any], text: str) -> None:
+    """Print ``text`` and write ``{out}.json`` (the full result) and ``{out}.md`` (``text``)."""
+    print(text)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(res, indent=1, default=float))
+    Path(f"{out}.md").write_text(text + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -204,30 +213,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{next(r['r'] for r in res['rows'] if r['target'] == t and r['model'].startswith('channel')):.3f} |"
             for t in dict.fromkeys(r["target"] for r in res["rows"])
         )
-        print(table)
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}_specific.json").write_text(json.dumps(res, indent=1, default=float))
-        Path(f"{out}_specific.md").write_text(table + "\n")
+        _write(f"{a.out}_specific", res, table)
         return res
     if a.union:
         res = run_union(max_epochs=a.max_epochs, seed=a.seed)
         lines = ["| training setting | channels | training cells | mean r on held-out dsb cells | fit s |", "|---|---|---|---|---|"]
         lines += [f"| {r['setting']} | {r['channels']} | {r['train_cells']} | {r['mean_r']:.3f} | {r['fit_s']:.0f} |" for r in res["rows"]]
         table = f"held-out shared proteins: {', '.join(res['held_out'])}\n\n" + "\n".join(lines)
-        print(table)
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}_union.json").write_text(json.dumps(res, indent=1, default=float))
-        Path(f"{out}_union.md").write_text(table + "\n")
+        _write(f"{a.out}_union", res, table)
         return res
     res = run(a.n_random, a.max_epochs, tuple(a.steps), a.n_samples, a.seed)
-    table = format_table(res)
-    print(res["dataset"] + "\n" + res["split"] + "\n" + table)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(res, indent=1, default=float))
-    Path(f"{out}.md").write_text(res["dataset"] + "\n\n" + res["split"] + "\n\n" + table + "\n")
+    _write(a.out, res, res["dataset"] + "\n\n" + res["split"] + "\n\n" + format_table(res))
     return res
 
 

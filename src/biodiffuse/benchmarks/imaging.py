@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from ..data import ChannelNormalizer
-from ..data.tiles import downsample_mean, spatial_split
+from ..data.tiles import crop_to_factor, downsample_mask, downsample_mean, spatial_split, upsample_to
 from ..metrics import pearson_per_channel
 from ..models import MCD
-from ..models._mcd_image import crop_to_factor, downsample_mask, image_array, image_channels
+from ..models._mcd_image import image_array, image_channels
 from .channel_baselines import fit_predict_channels
 
 __all__ = ["DEFAULT_HELD_OUT", "run", "main"]
@@ -149,7 +149,6 @@ def run(
 
     # per cell: cells whose centroid lies in the test region
     from ..io.channels import aggregate_by_labels
-    from ..models._mcd_image import upsample_to
 
     table = sdata.tables["table"]
     labels = np.asarray(sdata.labels["mibi_labels"].data)

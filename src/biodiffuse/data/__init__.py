@@ -12,6 +12,9 @@ from .panels import (
 )
 from .registry import UNS_KEY, read_setup_record, write_setup_record
 from .tiles import (
+    TileAccumulator,
+    crop_to_factor,
+    downsample_mask,
     downsample_mean,
     extract_tiles,
     spatial_split,
@@ -20,6 +23,7 @@ from .tiles import (
     tile_window,
     tiles_inside,
     upsample_nearest,
+    upsample_to,
 )
 
 __all__ = [
@@ -43,6 +47,10 @@ __all__ = [
     "extract_tiles",
     "spatial_split",
     "stitch_tiles",
+    "TileAccumulator",
+    "crop_to_factor",
+    "downsample_mask",
+    "upsample_to",
     "tile_origins",
     "tile_window",
     "tiles_inside",

@@ -17,9 +17,13 @@ __all__ = [
     "tiles_inside",
     "extract_tiles",
     "stitch_tiles",
+    "TileAccumulator",
     "tile_window",
     "downsample_mean",
+    "downsample_mask",
     "upsample_nearest",
+    "upsample_to",
+    "crop_to_factor",
 ]
 
 _WINDOW_FLOOR = 1e-3
@@ -259,18 +263,70 @@ def stitch_tiles(
     origins = _check_origins(origins, tile_size, height, width)
     if len(origins) != n:
         raise ValueError(f"{n} tiles but {len(origins)} origins.")
-    weights = tile_window(tile_size, window)
-    total = np.zeros((n_channels, height, width), dtype=np.float64)
-    norm = np.zeros((height, width), dtype=np.float64)
-    for k, (y, x) in enumerate(origins):
-        total[:, y : y + tile_size, x : x + tile_size] += weights * np.asarray(tiles[k], dtype=np.float64)
-        norm[y : y + tile_size, x : x + tile_size] += weights
-    covered = norm > 0
-    np.divide(total, norm, out=total, where=covered)
-    total[:, ~covered] = fill_value
+    acc = TileAccumulator(n_channels, height, width, tile_size, window)
+    for k in range(n):
+        acc.add(np.asarray(tiles[k], dtype=np.float64)[None], origins[k : k + 1])
+    total = acc.result(fill_value)
     dtype = getattr(tiles, "dtype", np.dtype(np.float32))
     out_dtype = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     return total.astype(out_dtype, copy=False)
+
+
+class TileAccumulator:
+    """Running window-weighted sums of tiles: stitching batch by batch (as a sampler produces
+    them) keeps one image and one weight plane in memory, never all the tiles.
+
+    Parameters
+    ----------
+    channels, height, width
+        Size of the stitched image.
+    tile_size
+        Side of the square tiles.
+    window
+        As in :func:`tile_window`.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, tile_size: int, window: Literal["hann", "uniform"] = "hann") -> None:
+        self.tile_size = _positive_int(tile_size, "tile_size")
+        self.weights = tile_window(self.tile_size, window)
+        self.total = np.zeros((channels, height, width), dtype=np.float64)
+        self.norm = np.zeros((height, width), dtype=np.float64)
+
+    def add(self, tiles: np.ndarray, origins: np.ndarray) -> None:
+        """Add ``(n, C, t, t)`` tiles at ``(n, 2)`` origins ``(y0, x0)``."""
+        t = self.tile_size
+        for k, (y, x) in enumerate(np.asarray(origins)):
+            self.total[:, y : y + t, x : x + t] += self.weights * tiles[k]
+            self.norm[y : y + t, x : x + t] += self.weights
+
+    def result(self, fill_value: float = np.nan) -> np.ndarray:
+        """The stitched ``(C, H, W)`` float64 image; ``fill_value`` where no tile landed."""
+        covered = self.norm > 0
+        out = np.full_like(self.total, fill_value)
+        np.divide(self.total, self.norm, out=out, where=covered)
+        return out
+
+
+def crop_to_factor(image: np.ndarray, factor: int) -> np.ndarray:
+    """Crop the trailing rows / columns so that H and W are multiples of ``factor``."""
+    h, w = image.shape[-2:]
+    return image[..., : h - h % factor, : w - w % factor]
+
+
+def downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Block-reduce a boolean (H, W) mask (cropped to multiples of ``factor``): a coarse pixel
+    is in the mask when any of its fine pixels is."""
+    return downsample_mean(crop_to_factor(np.asarray(mask, dtype=np.float32), factor), factor) > 0
+
+
+def upsample_to(image: np.ndarray, factor: int, height: int, width: int) -> np.ndarray:
+    """:func:`upsample_nearest` back to ``(height, width)``; the rows / columns that
+    :func:`crop_to_factor` cut off repeat the last pixel."""
+    up = upsample_nearest(image, factor) if factor > 1 else np.asarray(image)
+    ph, pw = height - up.shape[-2], width - up.shape[-1]
+    if ph or pw:
+        up = np.pad(up, [(0, 0)] * (up.ndim - 2) + [(0, ph), (0, pw)], mode="edge")
+    return up
 
 
 def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:

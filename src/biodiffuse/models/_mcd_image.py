@@ -16,10 +16,19 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.tiles import downsample_mean, spatial_split, tile_origins, tile_window, tiles_inside, upsample_nearest
+from ..data.tiles import (
+    TileAccumulator,
+    crop_to_factor,
+    downsample_mask,
+    downsample_mean,
+    spatial_split,
+    tile_origins,
+    tiles_inside,
+    upsample_to,
+)
 from .base import resolve_device
 
-__all__ = ["SDATA_ATTRS_KEY", "read_image_setup", "write_image_setup", "image_array", "image_channels", "ImageAccumulator", "region_tiles"]
+__all__ = ["SDATA_ATTRS_KEY", "MCDImageMixin", "read_image_setup", "write_image_setup", "image_array", "image_channels", "region_tiles"]
 
 SDATA_ATTRS_KEY = "biodiffuse"
 
@@ -82,17 +91,6 @@ def read_image_setup(sdata, model_name: str) -> dict[str, Any] | None:
     return dict(store[model_name])
 
 
-def crop_to_factor(image: np.ndarray, factor: int) -> np.ndarray:
-    """Crop the trailing rows / columns so that H and W are multiples of ``factor``."""
-    h, w = image.shape[-2:]
-    return image[..., : h - h % factor, : w - w % factor]
-
-
-def downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
-    """A model-resolution pixel belongs to ``mask`` when any of its full-resolution pixels does."""
-    return downsample_mean(crop_to_factor(mask.astype(np.float32), factor), factor) > 0
-
-
 def region_tiles(
     shape: tuple[int, int], tile: int, holdout: np.ndarray | None, train_size: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,38 +116,6 @@ def region_tiles(
     if not train.any():
         raise ValueError("No training tile lies inside the training region; use a smaller tile_size or holdout.")
     return origins, train, val
-
-
-class ImageAccumulator:
-    """Window-weighted running sums of tiles, so stitching keeps one image, not all tiles."""
-
-    def __init__(self, channels: int, height: int, width: int, tile: int, window: str = "hann") -> None:
-        self.tile = tile
-        self.window = tile_window(tile, window).astype(np.float64)
-        self.sum = np.zeros((channels, height, width), np.float64)
-        self.sq = np.zeros((channels, height, width), np.float64)
-        self.weight = np.zeros((height, width), np.float64)
-
-    def add(self, tiles: np.ndarray, origins: np.ndarray, tiles_sq: np.ndarray | None = None) -> None:
-        t = self.tile
-        for k, (y0, x0) in enumerate(np.asarray(origins)):
-            self.sum[:, y0 : y0 + t, x0 : x0 + t] += self.window * tiles[k]
-            if tiles_sq is not None:
-                self.sq[:, y0 : y0 + t, x0 : x0 + t] += self.window * tiles_sq[k]
-            self.weight[y0 : y0 + t, x0 : x0 + t] += self.window
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        w = np.where(self.weight > 0, self.weight, np.nan)
-        return self.sum / w, self.sq / w
-
-
-def upsample_to(image: np.ndarray, factor: int, height: int, width: int) -> np.ndarray:
-    """Nearest upsampling to the full image size (the cropped border repeats the last pixel)."""
-    up = upsample_nearest(image, factor) if factor > 1 else image
-    ph, pw = height - up.shape[-2], width - up.shape[-1]
-    if ph or pw:
-        up = np.pad(up, [(0, 0)] * (up.ndim - 2) + [(0, ph), (0, pw)], mode="edge")
-    return up
 
 
 def cell_means_frame(image: np.ndarray, labels: np.ndarray, names: Sequence[str], table) -> pd.DataFrame:
@@ -341,8 +307,8 @@ class MCDImageMixin:
         z = np.nan_to_num(self._normalize_image(small), nan=0.0)
         origins = tile_origins(h, w, tile, max(1, tile // 2))
         norm = ChannelNormalizer.from_dict(self.registry["normalizer"])
-        acc_z = ImageAccumulator(c, h, w, tile)
-        acc_o = ImageAccumulator(c, h, w, tile)
+        # one accumulator for [mean, mean of squares] in normalised and original scale
+        acc = TileAccumulator(4 * c, h, w, tile)
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -360,10 +326,8 @@ class MCDImageMixin:
                 zz = ((s + 1.0) / 2.0).double().cpu().numpy()
                 orig = norm.inverse_transform(np.moveaxis(zz, 2, -1).reshape(-1, c)).reshape(*zz.shape[:2], tile, tile, c)
                 orig = np.moveaxis(orig, -1, 2)
-                acc_z.add(zz.mean(1), ob, (zz**2).mean(1))
-                acc_o.add(orig.mean(1), ob, (orig**2).mean(1))
-        mz, sz = acc_z.result()
-        mo, so = acc_o.result()
+                acc.add(np.concatenate([zz.mean(1), (zz**2).mean(1), orig.mean(1), (orig**2).mean(1)], axis=1), ob)
+        mz, sz, mo, so = np.split(acc.result(), 4)
         out = {
             "mean_normalized": mz, "variance_normalized": np.clip(sz - mz**2, 0, None),
             "mean": mo, "variance": np.clip(so - mo**2, 0, None),
