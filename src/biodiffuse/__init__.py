@@ -9,12 +9,13 @@ except PackageNotFoundError:  # pragma: no cover - source tree without install
 
 from . import data, diffusion, metrics, models, nn, train  # noqa: E402
 
-__all__ = ["data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "train", "__version__"]
+__all__ = ["data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "tl", "train", "__version__"]
 
 
 def __getattr__(name: str):
-    # datasets, io and pl import heavier dependencies (pooch, spatialdata, matplotlib): load on first use.
-    if name in ("datasets", "pl", "benchmarks", "io"):
+    # datasets, io, pl and tl import heavier dependencies (pooch, spatialdata, matplotlib, sklearn):
+    # load on first use.
+    if name in ("datasets", "pl", "tl", "benchmarks", "io"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

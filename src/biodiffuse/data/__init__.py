@@ -1,6 +1,8 @@
-"""Data layer: setup records, field validation, invertible normalisers and image tiles."""
+"""Data layer: setup records, field validation, invertible normalisers, image tiles and
+per-modality matrices / latent encoders of MuData."""
 
 from .fields import check_adata, check_values, columns_by_name, get_matrix, get_obsm_frame, log_normalize
+from .modality import ModalityEncoder, choose_encoder, modality_matrix
 from .normalize import ChannelNormalizer
 from .panels import (
     KNOWN_CLONES,
@@ -34,6 +36,9 @@ __all__ = [
     "get_obsm_frame",
     "log_normalize",
     "ChannelNormalizer",
+    "ModalityEncoder",
+    "choose_encoder",
+    "modality_matrix",
     "KNOWN_CLONES",
     "PROTEIN_ALIASES",
     "canonical_protein_name",

@@ -1,10 +1,13 @@
 """Real public data sets (bundled or read from a data folder) and sha256-checked fetching.
 
-Imaging loaders (:func:`mibi_granuloma`, :func:`imc_pancreas`) need spatialdata."""
+Imaging loaders (:func:`mibi_granuloma`, :func:`imc_pancreas`) need spatialdata; TCGA loaders
+(:func:`tcga_acc`, :func:`tcga_brca`) return MuData."""
 
 from ._fetch import fetch_file, read_h5ad_safely, sha256sum
 from .citeseq import dsb_adt_pbmc, eccite_pbmc, pbmc10k_protein
 from .imaging import MIBI_NON_PROTEIN, imc_pancreas, mibi_granuloma
+from .spatial import osmfish_allen_visp, starmap_915
+from .tcga import tcga_acc, tcga_brca
 
 __all__ = [
     "MIBI_NON_PROTEIN",
@@ -13,7 +16,11 @@ __all__ = [
     "fetch_file",
     "imc_pancreas",
     "mibi_granuloma",
+    "osmfish_allen_visp",
     "pbmc10k_protein",
     "read_h5ad_safely",
     "sha256sum",
+    "starmap_915",
+    "tcga_acc",
+    "tcga_brca",
 ]

@@ -1,7 +1,9 @@
 """Network building blocks: embeddings, residual blocks, channel attention, the MCD UNet."""
 
 from .attention import ChannelAttention, OutputRecalibration, SpatialAttention, SqueezeExcitation
+from .dit import DiTBlock, GeneDiT, ReferenceAttention
 from .blocks import Downsample, ResBlock, UNetBlock, Upsample
+from .mlp import MLPDenoiser
 from .embeddings import NoiseEmbedding, PositionalEmbedding
 from .unet import ConditionEncoder, MCDUNet
 
@@ -17,5 +19,9 @@ __all__ = [
     "NoiseEmbedding",
     "PositionalEmbedding",
     "ConditionEncoder",
+    "DiTBlock",
+    "GeneDiT",
+    "MLPDenoiser",
+    "ReferenceAttention",
     "MCDUNet",
 ]

@@ -2,5 +2,17 @@
 
 from .images import image_imputation_panels
 from .imputation import imputed_vs_measured, protein_correlation_bars, training_curve
+from .multimodal import acquisition_curves, r2_heatmap, real_vs_synthetic_umap
+from .spatial import pcc_distribution, spatial_genes
 
-__all__ = ["image_imputation_panels", "imputed_vs_measured", "protein_correlation_bars", "training_curve"]
+__all__ = [
+    "acquisition_curves",
+    "image_imputation_panels",
+    "imputed_vs_measured",
+    "pcc_distribution",
+    "protein_correlation_bars",
+    "r2_heatmap",
+    "real_vs_synthetic_umap",
+    "spatial_genes",
+    "training_curve",
+]

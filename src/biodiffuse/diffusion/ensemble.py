@@ -1,0 +1,134 @@
+"""Coherent Denoising: an ensemble of single-condition denoisers acting as one.
+
+At every sampler step each available denoiser ``D_k(x; sigma | c_k)`` predicts the clean
+sample; the consensus is their weighted average. Averaging denoised estimates is the same as
+averaging noise predictions, since ``eps_k = (x - D_k) / sigma`` is affine in ``D_k``. The
+ensemble also measures, per sample and step, the pairwise cosine distance between the noise
+predictions ``eps_k``; a step is *incoherent* when the largest pairwise distance exceeds
+``threshold``, and a sample whose fraction of incoherent steps exceeds
+``max_incoherent_fraction`` is rejected and drawn again (:func:`coherent_sample`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .edm import heun_sampler
+
+__all__ = ["CoherentConsensus", "coherent_sample"]
+
+
+class CoherentConsensus:
+    """A denoiser callable that averages several conditional denoisers.
+
+    Parameters
+    ----------
+    denoisers
+        K callables ``D_k(x, sigma, cond_k)``.
+    conds
+        The K conditions (each batched like ``x``).
+    weights
+        (K,) non-negative weights (e.g. softmax of inverse validation losses).
+    available
+        (B, K) booleans: which denoisers apply to each sample (its condition is measured).
+        Every sample needs at least one.
+    threshold
+        Cosine distance between two noise predictions above which a step is incoherent.
+    """
+
+    def __init__(
+        self,
+        denoisers: Sequence[Callable[..., torch.Tensor]],
+        conds: Sequence[Any],
+        weights: torch.Tensor,
+        available: torch.Tensor,
+        threshold: float = 0.5,
+    ) -> None:
+        if len(denoisers) != len(conds) or len(denoisers) != len(weights):
+            raise ValueError("denoisers, conds and weights must have the same length.")
+        if available.shape[1] != len(denoisers):
+            raise ValueError(f"available has {available.shape[1]} columns for {len(denoisers)} denoisers.")
+        if not bool(available.any(dim=1).all()):
+            raise ValueError("Every sample needs at least one available condition.")
+        self.denoisers = list(denoisers)
+        self.conds = list(conds)
+        w = available.to(weights.dtype) * weights[None, :]
+        self.w = w / w.sum(dim=1, keepdim=True)
+        self.available = available.bool()
+        self.threshold = float(threshold)
+        self.steps = 0
+        self.incoherent = torch.zeros(available.shape[0], device=available.device)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, _cond: Any = None) -> torch.Tensor:
+        outs = torch.stack([d(x, sigma, c) for d, c in zip(self.denoisers, self.conds)], dim=1)  # (B, K, D)
+        consensus = (self.w.to(outs.dtype)[:, :, None] * outs).sum(dim=1)
+        if len(self.denoisers) > 1:
+            eps = (x[:, None, :] - outs) / sigma.reshape(-1, 1, 1).to(outs.dtype)
+            unit = torch.nn.functional.normalize(eps, dim=-1)
+            cos_dist = 1.0 - unit @ unit.transpose(1, 2)  # (B, K, K)
+            pair = self.available[:, :, None] & self.available[:, None, :]
+            worst = torch.where(pair, cos_dist, torch.zeros_like(cos_dist)).amax(dim=(1, 2))
+            self.incoherent += (worst > self.threshold).to(self.incoherent.dtype)
+        self.steps += 1
+        return consensus
+
+    def incoherent_fraction(self) -> torch.Tensor:
+        """Per sample, the fraction of denoiser calls judged incoherent so far."""
+        return self.incoherent / max(self.steps, 1)
+
+
+@torch.no_grad()
+def coherent_sample(
+    make_consensus: Callable[[torch.Tensor], CoherentConsensus],
+    latents_fn: Callable[[int], torch.Tensor],
+    n: int,
+    steps: int = 18,
+    max_incoherent_fraction: float = 0.1,
+    max_retries: int = 10,
+    **sampler_kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample with a consensus and redraw the incoherent samples.
+
+    Parameters
+    ----------
+    make_consensus
+        Builds a fresh :class:`CoherentConsensus` for the rows given (a LongTensor of row
+        indices into the ``n`` samples).
+    latents_fn
+        Returns standard-normal latents for ``k`` rows.
+    n
+        Number of samples.
+    steps
+        Heun steps.
+    max_incoherent_fraction
+        A sample is rejected when more than this fraction of its steps was incoherent.
+    max_retries
+        Redraws per sample; after them the last draw is kept.
+    **sampler_kwargs
+        Passed to :func:`~biodiffuse.diffusion.heun_sampler`.
+
+    Returns
+    -------
+    samples (n, D), the number of retries per sample (n,), and whether the kept sample was
+    still incoherent (n,).
+    """
+    rows = torch.arange(n)
+    out: torch.Tensor | None = None
+    retries = torch.zeros(n, dtype=torch.long)
+    rejected = torch.zeros(n, dtype=torch.bool)
+    todo = rows
+    for attempt in range(max_retries + 1):
+        consensus = make_consensus(todo)
+        x = heun_sampler(consensus, latents_fn(len(todo)), None, steps=steps, **sampler_kwargs)
+        if out is None:
+            out = torch.empty((n, x.shape[1]), dtype=x.dtype, device=x.device)
+        out[todo.to(out.device)] = x
+        bad = (consensus.incoherent_fraction() > max_incoherent_fraction).cpu()
+        rejected[todo] = bad
+        if not bad.any() or attempt == max_retries:
+            break
+        todo = todo[bad]
+        retries[todo] += 1
+    return out, retries, rejected

@@ -1,0 +1,25 @@
+"""Downstream tools: utility of synthesised modalities, counterfactual variance, acquisition curves."""
+
+from .acquisition import acquisition_curve, area_under_curve, counterfactual_variance
+from .utility import (
+    FittedPredictor,
+    ablation_utility,
+    fit_predictor,
+    predict_output,
+    predictor_score,
+    survival_from_clinical,
+    utility_summary,
+)
+
+__all__ = [
+    "FittedPredictor",
+    "ablation_utility",
+    "acquisition_curve",
+    "area_under_curve",
+    "counterfactual_variance",
+    "fit_predictor",
+    "predict_output",
+    "predictor_score",
+    "survival_from_clinical",
+    "utility_summary",
+]
