@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = summarize(per_gene, seconds)
     pd.concat(per_gene, names=["method", "gene"]).to_csv(out / "per_gene.csv")
     (out / "summary.json").write_text(json.dumps(json.loads(table.to_json(orient="index")), indent=1))
-    print(table.round(3).to_markdown())
+    print(table.round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -61,10 +61,10 @@ class ModalityObjective:
     ``observed_fraction < 1``, each is dropped at random.
     """
 
-    def __init__(self, pairs: list[tuple[str, int, list[int]]], observed_fraction: float, sigma_data: float) -> None:
+    def __init__(self, pairs: list[tuple[str, int, list[int]]], observed_fraction: float, sigma_data: float, P_mean: float = 0.0, P_std: float = 1.5) -> None:
         self.pairs = pairs
         self.observed_fraction = observed_fraction
-        self.loss = EDMLoss(sigma_data=sigma_data)
+        self.loss = EDMLoss(P_mean=P_mean, P_std=P_std, sigma_data=sigma_data)
 
     def __call__(self, network: nn.ModuleDict, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
         present = batch["present"]
@@ -127,6 +127,9 @@ class _ModalityDiffusion(BaseModel):
         dropout: float = 0.1,
         observed_fraction: float = 0.5,
         sigma_data: float = 1.0,
+        sigma_max: float = 10.0,
+        P_mean: float = 0.0,
+        P_std: float = 1.5,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -143,7 +146,8 @@ class _ModalityDiffusion(BaseModel):
         self.adata = mdata
         self.init_args = dict(
             latent_dim=int(latent_dim), encoder=encoder, hidden=int(hidden), layers=int(layers), emb_dim=int(emb_dim),
-            dropout=float(dropout), observed_fraction=float(observed_fraction), sigma_data=float(sigma_data), seed=int(seed),
+            dropout=float(dropout), observed_fraction=float(observed_fraction), sigma_data=float(sigma_data),
+            sigma_max=float(sigma_max), P_mean=float(P_mean), P_std=float(P_std), seed=int(seed),
         )
         self.registry = dict(
             setup=setup, modalities=mods, dims=dims, encoders=encoders, val_loss=None,
@@ -167,6 +171,10 @@ class _ModalityDiffusion(BaseModel):
 
     def _training_fraction(self) -> float:
         return self.init_args["observed_fraction"]
+
+    def _noise_args(self) -> tuple[float, float, float]:
+        a = self.init_args
+        return a["sigma_data"], a["P_mean"], a["P_std"]
 
     # --- data -----------------------------------------------------------------------------------
     def _encoder(self, mod: str) -> ModalityEncoder:
@@ -244,7 +252,7 @@ class _ModalityDiffusion(BaseModel):
         n_train = max(2, int(math.ceil(train_size * n)))
         tr, va = np.sort(perm[:n_train]), np.sort(perm[n_train:])
         part = lambda idx: {k: v[torch.from_numpy(idx)] for k, v in tensors.items()}  # noqa: E731
-        objective = ModalityObjective(self._pairs(), self._training_fraction(), self.init_args["sigma_data"])
+        objective = ModalityObjective(self._pairs(), self._training_fraction(), *self._noise_args())
         history = self._run_training(
             objective, part(tr), part(va) if len(va) else None, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, max_epochs=max_epochs, early_stopping=early_stopping,
@@ -260,7 +268,7 @@ class _ModalityDiffusion(BaseModel):
         out = {}
         net = self.network.cpu().eval()
         for key, t, conds in self._pairs():
-            obj = ModalityObjective([(key, t, conds)], 1.0, self.init_args["sigma_data"])
+            obj = ModalityObjective([(key, t, conds)], 1.0, *self._noise_args())
             gen = torch.Generator().manual_seed(0)
             vals = [float(obj(net, batch, gen)) for _ in range(repeats)]
             out[key] = float(np.mean(vals)) if any(v > 0 for v in vals) else float("nan")
@@ -422,7 +430,8 @@ class MultiConditionDiffusion(_ModalityDiffusion):
     See :class:`_ModalityDiffusion` parameters: ``latent_dim`` (per-modality latent size),
     ``encoder`` (``"pca"`` or ``"autoencoder"``), ``hidden`` / ``layers`` / ``emb_dim`` /
     ``dropout`` (the MLP), ``observed_fraction`` (keep probability of a condition),
-    ``sigma_data``, ``seed``.
+    ``sigma_data``, ``sigma_max`` / ``P_mean`` / ``P_std`` (sampler start and lognormal training
+    noise; as SpaDiT, the first sampler step is a noise level the network trains on), ``seed``.
 
     Examples
     --------
@@ -451,7 +460,7 @@ class MultiConditionDiffusion(_ModalityDiffusion):
         mt = torch.from_numpy(np.repeat(m, n_samples, axis=0)).to(dev)
         gen = torch.Generator(device=dev).manual_seed(seed)
         lat = torch.randn((n * n_samples, self.registry["dims"][t]), generator=gen, device=dev)
-        x = heun_sampler(net, lat, (cs, mt), steps=int(steps))
+        x = heun_sampler(net, lat, (cs, mt), steps=int(steps), sigma_max=self.init_args["sigma_max"])
         return x.reshape(n, n_samples, -1).transpose(0, 1).double().cpu().numpy(), {}
 
 
@@ -498,7 +507,7 @@ class CoherentDenoising(_ModalityDiffusion):
             if conds:
                 raise ValueError("Some patients have none of the conditions; pass indices of patients that have one.")
             net = self.network[_pair_key(_NONE, mods[t])].to(dev).eval()
-            x = heun_sampler(net, torch.randn((n * n_samples, d), generator=gen, device=dev), None, steps=int(steps))
+            x = heun_sampler(net, torch.randn((n * n_samples, d), generator=gen, device=dev), None, steps=int(steps), sigma_max=a["sigma_max"])
             return x.reshape(n, n_samples, -1).transpose(0, 1).double().cpu().numpy(), {}
         weights = self.consensus_weights(mods[t], [mods[c] for c in conds])
         w = torch.tensor([weights[_pair_key(mods[c], mods[t])] for c in conds], device=dev)
@@ -512,7 +521,7 @@ class CoherentDenoising(_ModalityDiffusion):
 
         x, retries, rejected = coherent_sample(
             make, lambda k: torch.randn((k, d), generator=gen, device=dev), n * n_samples, steps=int(steps),
-            max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"],
+            max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"], sigma_max=a["sigma_max"],
         )
         lat = x.reshape(n, n_samples, -1).transpose(0, 1).double().cpu().numpy()
         return lat, {"retries": retries.reshape(n, n_samples).numpy(), "rejected": rejected.reshape(n, n_samples).numpy()}
