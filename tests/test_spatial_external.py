@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
+from conftest import SHARED_DATA
 
 from biodiffuse.benchmarks.spatial_external import (
     EXTERNAL_SPATIAL_BASELINES,
@@ -18,8 +19,6 @@ from biodiffuse.benchmarks.spatial_external import (
     fit_predict_tangram,
 )
 from biodiffuse.data import log_normalize
-
-from conftest import SHARED_DATA
 
 OSMFISH = SHARED_DATA / "spatial" / "osmfish_allen_visp_33genes"
 TEST_GENES = ["Gad2", "Cnr1", "Tbr1"]
