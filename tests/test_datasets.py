@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from biodiffuse.datasets import citeseq, dsb_adt_pbmc, eccite_pbmc, fetch_file, pbmc10k_protein, read_h5ad_safely
+from biodiffuse.datasets import _locate, citeseq, dsb_adt_pbmc, eccite_pbmc, fetch_file, pbmc10k_protein, read_h5ad_safely
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BIODIFFUSE_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -108,7 +108,7 @@ def test_sha_checked_for_shared_files(tmp_path):
 
 def test_not_found_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv(citeseq.DATA_DIR_ENV, str(tmp_path / "nowhere"))
-    monkeypatch.setattr(citeseq, "_repo_root", lambda: None)
+    monkeypatch.setattr(_locate, "repo_root", lambda: None)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere") as err:
         pbmc10k_protein()

@@ -16,10 +16,10 @@ import pandas as pd
 from anndata import AnnData
 
 from ._fetch import fetch_file, read_h5ad_safely
+from ._locate import DATA_DIR_ENV, locate_file
 
 __all__ = ["eccite_pbmc", "pbmc10k_protein", "dsb_adt_pbmc", "DATA_DIR_ENV"]
 
-DATA_DIR_ENV = "BIODIFFUSE_DATA_DIR"
 
 _ECCITE = ("eccite_pbmc500.h5ad", "e0b59268fe78851ce05f9b87a2b62f56c7761e984021f85312bb49c0bfe37ff5")
 _PBMC10K = ("pbmc10k_protein_200cells.h5ad", "512fe360bd1cc79821f67959cc47e19b92bb7edbbb9351da5d1e9d70b35102a2")
@@ -56,44 +56,6 @@ def _read_known(path: Path) -> AnnData:
         return read_h5ad_safely(path)
 
 
-def _repo_root() -> Path | None:
-    here = Path(__file__).resolve()
-    # src/biodiffuse/datasets/citeseq.py -> the repository root is the parent of src/.
-    return here.parents[3] if here.parents[2].name == "src" else None
-
-
-def _candidate_dirs() -> list[Path]:
-    dirs: list[Path] = []
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        dirs += [Path(env).expanduser() / "citeseq", Path(env).expanduser()]
-    dirs.append(Path.cwd() / ".." / "shared" / "data" / "citeseq")
-    root = _repo_root()
-    if root is not None:
-        dirs.append(root / ".." / "shared" / "data" / "citeseq")
-    return dirs
-
-
-def _locate(filename: str, path: str | os.PathLike | None) -> Path:
-    """Find ``filename``: in/at ``path`` if given, else in the candidate data folders."""
-    if path is not None:
-        p = Path(path).expanduser()
-        target = p / filename if p.is_dir() else p
-        if not target.is_file():
-            raise FileNotFoundError(f"{filename} not found at {target} (from path={os.fspath(path)!r}).")
-        return target
-    tried = []
-    for d in _candidate_dirs():
-        target = d / filename
-        if target.is_file():
-            return target.resolve()
-        tried.append(str(target.resolve()))
-    raise FileNotFoundError(
-        f"{filename} not found. Looked in: {', '.join(tried)}. Pass path=..., or set "
-        f"{DATA_DIR_ENV} to the shared data folder (the one holding citeseq/)."
-    )
-
-
 def pbmc10k_protein(path: str | os.PathLike | None = None) -> AnnData:
     """10x Genomics PBMC 10k with TotalSeq-B proteins, 200-cell subset.
 
@@ -122,7 +84,7 @@ def pbmc10k_protein(path: str | os.PathLike | None = None) -> AnnData:
         If its sha256 does not match.
     """
     name, sha = _PBMC10K
-    adata = _read_known(fetch_file(_locate(name, path), sha))
+    adata = _read_known(fetch_file(locate_file("citeseq", name, path), sha))
     prot = adata.obsm["protein_expression"]
     if not isinstance(prot, pd.DataFrame):
         names = [str(n) for n in np.asarray(adata.uns["protein_names"])]
@@ -148,4 +110,4 @@ def dsb_adt_pbmc(path: str | os.PathLike | None = None) -> AnnData:
         2,872 cells x 87 proteins, raw ADT counts in ``X``.
     """
     name, sha = _DSB_CELLS
-    return _read_known(fetch_file(_locate(name, path), sha))
+    return _read_known(fetch_file(locate_file("citeseq", name, path), sha))

@@ -8,10 +8,9 @@ to the working directory and to the repository root. Files are TIFFs read with t
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..io.channels import read_channel_tiffs
-from .citeseq import DATA_DIR_ENV, _repo_root
+from ._locate import locate_dir
 
 __all__ = ["mibi_granuloma", "imc_pancreas", "MIBI_NON_PROTEIN", "MIBI_REMOVED_BY_AUTHORS", "IMC_PANCREAS_CHANNELS"]
 
@@ -33,30 +32,6 @@ MIBI_REMOVED_BY_AUTHORS = ("Arginase1", "CD56")
 # ``getChannels(pancreasImages, c("H3", "CD99", "PIN", "CD8a", "CDH"))``); the TIFFs carry no names.
 IMC_PANCREAS_CHANNELS = ("H3", "CD99", "PIN", "CD8a", "CDH")
 _IMC_IMAGES = ("E34", "G01", "J02")
-
-
-def _dataset_dir(name: str, path: str | os.PathLike | None) -> Path:
-    """The folder of data set ``name``: ``path`` if given, else the first candidate holding it."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p} is not a folder (from path={os.fspath(path)!r}).")
-        return p
-    candidates: list[Path] = []
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        candidates += [Path(env).expanduser() / "imaging" / name, Path(env).expanduser() / name]
-    candidates.append(Path.cwd() / ".." / "shared" / "data" / "imaging" / name)
-    root = _repo_root()
-    if root is not None:
-        candidates.append(root / ".." / "shared" / "data" / "imaging" / name)
-    for d in candidates:
-        if d.is_dir():
-            return d.resolve()
-    raise FileNotFoundError(
-        f"Data set folder {name!r} not found. Looked in: {', '.join(str(d.resolve()) for d in candidates)}. "
-        f"Pass path=..., or set {DATA_DIR_ENV} to the shared data folder (the one holding imaging/)."
-    )
 
 
 def mibi_granuloma(path: str | os.PathLike | None = None, drop_non_protein: bool = True):
@@ -88,7 +63,7 @@ def mibi_granuloma(path: str | os.PathLike | None = None, drop_non_protein: bool
         channels of per-cell mean counts, ``obsm["spatial"]`` centroids (x, y),
         ``uns["source"]`` provenance.
     """
-    folder = _dataset_dir(_MIBI, path)
+    folder = locate_dir("imaging", _MIBI, path)
     sdata = read_channel_tiffs(
         folder / "channels",
         image_key="mibi",
@@ -128,7 +103,7 @@ def imc_pancreas(path: str | os.PathLike | None = None):
     from spatialdata import SpatialData
     from spatialdata.models import TableModel
 
-    folder = _dataset_dir(_IMC, path)
+    folder = locate_dir("imaging", _IMC, path)
     images, labels, tables = {}, {}, []
     for name in _IMC_IMAGES:
         one = read_channel_tiffs(

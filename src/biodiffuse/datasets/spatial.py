@@ -16,7 +16,8 @@ import numpy as np
 from anndata import AnnData
 
 from ._fetch import fetch_file
-from .citeseq import DATA_DIR_ENV, _read_known, _repo_root
+from ._locate import locate_dir
+from .citeseq import _read_known
 
 __all__ = ["osmfish_allen_visp", "starmap_915"]
 
@@ -37,30 +38,6 @@ _STARMAP_SOURCE = (
     "645 cells x 915 genes with x/y coordinates (its scRNA-seq reference is not included); via "
     "fdu-wangfeilab/stDiff @39b4bac0 : datasets/sp/ (MIT), converted to h5ad without changing values"
 )
-
-
-def _dataset_dir(name: str, path: str | os.PathLike | None) -> Path:
-    """The folder of data set ``name``: ``path`` if given, else the first candidate holding it."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p} is not a folder (from path={os.fspath(path)!r}).")
-        return p
-    candidates: list[Path] = []
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        candidates += [Path(env).expanduser() / "spatial" / name, Path(env).expanduser() / name]
-    candidates.append(Path.cwd() / ".." / "shared" / "data" / "spatial" / name)
-    root = _repo_root()
-    if root is not None:
-        candidates.append(root / ".." / "shared" / "data" / "spatial" / name)
-    for d in candidates:
-        if d.is_dir():
-            return d.resolve()
-    raise FileNotFoundError(
-        f"Data set folder {name!r} not found. Looked in: {', '.join(str(d.resolve()) for d in candidates)}. "
-        f"Pass path=..., or set {DATA_DIR_ENV} to the shared data folder (the one holding spatial/)."
-    )
 
 
 def _read(folder: Path, entry: tuple[str, str], source: str) -> AnnData:
@@ -110,7 +87,7 @@ def osmfish_allen_visp(path: str | os.PathLike | None = None) -> tuple[AnnData, 
     ValueError
         If a file's sha256 does not match.
     """
-    folder = _dataset_dir(_OSMFISH_DIR, path)
+    folder = locate_dir("spatial", _OSMFISH_DIR, path)
     spatial = _add_spatial(_read(folder, _OSMFISH_SPATIAL, _OSMFISH_SOURCE + " (osmFISH part)"))
     reference = _read(folder, _OSMFISH_REFERENCE, _OSMFISH_SOURCE + " (Allen VISp Smart-seq part)")
     return spatial, reference
@@ -142,5 +119,5 @@ def starmap_915(path: str | os.PathLike | None = None) -> AnnData:
     ValueError
         If the file's sha256 does not match.
     """
-    folder = _dataset_dir(_STARMAP_DIR, path)
+    folder = locate_dir("spatial", _STARMAP_DIR, path)
     return _add_spatial(_read(folder, _STARMAP, _STARMAP_SOURCE))

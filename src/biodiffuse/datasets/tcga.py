@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._fetch import fetch_file
-from .citeseq import DATA_DIR_ENV, _repo_root
+from ._locate import locate_file
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -47,31 +47,6 @@ _BRCA_SOURCE = (
     "data/breast.TCGA.rda (GPL>=2), converted to h5mu without changing values "
     "(normalised values as shipped there, subsets of features)."
 )
-
-
-def _locate_tcga(filename: str, path: str | os.PathLike | None) -> Path:
-    """Find ``filename``: in/at ``path`` if given, else in the candidate ``tcga/`` folders."""
-    if path is not None:
-        p = Path(path).expanduser()
-        target = p / filename if p.is_dir() else p
-        if not target.is_file():
-            raise FileNotFoundError(f"{filename} not found at {target} (from path={os.fspath(path)!r}).")
-        return target
-    candidates: list[Path] = []
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        candidates += [Path(env).expanduser() / "tcga", Path(env).expanduser()]
-    candidates.append(Path.cwd() / ".." / "shared" / "data" / "tcga")
-    root = _repo_root()
-    if root is not None:
-        candidates.append(root / ".." / "shared" / "data" / "tcga")
-    for d in candidates:
-        if (d / filename).is_file():
-            return (d / filename).resolve()
-    raise FileNotFoundError(
-        f"{filename} not found. Looked in: {', '.join(str(d.resolve()) for d in candidates)}. "
-        f"Pass path=..., or set {DATA_DIR_ENV} to the shared data folder (the one holding tcga/)."
-    )
 
 
 def _read_h5mu(path: Path) -> MuData:
@@ -154,7 +129,7 @@ def tcga_acc(path: str | os.PathLike | None = None) -> MuData:
         If its sha256 does not match.
     """
     name, sha = _ACC
-    mdata = _read_h5mu(fetch_file(_locate_tcga(name, path), sha))
+    mdata = _read_h5mu(fetch_file(locate_file("tcga", name, path), sha))
     mdata.obs = _add_survival(_clean_clinical(mdata.obs))
     mdata.uns["source"] = _ACC_SOURCE
     return mdata
@@ -193,6 +168,6 @@ def tcga_brca(split: str = "train", path: str | os.PathLike | None = None) -> Mu
     if split not in _BRCA:
         raise ValueError(f"split must be one of {sorted(_BRCA)}, got {split!r}.")
     name, sha = _BRCA[split]
-    mdata = _read_h5mu(fetch_file(_locate_tcga(name, path), sha))
+    mdata = _read_h5mu(fetch_file(locate_file("tcga", name, path), sha))
     mdata.uns["source"] = _BRCA_SOURCE.format(split=split)
     return mdata

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
@@ -76,6 +78,29 @@ class BaseModel:
         self.history = pd.concat([self.history, history]) if len(self.history) else history
         self.is_trained = True
         return history
+
+    @staticmethod
+    def _schedule(
+        max_epochs: int | None,
+        patience: int | None,
+        ema_decay: float | str | None,
+        n_train: int,
+        batch_size: int,
+        steps: int,
+        epochs: tuple[int, int],
+        min_patience: int,
+    ) -> tuple[int, int, float | None]:
+        """Default training length: about ``steps`` optimiser steps (epochs clipped to
+        ``epochs``), patience a tenth of the epochs (at least ``min_patience``), and with
+        ``ema_decay="auto"`` an EMA over about the last tenth of the steps (0.9-0.999)."""
+        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+        if max_epochs is None:
+            max_epochs = int(np.clip(round(steps / steps_per_epoch), *epochs))
+        if patience is None:
+            patience = max(min_patience, max_epochs // 10)
+        if ema_decay == "auto":
+            ema_decay = float(np.clip(1.0 - 10.0 / (max_epochs * steps_per_epoch), 0.9, 0.999))
+        return max_epochs, patience, ema_decay
 
     def _require_trained(self) -> None:
         if not self.is_trained:

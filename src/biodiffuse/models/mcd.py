@@ -450,7 +450,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         )
         if self.registry["mode"] == "image":
             train_t, val_t, n_tiles = self._image_training_tensors(holdout, train_size, seed)
-            max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, n_tiles, batch_size)
+            max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, n_tiles, batch_size, steps=6000, epochs=(100, 3000), min_patience=20)
             return self._run_training(objective, train_t, val_t, max_epochs=max_epochs,
                                       early_stopping_patience=patience, ema_decay=ema, **fit_kwargs)
         if holdout is not None:
@@ -490,23 +490,11 @@ class MCD(img.MCDImageMixin, BaseModel):
         def part(idx: np.ndarray) -> dict[str, torch.Tensor]:
             return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in tensors.items()}
 
-        max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, len(train_idx), batch_size)
+        max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, len(train_idx), batch_size, steps=6000, epochs=(100, 3000), min_patience=20)
         return self._run_training(
             objective, part(train_idx), part(val_idx) if len(val_idx) else None,
             max_epochs=max_epochs, early_stopping_patience=patience, ema_decay=ema, **fit_kwargs,
         )
-
-    @staticmethod
-    def _schedule(max_epochs: int | None, patience: int | None, ema_decay: float | str | None, n_train: int, batch_size: int):
-        """Defaults: about 6,000 optimiser steps (100-3,000 epochs), patience a tenth of that, EMA over the last tenth."""
-        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-        if max_epochs is None:
-            max_epochs = int(np.clip(round(6000 / steps_per_epoch), 100, 3000))
-        if patience is None:
-            patience = max(20, max_epochs // 10)
-        if ema_decay == "auto":
-            ema_decay = float(np.clip(1.0 - 10.0 / (max_epochs * steps_per_epoch), 0.9, 0.999))
-        return max_epochs, patience, ema_decay
 
     # --- inference --------------------------------------------------------------------------
     @torch.no_grad()

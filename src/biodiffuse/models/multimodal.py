@@ -57,13 +57,23 @@ class ModalityObjective:
 
     Batches hold ``z{i}`` (B, d_i) latents (0 where absent) and ``present`` (B, M).
     ``pairs`` lists ``(key, target_index, condition_indices)``; a row counts for a denoiser
-    when it has the target. Conditions are shown when present, and, with
-    ``observed_fraction < 1``, each is dropped at random.
+    when it has the target (and, with ``require_conditions``, all of the denoiser's
+    conditions: single-condition denoisers of Coherent Denoising). Conditions are shown when
+    present, and, with ``observed_fraction < 1``, each is dropped at random.
     """
 
-    def __init__(self, pairs: list[tuple[str, int, list[int]]], observed_fraction: float, sigma_data: float, P_mean: float = 0.0, P_std: float = 1.5) -> None:
+    def __init__(
+        self,
+        pairs: list[tuple[str, int, list[int]]],
+        observed_fraction: float,
+        sigma_data: float,
+        P_mean: float = 0.0,
+        P_std: float = 1.5,
+        require_conditions: bool = False,
+    ) -> None:
         self.pairs = pairs
         self.observed_fraction = observed_fraction
+        self.require_conditions = require_conditions
         self.loss = EDMLoss(P_mean=P_mean, P_std=P_std, sigma_data=sigma_data)
 
     def __call__(self, network: nn.ModuleDict, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
@@ -71,8 +81,8 @@ class ModalityObjective:
         total = present.new_zeros((), dtype=torch.float32)
         for key, t, conds in self.pairs:
             rows = present[:, t]
-            if conds and len(conds) == 1 and self.observed_fraction >= 1.0:
-                rows = rows & present[:, conds[0]]  # a single-condition denoiser needs its condition
+            if self.require_conditions and conds:
+                rows = rows & present[:, conds].all(dim=1)
             if not bool(rows.any()):
                 continue
             m = present[rows][:, conds] if conds else None
@@ -88,6 +98,7 @@ class _ModalityDiffusion(BaseModel):
     """Shared set-up, encoders, training and sampling of the two modality models."""
 
     _model_name = "_ModalityDiffusion"
+    _require_conditions = False
 
     @classmethod
     def setup_mudata(cls, mdata: Any, modalities: Sequence[str], layers: dict[str, str] | None = None) -> None:
@@ -172,9 +183,9 @@ class _ModalityDiffusion(BaseModel):
     def _training_fraction(self) -> float:
         return self.init_args["observed_fraction"]
 
-    def _noise_args(self) -> tuple[float, float, float]:
+    def _objective(self, pairs: list[tuple[str, int, list[int]]], observed_fraction: float) -> ModalityObjective:
         a = self.init_args
-        return a["sigma_data"], a["P_mean"], a["P_std"]
+        return ModalityObjective(pairs, observed_fraction, a["sigma_data"], a["P_mean"], a["P_std"], self._require_conditions)
 
     # --- data -----------------------------------------------------------------------------------
     def _encoder(self, mod: str) -> ModalityEncoder:
@@ -252,7 +263,7 @@ class _ModalityDiffusion(BaseModel):
         n_train = max(2, int(math.ceil(train_size * n)))
         tr, va = np.sort(perm[:n_train]), np.sort(perm[n_train:])
         part = lambda idx: {k: v[torch.from_numpy(idx)] for k, v in tensors.items()}  # noqa: E731
-        objective = ModalityObjective(self._pairs(), self._training_fraction(), *self._noise_args())
+        objective = self._objective(self._pairs(), self._training_fraction())
         history = self._run_training(
             objective, part(tr), part(va) if len(va) else None, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, max_epochs=max_epochs, early_stopping=early_stopping,
@@ -268,7 +279,7 @@ class _ModalityDiffusion(BaseModel):
         out = {}
         net = self.network.cpu().eval()
         for key, t, conds in self._pairs():
-            obj = ModalityObjective([(key, t, conds)], 1.0, *self._noise_args())
+            obj = self._objective([(key, t, conds)], 1.0)
             gen = torch.Generator().manual_seed(0)
             vals = [float(obj(net, batch, gen)) for _ in range(repeats)]
             out[key] = float(np.mean(vals)) if any(v > 0 for v in vals) else float("nan")
@@ -474,6 +485,7 @@ class CoherentDenoising(_ModalityDiffusion):
     """
 
     _model_name = "CoherentDenoising"
+    _require_conditions = True
 
     def __init__(self, mdata: Any, threshold: float = 0.5, max_incoherent_fraction: float = 0.1, max_retries: int = 10, **kwargs: Any) -> None:
         kwargs.setdefault("observed_fraction", 1.0)

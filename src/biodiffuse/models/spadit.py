@@ -400,12 +400,9 @@ class SpaDiT(BaseModel):
 
         known = torch.from_numpy(library_genes) if reg["mode"] == "reference" else None
         objective = SpaDiTObjective(known, a["observed_fraction"], a["sigma_data"], a["P_mean"], a["P_std"])
-        steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
-        if max_epochs is None:
-            max_epochs = int(np.clip(round(4000 / steps_per_epoch), 50, 2000))
-        patience = early_stopping_patience if early_stopping_patience is not None else max(10, max_epochs // 10)
-        if ema_decay == "auto":
-            ema_decay = float(np.clip(1.0 - 10.0 / (max_epochs * steps_per_epoch), 0.9, 0.999))
+        max_epochs, patience, ema_decay = self._schedule(
+            max_epochs, early_stopping_patience, ema_decay, len(train_idx), batch_size, steps=4000, epochs=(50, 2000), min_patience=10
+        )
         return self._run_training(
             objective, part(train_idx), part(val_idx) if len(val_idx) else None,
             lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
