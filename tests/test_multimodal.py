@@ -10,6 +10,7 @@ import torch
 from biodiffuse.diffusion import CoherentConsensus, coherent_sample
 from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
 from biodiffuse.nn import MLPDenoiser
+from biodiffuse.tl import counterfactual_variance, fit_predictor
 
 from conftest import SHARED_DATA
 
@@ -114,6 +115,21 @@ def test_train_synthesize_never_reads_target(brca, cls, tmp_path) -> None:
         model.synthesize(test, target="protein")
     with pytest.raises(ValueError, match="not one of"):
         model.sample("rna", test)
+    # counterfactual variance of a classifier over the draws, for the 20 patients lacking protein
+    mods = ["mrna", "mirna", "protein"]
+    clf = fit_predictor({m: np.asarray(train.mod[m].X, dtype=float) for m in mods}, train.obs["subtype"].astype(str).to_numpy(), n_estimators=50, seed=0)
+    before = {m: np.asarray(test.mod[m].X).copy() for m in mods}
+    score = counterfactual_variance(model, test, "protein", clf, n_samples=4, steps=2)
+    col = test.obs["counterfactual_variance_protein"].to_numpy()
+    has = np.isin(test.obs_names, test.mod["protein"].obs_names)
+    assert np.isnan(col[has]).all() and np.isfinite(col[~has]).all()
+    assert ((col[~has] >= 0) & (col[~has] <= 0.75)).all()
+    np.testing.assert_array_equal(score.to_numpy(), col)
+    assert all(np.array_equal(before[m], np.asarray(test.mod[m].X)) for m in mods)
+    with pytest.raises(ValueError, match="not a block"):
+        counterfactual_variance(model, test, "mirna_x", clf)
+    with pytest.raises(ValueError, match="at least 2"):
+        counterfactual_variance(model, test, "protein", clf, n_samples=1)
     model.save(tmp_path / "m")
     loaded = cls.load(tmp_path / "m")
     c = loaded.sample("protein", shuffled, n_samples=3, steps=4, seed=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biodiffuse.tl import acquisition_curve, area_under_curve, counterfactual_variance
+from biodiffuse.tl import acquisition_curve, area_under_curve, counterfactual_spread
 
 
 def _onehot(classes: list[list[int]], n_classes: int = 3) -> np.ndarray:
@@ -21,46 +21,46 @@ def _onehot(classes: list[list[int]], n_classes: int = 3) -> np.ndarray:
 def test_disagreement_hand_values():
     # per patient, the predicted class of each of K = 4 completions
     outputs = _onehot([[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 2, 2], [0, 0, 1, 1]])
-    got = counterfactual_variance(outputs, "classification")
+    got = counterfactual_spread(outputs, "classification")
     # majority 0 / 1 / 2 / tie -> lower index 0
     np.testing.assert_allclose(got, [0.0, 0.25, 0.5, 0.5])
 
 
 def test_disagreement_uses_argmax_of_soft_probabilities():
     outputs = np.array([[[0.6, 0.4]], [[0.45, 0.55]], [[0.7, 0.3]]])  # K=3, n=1: classes 0, 1, 0
-    assert counterfactual_variance(outputs, "classification")[0] == pytest.approx(1 / 3)
+    assert counterfactual_spread(outputs, "classification")[0] == pytest.approx(1 / 3)
 
 
 def test_probability_variance_hand_values():
     outputs = np.array([[[1.0, 0.0], [0.3, 0.7]], [[0.0, 1.0], [0.3, 0.7]]])  # K=2, n=2, C=2
     # patient 0: each class 1 and 0 -> variance 0.25 per class; patient 1: identical -> 0
-    np.testing.assert_allclose(counterfactual_variance(outputs, "classification", kind="variance"), [0.25, 0.0])
+    np.testing.assert_allclose(counterfactual_spread(outputs, "classification", kind="variance"), [0.25, 0.0])
 
 
 def test_survival_variance_is_half_mean_pairwise_squared_difference():
     risks = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])  # K=3, n=2
-    got = counterfactual_variance(risks, "survival")
+    got = counterfactual_spread(risks, "survival")
     np.testing.assert_allclose(got, [1.0, 0.0])
     # the authors' score: mean over distinct pairs of (r_i - r_j)^2 = (1 + 4 + 1) / 3 = 2
     pairs = [(risks[i, 0] - risks[j, 0]) ** 2 for i in range(3) for j in range(3) if i != j]
     assert np.mean(pairs) == pytest.approx(2 * got[0])
 
 
-def test_counterfactual_variance_bad_input():
+def test_counterfactual_spread_bad_input():
     with pytest.raises(ValueError, match=r"\(K, n, n_classes\)"):
-        counterfactual_variance(np.zeros((3, 4)), "classification")
+        counterfactual_spread(np.zeros((3, 4)), "classification")
     with pytest.raises(ValueError, match=r"\(K, n\)"):
-        counterfactual_variance(np.zeros((3, 4, 2)), "survival")
+        counterfactual_spread(np.zeros((3, 4, 2)), "survival")
     with pytest.raises(ValueError, match="at least 2"):
-        counterfactual_variance(np.zeros((1, 4, 2)), "classification")
+        counterfactual_spread(np.zeros((1, 4, 2)), "classification")
     with pytest.raises(ValueError, match="NaN"):
-        counterfactual_variance(np.array([[np.nan, 1.0], [1.0, 1.0]]), "survival")
+        counterfactual_spread(np.array([[np.nan, 1.0], [1.0, 1.0]]), "survival")
     with pytest.raises(ValueError, match="kind"):
-        counterfactual_variance(np.zeros((2, 4)), "survival", kind="disagreement")
+        counterfactual_spread(np.zeros((2, 4)), "survival", kind="disagreement")
     with pytest.raises(ValueError, match="kind"):
-        counterfactual_variance(np.zeros((2, 4, 2)), "classification", kind="entropy")
+        counterfactual_spread(np.zeros((2, 4, 2)), "classification", kind="entropy")
     with pytest.raises(ValueError, match="task"):
-        counterfactual_variance(np.zeros((2, 4)), "regression")
+        counterfactual_spread(np.zeros((2, 4)), "regression")
 
 
 # ----------------------------------------------------------------------------- acquisition curves

@@ -36,7 +36,7 @@ def run_brca(folds: int = 5, max_epochs: int = 300, n_samples: int = 10, steps: 
     """Run the benchmark; returns one row per (fold, method)."""
     from .. import datasets
     from ..models import CoherentDenoising, MultiConditionDiffusion
-    from ..tl import acquisition_curve, area_under_curve, counterfactual_variance, fit_predictor, predict_output
+    from ..tl import acquisition_curve, area_under_curve, counterfactual_spread, fit_predictor, predict_output
 
     mdata = datasets.tcga_brca("train")
     y = np.asarray(mdata.obs["subtype"].astype(str))
@@ -83,7 +83,7 @@ def run_brca(folds: int = 5, max_epochs: int = 300, n_samples: int = 10, steps: 
             pred_synth = clf.classes[outs.mean(axis=0).argmax(1)]
             row.update(base, synthesised=balanced_accuracy_score(y[te], pred_synth))
             if len(outs) > 1:
-                score = counterfactual_variance(outs, "classification")
+                score = counterfactual_spread(outs, "classification")
                 curve = acquisition_curve(y[te], clf.classes[probs_real.argmax(1)], pred_synth, score, balanced_accuracy_score, n_random=50, seed=seed)
                 auc = area_under_curve(curve)
                 row.update(auc_informed=auc["informed"], auc_random=auc["random"])

@@ -150,6 +150,25 @@ def within_panel(adata: AnnData, held_out: Sequence[str], test_cells: np.ndarray
     return out
 
 
+def _save_method(out: Path, name: str, frame: pd.DataFrame, seconds: float, config: dict) -> None:
+    """Per-gene metrics of one method and a sidecar with its time and fold configuration."""
+    (out / "methods").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "methods" / f"{name}.csv")
+    (out / "methods" / f"{name}.json").write_text(json.dumps({"seconds": seconds, **config}))
+
+
+def _load_methods(out: Path, config: dict) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+    """The saved methods of ``out`` whose folds and seed match ``config``."""
+    per_gene, seconds = {}, {}
+    for side in sorted((out / "methods").glob("*.json")):
+        meta = json.loads(side.read_text())
+        if any(meta.get(k) != v for k, v in config.items()):
+            continue
+        per_gene[side.stem] = pd.read_csv(side.with_suffix(".csv"), index_col=0)
+        seconds[side.stem] = float(meta["seconds"])
+    return per_gene, seconds
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all available)")
@@ -183,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         methods: dict[str, Method] = {"SpaDiT": fit_predict_spadit, **SPATIAL_BASELINES, **ext.EXTERNAL_SPATIAL_BASELINES}
         if args.methods:
             methods = {k: v for k, v in methods.items() if k in set(args.methods)}
-        per_gene, seconds = {}, {}
+        config = {"folds": args.folds, "seed": 0}
         for name, fn in methods.items():
             kw = {"max_epochs": args.max_epochs} if name == "SpaDiT" and args.max_epochs else {}
             try:
@@ -191,9 +210,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             except ImportError as err:
                 print(f"{name}: skipped ({err})")
                 continue
-            per_gene[name] = spatial_gene_metrics(truth, pred)
-            seconds[name] = secs
-            print(f"{name}: mean PCC {per_gene[name]['PCC'].mean():.3f} ({secs:.0f} s)", flush=True)
+            frame = spatial_gene_metrics(truth, pred)
+            _save_method(out, name, frame, secs, {**config, **kw})
+            print(f"{name}: mean PCC {frame['PCC'].mean():.3f} ({secs:.0f} s)", flush=True)
+        # every method run so far into ``out`` with the same folds (runs may be separate processes)
+        per_gene, seconds = _load_methods(out, config)
         table = summarize(per_gene, seconds)
     pd.concat(per_gene, names=["method", "gene"]).to_csv(out / "per_gene.csv")
     (out / "summary.json").write_text(json.dumps(json.loads(table.to_json(orient="index")), indent=1))

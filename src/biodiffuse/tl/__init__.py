@@ -1,6 +1,7 @@
 """Downstream tools: utility of synthesised modalities, counterfactual variance, acquisition curves."""
 
-from .acquisition import acquisition_curve, area_under_curve, counterfactual_variance
+from .acquisition import acquisition_curve, area_under_curve, counterfactual_spread
+from .counterfactual import counterfactual_variance
 from .utility import (
     FittedPredictor,
     ablation_utility,
@@ -16,6 +17,7 @@ __all__ = [
     "ablation_utility",
     "acquisition_curve",
     "area_under_curve",
+    "counterfactual_spread",
     "counterfactual_variance",
     "fit_predictor",
     "predict_output",

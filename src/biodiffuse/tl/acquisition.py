@@ -17,15 +17,18 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["acquisition_curve", "area_under_curve", "counterfactual_variance"]
+__all__ = ["acquisition_curve", "area_under_curve", "counterfactual_spread"]
 
 
-def counterfactual_variance(
+def counterfactual_spread(
     outputs: np.ndarray,
     task: Literal["classification", "survival"] = "classification",
     kind: Literal["disagreement", "variance"] | None = None,
 ) -> np.ndarray:
     """Per-patient spread of a predictor's output over K synthesised completions.
+
+    The array-level score; :func:`~biodiffuse.tl.counterfactual_variance` computes it from a
+    trained model and a MuData.
 
     Parameters
     ----------
@@ -106,7 +109,7 @@ def acquisition_curve(
     Every patient starts with the prediction made from synthesised data
     (``pred_synth``); acquiring the real modality for a patient replaces its prediction
     by ``pred_real``. Informed order: descending ``scores`` (e.g.
-    :func:`counterfactual_variance`), ties in random order; random order: ``n_random``
+    :func:`counterfactual_spread`), ties in random order; random order: ``n_random``
     random permutations.
 
     Parameters
