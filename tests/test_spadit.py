@@ -146,3 +146,22 @@ def test_kfold_protocol_never_shows_held_out_genes() -> None:
     assert pred.shape == truth.shape == (30, 12)
     with pytest.raises(ValueError, match="leak"):
         fit_predict_spadit(sp, sc, ["g0"])
+
+
+def test_default_tokens_grow_with_gene_count() -> None:
+    """About 64 tokens for a large panel (attention is quadratic in tokens), 4 genes a token
+    for small ones; the scaling benchmark's simulator gives non-negative counts of the asked shape."""
+    from biodiffuse.benchmarks.spadit_scaling import simulate_counts
+
+    counts, types = simulate_counts(300, 400, seed=0)
+    assert counts.shape == (300, 400) and types.shape == (300,) and (counts >= 0).all() and counts.sum() > 0
+    genes = [f"g{i}" for i in range(400)]
+    ref = AnnData(counts)
+    ref.var_names = genes
+    sp = AnnData(counts[:50, :40].copy())
+    sp.var_names = genes[:40]
+    SpaDiT.setup_anndata(sp, reference=ref)
+    big = SpaDiT(sp, dim=16, depth=1, heads=2, ref_heads=2, bank_size=64)
+    assert big.network.net.dit.p == 7 and big.network.net.dit.n_tokens == 58
+    small = SpaDiT(sp, target_genes=genes[40:60], dim=16, depth=1, heads=2, ref_heads=2, bank_size=64)
+    assert small.network.net.dit.p == 4 and small.network.net.dit.n_tokens == 15

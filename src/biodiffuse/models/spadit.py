@@ -138,7 +138,10 @@ class SpaDiT(BaseModel):
         with a reference (the panel is always observed) and 0.8 within-panel.
     bank_size
         Reference cells in the attention bank (random subset of the training cells).
-    genes_per_token, dim, depth, heads, dropout
+    genes_per_token
+        Genes per DiT token; default ``max(4, ceil(n_genes / 64))``, so that a 1,000-gene
+        model has about 64 tokens (attention cost grows with the square of the tokens).
+    dim, depth, heads, dropout
         The DiT.
     ref_heads
         Heads of the reference attention.
@@ -204,7 +207,7 @@ class SpaDiT(BaseModel):
         target_genes: Sequence[str] | None = None,
         observed_fraction: float | None = None,
         bank_size: int = 2048,
-        genes_per_token: int = 4,
+        genes_per_token: int | None = None,
         dim: int = 128,
         depth: int = 4,
         heads: int = 4,
@@ -256,7 +259,7 @@ class SpaDiT(BaseModel):
         self.adata = adata
         self.reference = reference
         self.init_args = dict(
-            observed_fraction=float(observed_fraction), bank_size=int(bank_size), genes_per_token=int(genes_per_token),
+            observed_fraction=float(observed_fraction), bank_size=int(bank_size), genes_per_token=int(genes_per_token or max(4, math.ceil(len(genes) / 64))),
             dim=int(dim), depth=int(depth), heads=int(heads), ref_heads=int(ref_heads), dropout=float(dropout),
             sigma_data=float(sigma_data), sigma_max=float(sigma_max), P_mean=float(P_mean), P_std=float(P_std),
             seed=int(seed),
@@ -507,6 +510,10 @@ class SpaDiT(BaseModel):
             Draws per cell; their mean is the prediction, their variance the uncertainty.
         steps
             Heun sampler steps (``2 * steps - 1`` network evaluations per draw).
+            ``steps=1`` returns the denoiser's output at the highest noise level, i.e. the
+            model's estimate of the conditional mean: the better point prediction when the
+            signal is weak (a mean of a few draws adds their spread to the error); the
+            spatial benchmark uses ``steps=1, n_samples=1``.
         batch_size
             Cells per batch (memory is flat in the number of cells).
         seed
