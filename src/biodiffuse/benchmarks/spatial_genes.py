@@ -160,7 +160,7 @@ def _save_method(out: Path, name: str, frame: pd.DataFrame, seconds: float, conf
 def _load_methods(out: Path, config: dict) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
     """The saved methods of ``out`` whose folds and seed match ``config``."""
     per_gene, seconds = {}, {}
-    for side in sorted((out / "methods").glob("*.json")):
+    for side in sorted((out / "methods").glob("*.json")) if (out / "methods").exists() else []:
         meta = json.loads(side.read_text())
         if any(meta.get(k) != v for k, v in config.items()):
             continue
@@ -212,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 continue
             frame = spatial_gene_metrics(truth, pred)
             _save_method(out, name, frame, secs, {**config, **kw})
+            pred.to_csv(out / "methods" / f"{name}_predicted.csv.gz")
             print(f"{name}: mean PCC {frame['PCC'].mean():.3f} ({secs:.0f} s)", flush=True)
         # every method run so far into ``out`` with the same folds (runs may be separate processes)
         per_gene, seconds = _load_methods(out, config)
