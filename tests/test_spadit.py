@@ -165,3 +165,25 @@ def test_default_tokens_grow_with_gene_count() -> None:
     assert big.network.net.dit.p == 7 and big.network.net.dit.n_tokens == 58
     small = SpaDiT(sp, target_genes=genes[40:60], dim=16, depth=1, heads=2, ref_heads=2, bank_size=64)
     assert small.network.net.dit.p == 4 and small.network.net.dit.n_tokens == 15
+
+
+def test_quantile_alignment_maps_query_percentiles_onto_reference() -> None:
+    from biodiffuse.models.spadit import _QUANTILES, _quantile_map
+
+    rng = np.random.default_rng(0)
+    query = np.c_[rng.exponential(1.0, 2000), np.r_[np.zeros(800), rng.gamma(2.0, 1.0, 1200)]]
+    ref = np.c_[rng.normal(5.0, 2.0, 3000), np.r_[np.zeros(1500), rng.normal(3.0, 0.5, 1500)]]
+    qq, rq = np.quantile(query, _QUANTILES, axis=0), np.quantile(ref, _QUANTILES, axis=0)
+    mapped = _quantile_map(query, qq, rq)
+    # continuous column: the query's percentiles land on the reference's, order is kept
+    np.testing.assert_allclose(_quantile_map(qq[:, :1], qq[:, :1], rq[:, :1])[:, 0], rq[:, 0], atol=1e-9)
+    assert np.all(np.diff(mapped[np.argsort(query[:, 0]), 0]) >= -1e-12)
+    assert abs(np.median(mapped[:, 0]) - np.median(ref[:, 0])) < 0.1
+    # tied zeros (40% of the query) sit in the middle of their range: the reference's 20th percentile
+    np.testing.assert_allclose(mapped[:800, 1], np.quantile(ref[:, 1], 0.2), atol=1e-9)
+    # outside the query's range: the reference's ends
+    np.testing.assert_allclose(_quantile_map(np.array([[-5.0, -1.0], [1e3, 1e3]]), qq, rq), rq[[0, -1]])
+    sp = _cells(20, 1, GENES[:6])
+    SpaDiT.setup_anndata(sp, reference=_cells(50, 0, GENES))
+    with pytest.raises(ValueError, match="alignment"):
+        SpaDiT(sp, alignment="none")

@@ -74,6 +74,30 @@ def _counts_by_name(adata: AnnData, layer: str | None, genes: Sequence[str], wha
     return out
 
 
+_QUANTILES = np.linspace(0.0, 1.0, 101)
+
+
+def _quantile_map(values: np.ndarray, query_q: np.ndarray, ref_q: np.ndarray) -> np.ndarray:
+    """Per column, map values to the reference value at their quantile in the query.
+
+    ``query_q`` / ``ref_q`` are (101, genes) percentiles. A value's position among the query
+    percentiles is interpolated linearly between neighbours; a value equal to several of
+    them (ties, e.g. many zeros) gets the middle of their range; values outside the range
+    get the ends. The reference value at that position is interpolated likewise.
+    """
+    k = query_q.shape[0] - 1
+    out = np.empty(values.shape, dtype=np.float64)
+    for j in range(values.shape[1]):
+        q, v = query_q[:, j], values[:, j]
+        lo, hi = np.searchsorted(q, v, side="left"), np.searchsorted(q, v, side="right")
+        below, above = np.clip(lo - 1, 0, k), np.clip(lo, 0, k)
+        gap = q[above] - q[below]
+        frac = np.where(gap > 0, (v - q[below]) / np.where(gap > 0, gap, 1.0), 0.0)
+        pos = np.where(hi > lo, (lo + hi - 1) / 2.0, below + frac)
+        out[:, j] = np.interp(pos / k, _QUANTILES, ref_q[:, j])
+    return out
+
+
 class SpaDiTNetwork(torch.nn.Module):
     """The reference attention and the DiT, called as an EDM raw network.
 
@@ -145,6 +169,13 @@ class SpaDiT(BaseModel):
         The DiT.
     ref_heads
         Heads of the reference attention.
+    alignment
+        Reference mode: how the spatial object's known genes are put on the reference's
+        scale. ``"quantile"`` (default): per gene, each value goes to the reference value of
+        the same quantile (101 percentiles of each data set, mid-rank for ties), then the
+        reference's z-score; ``"zscore"``: each data set z-scored with its own mean and
+        standard deviation. On osmFISH vs Smart-seq, quantile matching raised a plain kNN
+        transfer's mean PCC from 0.116 to 0.153 (``docs/benchmarks.md``).
     sigma_data
         EDM's data standard deviation (the data are z-scored).
     sigma_max, P_mean, P_std
@@ -213,6 +244,7 @@ class SpaDiT(BaseModel):
         heads: int = 4,
         ref_heads: int = 4,
         dropout: float = 0.0,
+        alignment: str = "quantile",
         sigma_data: float = 1.0,
         sigma_max: float = 10.0,
         P_mean: float = 0.0,
@@ -254,6 +286,8 @@ class SpaDiT(BaseModel):
             known, targets, genes = sp_genes, [], sp_genes
         if observed_fraction is None:
             observed_fraction = 1.0 if reference is not None else 0.8
+        if alignment not in ("quantile", "zscore"):
+            raise ValueError(f"alignment must be 'quantile' or 'zscore', got {alignment!r}.")
         if not 0.0 < observed_fraction <= 1.0:
             raise ValueError(f"observed_fraction must lie in (0, 1], got {observed_fraction}.")
         self.adata = adata
@@ -261,13 +295,13 @@ class SpaDiT(BaseModel):
         self.init_args = dict(
             observed_fraction=float(observed_fraction), bank_size=int(bank_size), genes_per_token=int(genes_per_token or max(4, math.ceil(len(genes) / 64))),
             dim=int(dim), depth=int(depth), heads=int(heads), ref_heads=int(ref_heads), dropout=float(dropout),
-            sigma_data=float(sigma_data), sigma_max=float(sigma_max), P_mean=float(P_mean), P_std=float(P_std),
+            alignment=alignment, sigma_data=float(sigma_data), sigma_max=float(sigma_max), P_mean=float(P_mean), P_std=float(P_std),
             seed=int(seed),
         )
         self.registry = dict(
             setup=setup, mode="reference" if reference is not None else "panel",
             genes=genes, known_genes=known, target_genes=targets,
-            share=None, ref_mean=None, ref_std=None, query_mean=None, query_std=None,
+            share=None, ref_mean=None, ref_std=None, query_mean=None, query_std=None, quantiles=None,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -310,6 +344,11 @@ class SpaDiT(BaseModel):
         counts = np.nan_to_num(counts)
         logn = self._log_norm(counts, observed)
         z = (logn - np.asarray(self.registry["query_mean"])) / np.asarray(self.registry["query_std"])
+        q = self.registry.get("quantiles")
+        if q is not None:  # known genes: spatial quantile -> reference value of that quantile -> z
+            cols = np.asarray(q["columns"])
+            aligned = _quantile_map(logn[:, cols], np.asarray(q["query"]), np.asarray(q["reference"]))
+            z[:, cols] = (aligned - np.asarray(self.registry["ref_mean"])[cols]) / np.asarray(self.registry["ref_std"])[cols]
         return np.where(observed, z, 0.0).astype(np.float32), observed
 
     # --- training -----------------------------------------------------------------------------
@@ -382,6 +421,14 @@ class SpaDiT(BaseModel):
                 mu[kn], sdk = logn[:, kn].mean(axis=0), logn[:, kn].std(axis=0)
                 sd[kn] = np.where(sdk > 1e-6, sdk, 1.0)
                 reg["query_mean"], reg["query_std"] = mu.tolist(), sd.tolist()
+                if a.get("alignment", "zscore") == "quantile":
+                    cols = np.flatnonzero(kn)
+                    ref_logn = self._log_norm(cells[train_idx], np.ones_like(cells[train_idx], dtype=bool))
+                    reg["quantiles"] = {
+                        "columns": cols.tolist(),
+                        "query": np.quantile(logn[:, cols], _QUANTILES, axis=0).tolist(),
+                        "reference": np.quantile(ref_logn[:, cols], _QUANTILES, axis=0).tolist(),
+                    }
             else:
                 reg["query_mean"], reg["query_std"] = reg["ref_mean"], reg["ref_std"]
         x = (self._log_norm(cells, np.ones_like(cells, dtype=bool)) - np.asarray(reg["ref_mean"])) / np.asarray(reg["ref_std"])
