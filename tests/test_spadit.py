@@ -168,7 +168,8 @@ def test_default_tokens_grow_with_gene_count() -> None:
 
 
 def test_quantile_alignment_maps_query_percentiles_onto_reference() -> None:
-    from biodiffuse.models.spadit import _QUANTILES, _quantile_map
+    from biodiffuse.data.alignment import PERCENTILES as _QUANTILES
+    from biodiffuse.data.alignment import quantile_map as _quantile_map
 
     rng = np.random.default_rng(0)
     query = np.c_[rng.exponential(1.0, 2000), np.r_[np.zeros(800), rng.gamma(2.0, 1.0, 1200)]]

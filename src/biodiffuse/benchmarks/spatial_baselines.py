@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from ..data import check_adata, check_values, log_normalize
+from ..data.alignment import quantile_align
 
 __all__ = ["shared_log_normalized", "fit_predict_knn", "fit_predict_spage", "SPATIAL_BASELINES"]
 
@@ -154,8 +156,13 @@ def fit_predict_knn(
     seed: int = 0,
     k: int = 50,
     metric: str = "euclidean",
+    alignment: str = "zscore",
 ) -> pd.DataFrame:
     """k-nearest-neighbour regression from the known genes to the test genes.
+
+    ``alignment="quantile"`` first maps each known gene of the spatial cells onto the
+    reference's distribution of that gene (:func:`biodiffuse.data.alignment.quantile_align`),
+    as SpaDiT does by default; ``"zscore"`` (default) leaves the values as they are.
 
     The known genes (log-normalised, see :func:`shared_log_normalized`) are standardised
     with the reference cells' mean and sd; each spatial cell's prediction is the plain
@@ -185,9 +192,14 @@ def fit_predict_knn(
 
     sp_known, sc_known, sc_test, _ = shared_log_normalized(sp, sc, test_genes)
     k = _check_k(k, sc_known.shape[0])
+    if alignment not in ("zscore", "quantile"):
+        raise ValueError(f"alignment must be 'zscore' or 'quantile', got {alignment!r}.")
     scaler = StandardScaler().fit(sc_known.to_numpy(np.float64))
     ref = scaler.transform(sc_known.to_numpy(np.float64))
-    query = scaler.transform(sp_known.to_numpy(np.float64))
+    sp_values = sp_known.to_numpy(np.float64)
+    if alignment == "quantile":
+        sp_values = quantile_align(sp_values, sc_known.to_numpy(np.float64))
+    query = scaler.transform(sp_values)
     idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(ref).kneighbors(query, return_distance=False)
     pred = sc_test.to_numpy(np.float64)[idx].mean(axis=1)
     return pd.DataFrame(pred, index=sp_known.index, columns=sc_test.columns)
@@ -285,4 +297,8 @@ def fit_predict_spage(
     return pd.DataFrame(pred, index=sp_known.index, columns=sc_test.columns)
 
 
-SPATIAL_BASELINES: dict[str, Callable[..., pd.DataFrame]] = {"kNN": fit_predict_knn, "SpaGE": fit_predict_spage}
+SPATIAL_BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
+    "kNN": fit_predict_knn,
+    "kNN-quantile": partial(fit_predict_knn, alignment="quantile"),
+    "SpaGE": fit_predict_spage,
+}

@@ -36,6 +36,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from ..data import check_adata, check_values, get_matrix, read_setup_record, write_setup_record
+from ..data.alignment import percentiles, quantile_map
 from ..diffusion import EDMLoss, EDMPrecond, heun_sampler, random_channel_mask
 from ..nn import GeneDiT, ReferenceAttention
 from .base import BaseModel, resolve_device
@@ -71,30 +72,6 @@ def _counts_by_name(adata: AnnData, layer: str | None, genes: Sequence[str], wha
     if (pos >= 0).any():
         sub = mat[:, pos[pos >= 0]]
         out[:, pos >= 0] = sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=np.float64)
-    return out
-
-
-_QUANTILES = np.linspace(0.0, 1.0, 101)
-
-
-def _quantile_map(values: np.ndarray, query_q: np.ndarray, ref_q: np.ndarray) -> np.ndarray:
-    """Per column, map values to the reference value at their quantile in the query.
-
-    ``query_q`` / ``ref_q`` are (101, genes) percentiles. A value's position among the query
-    percentiles is interpolated linearly between neighbours; a value equal to several of
-    them (ties, e.g. many zeros) gets the middle of their range; values outside the range
-    get the ends. The reference value at that position is interpolated likewise.
-    """
-    k = query_q.shape[0] - 1
-    out = np.empty(values.shape, dtype=np.float64)
-    for j in range(values.shape[1]):
-        q, v = query_q[:, j], values[:, j]
-        lo, hi = np.searchsorted(q, v, side="left"), np.searchsorted(q, v, side="right")
-        below, above = np.clip(lo - 1, 0, k), np.clip(lo, 0, k)
-        gap = q[above] - q[below]
-        frac = np.where(gap > 0, (v - q[below]) / np.where(gap > 0, gap, 1.0), 0.0)
-        pos = np.where(hi > lo, (lo + hi - 1) / 2.0, below + frac)
-        out[:, j] = np.interp(pos / k, _QUANTILES, ref_q[:, j])
     return out
 
 
@@ -347,7 +324,7 @@ class SpaDiT(BaseModel):
         q = self.registry.get("quantiles")
         if q is not None:  # known genes: spatial quantile -> reference value of that quantile -> z
             cols = np.asarray(q["columns"])
-            aligned = _quantile_map(logn[:, cols], np.asarray(q["query"]), np.asarray(q["reference"]))
+            aligned = quantile_map(logn[:, cols], np.asarray(q["query"]), np.asarray(q["reference"]))
             z[:, cols] = (aligned - np.asarray(self.registry["ref_mean"])[cols]) / np.asarray(self.registry["ref_std"])[cols]
         return np.where(observed, z, 0.0).astype(np.float32), observed
 
@@ -426,8 +403,8 @@ class SpaDiT(BaseModel):
                     ref_logn = self._log_norm(cells[train_idx], np.ones_like(cells[train_idx], dtype=bool))
                     reg["quantiles"] = {
                         "columns": cols.tolist(),
-                        "query": np.quantile(logn[:, cols], _QUANTILES, axis=0).tolist(),
-                        "reference": np.quantile(ref_logn[:, cols], _QUANTILES, axis=0).tolist(),
+                        "query": percentiles(logn[:, cols]).tolist(),
+                        "reference": percentiles(ref_logn[:, cols]).tolist(),
                     }
             else:
                 reg["query_mean"], reg["query_std"] = reg["ref_mean"], reg["ref_std"]
