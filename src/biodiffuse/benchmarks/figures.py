@@ -3,8 +3,8 @@
 * ``--spatial DIR`` (output of :mod:`~biodiffuse.benchmarks.spatial_genes`): per-gene PCC per
   method, and measured vs predicted maps of the best and worst predicted genes for each
   method whose predictions were saved.
-* ``--acc DIR`` (output of :mod:`~biodiffuse.benchmarks.multimodal_acc`): R^2 heat map over
-  (target, condition subset) for each method.
+* ``--acc DIR`` (output of :mod:`~biodiffuse.benchmarks.multimodal_acc`): R^2 heat map,
+  rows (target, condition subset), columns methods.
 
 ``python -m biodiffuse.benchmarks.figures --spatial results/spatial_genes --acc results/multimodal_acc --out docs/figures``
 """
@@ -52,24 +52,22 @@ def spatial_figures(results: Path, out: Path, methods: Sequence[str] | None = No
 
 
 def acc_figures(results: Path, out: Path, space: str = "r2_latent") -> list[Path]:
-    """R^2 heat map (target x condition subset) for each method of the ACC benchmark."""
-    import matplotlib.pyplot as plt
-
+    """One R^2 heat map of the ACC benchmark: rows (target <- condition subset), columns methods."""
     from .. import pl
     from .multimodal_acc import summarize_r2
 
     r2 = pd.read_csv(results / "acc_r2.csv")
     table = summarize_r2(r2, space)
-    methods = list(table.columns)
-    fig, axes = plt.subplots(len(methods), 1, figsize=(12, 2.2 * len(methods)), squeeze=False)
-    lo, hi = np.nanpercentile(table.to_numpy(), [2, 100])
-    for ax, method in zip(axes[:, 0], methods):
-        grid = table[method].unstack("conditions")
-        pl.r2_heatmap(grid, ax=ax, vmin=lo, vmax=hi, label=f"R² ({space.split('_')[1]})")
-        ax.set_title(method)
+    short = lambda name: "+".join(_SHORT.get(m, m) for m in str(name).split("+"))  # noqa: E731
+    table.index = [f"{short(t)} <- {short(c)}" for t, c in table.index]
+    fig = pl.r2_heatmap(table, label=f"R² ({space.split('_')[1]})")
     written = [out / f"acc_{space}_heatmap.png"]
     fig.savefig(written[0], dpi=100, bbox_inches="tight")
     return written
+
+
+# short names of the TCGA ACC assays in figure labels
+_SHORT = {"RNASeq2GeneNorm": "RNA", "gistict": "CNV", "RPPAArray": "RPPA", "miRNASeqGene": "miRNA"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
