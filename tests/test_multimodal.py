@@ -134,3 +134,16 @@ def test_train_synthesize_never_reads_target(brca, cls, tmp_path) -> None:
     loaded = cls.load(tmp_path / "m")
     c = loaded.sample("protein", shuffled, n_samples=3, steps=4, seed=1)
     np.testing.assert_allclose(a["latent"], c["latent"], rtol=1e-5, atol=1e-6)
+    if cls is CoherentDenoising:  # the calibrated threshold rejects the asked share of first draws
+        thr = model.calibrate_threshold(train, rejection=0.3, n_samples=4, steps=4, seed=3)
+        assert thr > 0 and model.init_args["threshold"] == thr
+        model.init_args["max_retries"] = 0
+        _, present = model.latents(train)
+        rejected = []
+        for t, mod in enumerate(["mrna", "mirna", "protein"]):
+            rows = np.flatnonzero(present[:, [c for c in range(3) if c != t]].sum(axis=1) >= 2)
+            rejected.append(model.sample(mod, train, n_samples=4, steps=4, indices=rows, seed=3)["rejected"].ravel())
+        assert abs(np.concatenate(rejected).mean() - 0.3) < 0.02
+        model.init_args["max_retries"] = 10
+        with pytest.raises(ValueError, match="rejection"):
+            model.calibrate_threshold(rejection=1.0)

@@ -11,6 +11,7 @@ predictions ``eps_k``; a step is *incoherent* when the largest pairwise distance
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -60,6 +61,7 @@ class CoherentConsensus:
         self.threshold = float(threshold)
         self.steps = 0
         self.incoherent = torch.zeros(available.shape[0], device=available.device)
+        self.worst: list[torch.Tensor] = []  # per call, each sample's largest pairwise distance
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, _cond: Any = None) -> torch.Tensor:
         outs = torch.stack([d(x, sigma, c) for d, c in zip(self.denoisers, self.conds)], dim=1)  # (B, K, D)
@@ -71,12 +73,26 @@ class CoherentConsensus:
             pair = self.available[:, :, None] & self.available[:, None, :]
             worst = torch.where(pair, cos_dist, torch.zeros_like(cos_dist)).amax(dim=(1, 2))
             self.incoherent += (worst > self.threshold).to(self.incoherent.dtype)
+            self.worst.append(worst.detach())
         self.steps += 1
         return consensus
 
     def incoherent_fraction(self) -> torch.Tensor:
         """Per sample, the fraction of denoiser calls judged incoherent so far."""
         return self.incoherent / max(self.steps, 1)
+
+    def critical_threshold(self, max_incoherent_fraction: float) -> torch.Tensor:
+        """Per sample, the smallest threshold at which it would not have been rejected.
+
+        A sample is kept when at most ``floor(f * calls)`` calls have a largest pairwise
+        distance above the threshold, i.e. when the threshold is at least the
+        ``floor(f * calls) + 1``-th largest of its distances. Zeros with a single denoiser.
+        """
+        if not self.worst:
+            return torch.zeros(self.available.shape[0], device=self.available.device)
+        dist = torch.stack(self.worst, dim=1)  # (B, calls)
+        m = int(math.floor(max_incoherent_fraction * dist.shape[1]))
+        return dist.sort(dim=1, descending=True).values[:, min(m, dist.shape[1] - 1)]
 
 
 @torch.no_grad()

@@ -511,6 +511,76 @@ class CoherentDenoising(_ModalityDiffusion):
         w = np.exp(inv - inv.max()) if len(inv) else inv
         return dict(zip(keys, (w / w.sum()).tolist())) if len(w) else {}
 
+    def _consensus_maker(self, t: int, conds: list[int], zs, present, n_samples: int, dev, threshold: float):
+        """A factory of :class:`CoherentConsensus` over the pairs ``conds -> t`` for rows of the
+        ``n * n_samples`` draws (patient-major)."""
+        mods = self.registry["modalities"]
+        weights = self.consensus_weights(mods[t], [mods[c] for c in conds])
+        w = torch.tensor([weights[_pair_key(mods[c], mods[t])] for c in conds], device=dev)
+        dens = [self.network[_pair_key(mods[c], mods[t])].to(dev).eval() for c in conds]
+        rep = lambda arr: torch.from_numpy(np.repeat(arr, n_samples, axis=0)).to(dev)  # noqa: E731
+        zc = [rep(zs[c]) for c in conds]
+        avail_all = rep(present[:, conds])
+
+        def make(rows: torch.Tensor) -> CoherentConsensus:
+            r = rows.to(dev)
+            conds_r = [([z[r]], torch.ones((len(r), 1), device=dev)) for z in zc]
+            return CoherentConsensus(dens, conds_r, w, avail_all[r], threshold=threshold)
+
+        return make
+
+    @torch.no_grad()
+    def calibrate_threshold(
+        self, mdata: Any | None = None, rejection: float = 0.1, n_samples: int = 4, steps: int = 8, seed: int = 0, device: str = "auto"
+    ) -> float:
+        """Set ``threshold`` so that about ``rejection`` of first draws are rejected.
+
+        For every target, the patients of ``mdata`` with at least two of the other modalities
+        (a consensus of one denoiser is always coherent) are sampled ``n_samples`` times from
+        all their conditions, recording each draw's largest pairwise cosine distance per
+        step; a draw's critical threshold is the smallest one at which it is kept (given
+        ``max_incoherent_fraction``). The threshold becomes the ``1 - rejection`` quantile of
+        the critical thresholds, pooled over targets.
+
+        Parameters
+        ----------
+        mdata
+            Patients to calibrate on (default: the registered ones).
+        rejection
+            Wanted fraction of rejected first draws, in [0, 1).
+        n_samples, steps, seed, device
+            As :meth:`sample` (use the ``steps`` you will sample with).
+
+        Returns
+        -------
+        The new threshold (also in ``init_args["threshold"]``, saved with the model).
+        """
+        self._require_trained()
+        if not 0.0 <= rejection < 1.0:
+            raise ValueError(f"rejection must lie in [0, 1), got {rejection}.")
+        mdata = self.adata if mdata is None else mdata
+        a, mods = self.init_args, self.registry["modalities"]
+        zs, present = self.latents(mdata)
+        dev = resolve_device(device)
+        critical = []
+        for t in range(len(mods)):
+            conds = [c for c in range(len(mods)) if c != t]
+            rows = np.flatnonzero(present[:, conds].sum(axis=1) >= 2)
+            if len(rows) == 0:
+                continue
+            make = self._consensus_maker(t, conds, [z[rows] for z in zs], present[rows], n_samples, dev, float("inf"))
+            consensus = make(torch.arange(len(rows) * n_samples))
+            gen = torch.Generator(device=dev).manual_seed(seed)
+            latents = torch.randn((len(rows) * n_samples, self.registry["dims"][t]), generator=gen, device=dev)
+            heun_sampler(consensus, latents, None, steps=int(steps), sigma_max=a["sigma_max"])
+            critical.append(consensus.critical_threshold(a["max_incoherent_fraction"]).cpu().numpy())
+        self.network.cpu()
+        if not critical:
+            raise ValueError("No patient has two or more conditions for any target; nothing to calibrate on.")
+        threshold = float(np.quantile(np.concatenate(critical), 1.0 - rejection))
+        self.init_args["threshold"] = threshold
+        return threshold
+
     def _sample_latents(self, t, conds, zs, present, n_samples, steps, seed, dev):
         mods = self.registry["modalities"]
         a = self.init_args
@@ -524,16 +594,7 @@ class CoherentDenoising(_ModalityDiffusion):
             net = self.network[_pair_key(_NONE, mods[t])].to(dev).eval()
             x = heun_sampler(net, torch.randn((n * n_samples, d), generator=gen, device=dev), None, steps=int(steps), sigma_max=a["sigma_max"])
             return x.reshape(n, n_samples, -1).transpose(0, 1).double().cpu().numpy(), {}
-        weights = self.consensus_weights(mods[t], [mods[c] for c in conds])
-        w = torch.tensor([weights[_pair_key(mods[c], mods[t])] for c in conds], device=dev)
-        dens = [self.network[_pair_key(mods[c], mods[t])].to(dev).eval() for c in conds]
-        zc = [rep(zs[c]) for c in conds]
-
-        def make(rows: torch.Tensor) -> CoherentConsensus:
-            r = rows.to(dev)
-            conds_r = [([z[r]], torch.ones((len(r), 1), device=dev)) for z in zc]
-            return CoherentConsensus(dens, conds_r, w, avail_all[r], threshold=a["threshold"])
-
+        make = self._consensus_maker(t, conds, zs, present, n_samples, dev, a["threshold"])
         x, retries, rejected = coherent_sample(
             make, lambda k: torch.randn((k, d), generator=gen, device=dev), n * n_samples, steps=int(steps),
             max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"], sigma_max=a["sigma_max"],
