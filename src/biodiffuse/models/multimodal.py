@@ -485,6 +485,10 @@ class CoherentDenoising(_ModalityDiffusion):
     Parameters beyond :class:`MultiConditionDiffusion`'s: ``threshold`` (cosine distance
     between two noise predictions above which a step is incoherent), ``max_incoherent_fraction``
     (reject a sample above this fraction of incoherent steps) and ``max_retries``.
+
+    The default threshold (0.5) rejected about 90 % of first draws on TCGA BRCA (nearly every
+    draw then used all retries); :meth:`calibrate_threshold` after training sets it so that a
+    chosen share (default 10 %) of first draws is rejected.
     """
 
     _model_name = "CoherentDenoising"
