@@ -95,13 +95,16 @@ def run_brca(folds: int = 5, max_epochs: int | None = None, n_samples: int = 10,
     return pd.DataFrame(rows)
 
 
-def run_brca_test_split(n_samples: int = 10, steps: int = 8, repeats: int = 3, seed: int = 0, max_epochs: int | None = None) -> pd.DataFrame:
+def run_brca_test_split(
+    n_samples: int = 10, steps: int = 8, repeats: int = 3, seed: int = 0, max_epochs: int | None = None, umap_file: Path | None = None
+) -> pd.DataFrame:
     """Protein for the 70 test patients, who have none: models fitted on the 150 training
     patients synthesise it from mRNA + miRNA; a random forest trained on the real training
     patients (all three blocks) classifies the test patients' subtype with protein ablated
     (training mean), imputed by ridge / kNN on the latents, or synthesised (forest output
     averaged over draws, mean of draws or one-step). One row per (repeat, method); repeats
-    change the models' and the forest's seeds."""
+    change the models' and the forest's seeds. ``umap_file``: UMAP of the real training
+    protein next to the first repeat's synthesised test protein (mean of draws), by subtype."""
     from .. import datasets
     from ..models import CoherentDenoising, MultiConditionDiffusion
     from ..tl import fit_predictor, predict_output
@@ -120,7 +123,7 @@ def run_brca_test_split(n_samples: int = 10, steps: int = 8, repeats: int = 3, s
             return balanced_accuracy_score(y_te, clf.classes[outs.mean(axis=0).argmax(1)])
 
         rows.append(dict(repeat=rep, method="ablated", balanced_accuracy=score(clf.block_means["protein"][None, None].repeat(test.n_obs, axis=1))))
-        model = None
+        model, synthetic = None, {}
         for cls in (MultiConditionDiffusion, CoherentDenoising):
             cls.setup_mudata(train, modalities=mods)
             model = cls(train, seed=s)
@@ -128,6 +131,8 @@ def run_brca_test_split(n_samples: int = 10, steps: int = 8, repeats: int = 3, s
             for label, k in (("", steps), (" 1-step", 1)):
                 res = model.sample("protein", test, conditions=["mrna", "mirna"], n_samples=n_samples, steps=k, seed=s)
                 rows.append(dict(repeat=rep, method=cls.__name__ + label, balanced_accuracy=score(res["features"])))
+                if not label:
+                    synthetic[f"{cls.__name__} (test)"] = res["mean"]
         zs_tr, _ = model.latents(train)
         zs_te, _ = model.latents(test)
         enc = model._encoder("protein")
@@ -135,6 +140,12 @@ def run_brca_test_split(n_samples: int = 10, steps: int = 8, repeats: int = 3, s
             zp = fit_predict_modality(name, np.hstack(zs_tr[:2]), zs_tr[2], np.hstack(zs_te[:2]), seed=s)
             rows.append(dict(repeat=rep, method=name, balanced_accuracy=score(enc.decode(zp)[None])))
         print(pd.DataFrame([r for r in rows if r["repeat"] == rep]).round(3).to_string(index=False), flush=True)
+        if umap_file is not None and rep == 0:
+            from ..pl import real_vs_synthetic_umap
+
+            labels = np.concatenate([y_tr] + [y_te] * len(synthetic))
+            fig = real_vs_synthetic_umap(np.asarray(train.mod["protein"].X, dtype=float), synthetic, labels, seed=seed)
+            fig.savefig(umap_file, dpi=100, bbox_inches="tight")
     return pd.DataFrame(rows)
 
 
@@ -158,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.test_split:
-        table = run_brca_test_split(args.n_samples, args.steps, args.repeats, max_epochs=args.max_epochs)
+        table = run_brca_test_split(args.n_samples, args.steps, args.repeats, max_epochs=args.max_epochs, umap_file=out / "brca_test_umap.png")
         table.to_csv(out / "brca_test_split.csv", index=False)
         acc = table.groupby("method")["balanced_accuracy"]
         print((acc.mean().round(3).astype(str) + " ± " + acc.std().round(3).astype(str)).to_string())
