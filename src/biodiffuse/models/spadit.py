@@ -151,8 +151,9 @@ class SpaDiT(BaseModel):
         scale. ``"quantile"`` (default): per gene, each value goes to the reference value of
         the same quantile (101 percentiles of each data set, mid-rank for ties), then the
         reference's z-score; ``"zscore"``: each data set z-scored with its own mean and
-        standard deviation. On osmFISH vs Smart-seq, quantile matching raised a plain kNN
-        transfer's mean PCC from 0.116 to 0.153 (``docs/benchmarks.md``).
+        standard deviation. On osmFISH vs Smart-seq (5-fold over genes), quantile matching
+        raised a plain kNN transfer's mean PCC from 0.105 to 0.152 and SpaDiT's on one fold
+        from 0.119 to 0.141 (``docs/benchmarks.md``).
     sigma_data
         EDM's data standard deviation (the data are z-scored).
     sigma_max, P_mean, P_std
@@ -537,7 +538,7 @@ class SpaDiT(BaseModel):
             ``steps=1`` returns the denoiser's output at the highest noise level, i.e. the
             model's estimate of the conditional mean: the better point prediction when the
             signal is weak (a mean of a few draws adds their spread to the error); the
-            spatial benchmark uses ``steps=1, n_samples=1``.
+            spatial benchmark averages several one-step outputs (``steps=1``).
         batch_size
             Cells per batch (memory is flat in the number of cells).
         seed
