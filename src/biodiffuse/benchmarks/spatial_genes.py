@@ -42,7 +42,7 @@ def fit_predict_spadit(
     seed: int = 0,
     max_epochs: int | None = None,
     steps: int = 1,
-    n_samples: int = 4,
+    n_samples: int = 16,
     **model_kwargs,
 ) -> pd.DataFrame:
     """SpaDiT with the baselines' interface (``sp`` holds only the known genes).
