@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import biodiffuse as bd
-from biodiffuse.data import ChannelNormalizer
 from biodiffuse.metrics import pearson_per_channel
 
 PANEL = ["CD3_PROT", "CD4_PROT", "CD8_PROT", "CD14_PROT", "CD16_PROT", "CD19_PROT", "CD20_PROT", "CD56_PROT",

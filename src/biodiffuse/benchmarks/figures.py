@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 __all__ = ["spatial_figures", "acc_figures"]

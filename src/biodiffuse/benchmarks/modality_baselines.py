@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..data.modality import _as_matrix
+
 if TYPE_CHECKING:
     from mudata import MuData
 
@@ -36,21 +38,6 @@ MODALITY_METHODS = ("mean", "knn", "ridge")
 RIDGE_ALPHAS = np.logspace(-3, 5, 17)
 R2_KINDS = ("global", "per_feature")
 _CONSTANT_TOL = 1e-20
-
-
-def _matrix(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (patients x features), got shape {arr.shape}.")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}).")
-    try:
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} is not numeric (dtype {arr.dtype}).") from err
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} has NaN or inf values.")
-    return arr
 
 
 def fit_predict_modality(
@@ -98,9 +85,9 @@ def fit_predict_modality(
     """
     if method not in MODALITY_METHODS:
         raise ValueError(f"method must be one of {MODALITY_METHODS}, got {method!r}.")
-    c_tr = _matrix(cond_train, "cond_train")
-    y_tr = _matrix(y_train, "y_train")
-    c_te = _matrix(cond_test, "cond_test")
+    c_tr = _as_matrix(cond_train, "cond_train")
+    y_tr = _as_matrix(y_train, "y_train")
+    c_te = _as_matrix(cond_test, "cond_test")
     if c_tr.shape[0] != y_tr.shape[0]:
         raise ValueError(f"cond_train has {c_tr.shape[0]} rows but y_train has {y_tr.shape[0]}.")
     if c_tr.shape[1] != c_te.shape[1]:
@@ -155,8 +142,8 @@ def r2_score_modality(y_true: np.ndarray, y_pred: np.ndarray, kind: str = "globa
     """
     if kind not in R2_KINDS:
         raise ValueError(f"kind must be one of {R2_KINDS}, got {kind!r}.")
-    t = _matrix(y_true, "y_true")
-    p = _matrix(y_pred, "y_pred")
+    t = _as_matrix(y_true, "y_true")
+    p = _as_matrix(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true and y_pred have different shapes: {t.shape} vs {p.shape}.")
     if t.shape[0] < 2:
@@ -205,7 +192,7 @@ def output_variance_fraction(samples: np.ndarray, y_true: np.ndarray) -> float:
         raise ValueError(f"samples needs K >= 2 generations, got {s.shape[0]}.")
     if not np.isfinite(s).all():
         raise ValueError("samples has NaN or inf values.")
-    t = _matrix(y_true, "y_true")
+    t = _as_matrix(y_true, "y_true")
     if t.shape != s.shape[1:]:
         raise ValueError(f"y_true has shape {t.shape} but samples has (n, d) = {s.shape[1:]}.")
     data_var = float(np.mean(t.var(axis=0)))

@@ -29,6 +29,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 
 from .modality_baselines import fit_predict_modality, output_variance_fraction, r2_score_modality
+from ._cli import limit_threads
 
 __all__ = ["run_brca", "run_brca_test_split"]
 
@@ -160,12 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="--test-split: repeats")
     p.add_argument("--out", default="results/multimodal")
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    limit_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.test_split:

@@ -39,6 +39,7 @@ import pandas as pd
 from sklearn.model_selection import KFold
 
 from .modality_baselines import fit_predict_modality, output_variance_fraction, r2_score_modality
+from ._cli import limit_threads
 
 __all__ = ["ACC_MODALITIES", "run_acc", "condition_subsets"]
 
@@ -204,12 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/multimodal_acc")
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    limit_threads(args.threads)
     res = run_acc(args.folds, args.repeats, args.latent_dim, args.max_epochs, args.n_samples, args.steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ._cli import limit_threads
+
 __all__ = ["simulate_counts", "run_scaling"]
 
 
@@ -93,12 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/spadit_scaling")
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    limit_threads(args.threads)
     table = run_scaling(args.spots, args.targets, args.panel, args.ref_cells, args.epochs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -194,12 +194,11 @@ def fit_predict_knn(
     k = _check_k(k, sc_known.shape[0])
     if alignment not in ("zscore", "quantile"):
         raise ValueError(f"alignment must be 'zscore' or 'quantile', got {alignment!r}.")
-    scaler = StandardScaler().fit(sc_known.to_numpy(np.float64))
-    ref = scaler.transform(sc_known.to_numpy(np.float64))
-    sp_values = sp_known.to_numpy(np.float64)
+    ref_values, sp_values = sc_known.to_numpy(np.float64), sp_known.to_numpy(np.float64)
     if alignment == "quantile":
-        sp_values = quantile_align(sp_values, sc_known.to_numpy(np.float64))
-    query = scaler.transform(sp_values)
+        sp_values = quantile_align(sp_values, ref_values)
+    scaler = StandardScaler().fit(ref_values)
+    ref, query = scaler.transform(ref_values), scaler.transform(sp_values)
     idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(ref).kneighbors(query, return_distance=False)
     pred = sc_test.to_numpy(np.float64)[idx].mean(axis=1)
     return pd.DataFrame(pred, index=sp_known.index, columns=sc_test.columns)

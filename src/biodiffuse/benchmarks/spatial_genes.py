@@ -28,6 +28,7 @@ from sklearn.model_selection import KFold
 from ..data import log_normalize
 from ..metrics.spatial import accuracy_score, spatial_gene_metrics
 from .spatial_baselines import SPATIAL_BASELINES
+from ._cli import limit_threads
 
 __all__ = ["fit_predict_spadit", "kfold_over_genes", "held_out_truth", "summarize", "within_panel"]
 
@@ -183,12 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--starmap", action="store_true", help="run the within-panel benchmark instead")
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    limit_threads(args.threads)
     from .. import datasets
 
     out = Path(args.out)

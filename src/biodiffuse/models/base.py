@@ -80,6 +80,16 @@ class BaseModel:
         return history
 
     @staticmethod
+    def _split(n: int, train_size: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted training and validation row indices: a random ``ceil(train_size * n)``
+        (at least 2) rows for training, the rest for validation."""
+        if not 0 < train_size <= 1:
+            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
+        perm = rng.permutation(n)
+        n_train = max(2, int(math.ceil(train_size * n)))
+        return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+    @staticmethod
     def _schedule(
         max_epochs: int | None,
         patience: int | None,

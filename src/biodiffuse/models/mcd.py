@@ -455,11 +455,8 @@ class MCD(img.MCDImageMixin, BaseModel):
                                       early_stopping_patience=patience, ema_decay=ema, **fit_kwargs)
         if holdout is not None:
             raise ValueError("holdout applies to image models only.")
-        n = adata.n_obs
         rng = np.random.default_rng(seed)
-        perm = rng.permutation(n)
-        n_train = max(2, int(math.ceil(train_size * n)))
-        train_idx, val_idx = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+        train_idx, val_idx = self._split(adata.n_obs, train_size, rng)
         self.train_indices, self.validation_indices = train_idx, val_idx
 
         targets = self._targets(adata, require_all=True)

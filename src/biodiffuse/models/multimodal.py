@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -240,8 +239,9 @@ class _ModalityDiffusion(BaseModel):
         max_epochs, batch_size, lr, weight_decay
             Optimisation (patients are few: small batches, many epochs). The defaults, with
             the network's (hidden 128, 2 layers, dropout 0.3), were chosen on one TCGA ACC fold:
-            the earlier 256 x 3 layers, dropout 0.1, batches of 64 overfitted (negative R^2
-            on every target; see ``docs/benchmarks.md``).
+            the earlier 256 x 3 layers, dropout 0.1, batches of 64 overfitted
+            (MultiConditionDiffusion's R^2 was negative on three of four targets; see
+            ``docs/benchmarks.md``).
         train_size
             Fraction of patients for training; the rest give the validation loss (early
             stopping and, for Coherent Denoising, the consensus weights).
@@ -256,15 +256,10 @@ class _ModalityDiffusion(BaseModel):
         **trainer_kwargs
             More :class:`lightning.pytorch.Trainer` arguments.
         """
-        if not 0 < train_size <= 1:
-            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
         zs, present = self.latents(self.adata)
         tensors = {f"z{i}": torch.from_numpy(z) for i, z in enumerate(zs)}
         tensors["present"] = torch.from_numpy(present)
-        n = len(present)
-        perm = np.random.default_rng(seed).permutation(n)
-        n_train = max(2, int(math.ceil(train_size * n)))
-        tr, va = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+        tr, va = self._split(len(present), train_size, np.random.default_rng(seed))
         part = lambda idx: {k: v[torch.from_numpy(idx)] for k, v in tensors.items()}  # noqa: E731
         objective = self._objective(self._pairs(), self._training_fraction())
         history = self._run_training(
@@ -486,9 +481,9 @@ class CoherentDenoising(_ModalityDiffusion):
     between two noise predictions above which a step is incoherent), ``max_incoherent_fraction``
     (reject a sample above this fraction of incoherent steps) and ``max_retries``.
 
-    The default threshold (0.5) rejected about 90 % of first draws on TCGA BRCA (nearly every
-    draw then used all retries); :meth:`calibrate_threshold` after training sets it so that a
-    chosen share (default 10 %) of first draws is rejected.
+    With the default threshold (0.5), 91 % of draws on TCGA BRCA were still incoherent after
+    all 10 retries (and kept anyway); :meth:`calibrate_threshold` after training sets it so
+    that a chosen share (default 10 %) of first draws is rejected.
     """
 
     _model_name = "CoherentDenoising"

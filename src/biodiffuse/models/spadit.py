@@ -374,8 +374,6 @@ class SpaDiT(BaseModel):
         **trainer_kwargs
             More :class:`lightning.pytorch.Trainer` arguments.
         """
-        if not 0 < train_size <= 1:
-            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
         reg, a = self.registry, self.init_args
         genes = reg["genes"]
         if reg["mode"] == "reference":
@@ -385,31 +383,29 @@ class SpaDiT(BaseModel):
             cells = _counts_by_name(self.adata, reg["setup"].get("layer"), genes, "spatial")
             library_genes = np.ones(len(genes), dtype=bool)
         rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(cells))
-        n_train = max(2, int(math.ceil(train_size * len(cells))))
-        train_idx, val_idx = np.sort(perm[:n_train]), np.sort(perm[n_train:])
-        if reg["share"] is None:
+        train_idx, val_idx = self._split(len(cells), train_size, rng)
+        first_fit = reg["share"] is None
+        if first_fit:
             self._fit_normalisation(cells[train_idx], library_genes)
-            if reg["mode"] == "reference":
-                sp = _counts_by_name(self.adata, reg["setup"].get("layer"), genes, "spatial")
-                obs = ~np.isnan(sp)
-                logn = self._log_norm(np.nan_to_num(sp), obs)
-                mu, sd = np.asarray(reg["ref_mean"]).copy(), np.asarray(reg["ref_std"]).copy()
-                kn = library_genes
-                mu[kn], sdk = logn[:, kn].mean(axis=0), logn[:, kn].std(axis=0)
-                sd[kn] = np.where(sdk > 1e-6, sdk, 1.0)
-                reg["query_mean"], reg["query_std"] = mu.tolist(), sd.tolist()
-                if a.get("alignment", "zscore") == "quantile":
-                    cols = np.flatnonzero(kn)
-                    ref_logn = self._log_norm(cells[train_idx], np.ones_like(cells[train_idx], dtype=bool))
-                    reg["quantiles"] = {
-                        "columns": cols.tolist(),
-                        "query": percentiles(logn[:, cols]).tolist(),
-                        "reference": percentiles(ref_logn[:, cols]).tolist(),
-                    }
-            else:
-                reg["query_mean"], reg["query_std"] = reg["ref_mean"], reg["ref_std"]
-        x = (self._log_norm(cells, np.ones_like(cells, dtype=bool)) - np.asarray(reg["ref_mean"])) / np.asarray(reg["ref_std"])
+        cells_logn = self._log_norm(cells, np.ones_like(cells, dtype=bool))
+        if first_fit and reg["mode"] == "reference":
+            sp = _counts_by_name(self.adata, reg["setup"].get("layer"), genes, "spatial")
+            logn = self._log_norm(np.nan_to_num(sp), ~np.isnan(sp))
+            mu, sd = np.asarray(reg["ref_mean"]).copy(), np.asarray(reg["ref_std"]).copy()
+            kn = library_genes
+            mu[kn], sdk = logn[:, kn].mean(axis=0), logn[:, kn].std(axis=0)
+            sd[kn] = np.where(sdk > 1e-6, sdk, 1.0)
+            reg["query_mean"], reg["query_std"] = mu.tolist(), sd.tolist()
+            if a.get("alignment", "zscore") == "quantile":
+                cols = np.flatnonzero(kn)
+                reg["quantiles"] = {
+                    "columns": cols.tolist(),
+                    "query": percentiles(logn[:, cols]).tolist(),
+                    "reference": percentiles(cells_logn[train_idx][:, cols]).tolist(),
+                }
+        elif first_fit:
+            reg["query_mean"], reg["query_std"] = reg["ref_mean"], reg["ref_std"]
+        x = (cells_logn - np.asarray(reg["ref_mean"])) / np.asarray(reg["ref_std"])
         x = x.astype(np.float32)
         # the attention bank: a random subset of the training cells; each knows its bank row
         bank_rows = rng.choice(train_idx, size=min(a["bank_size"], len(train_idx)), replace=False)
