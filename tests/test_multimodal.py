@@ -50,7 +50,7 @@ def test_coherent_sample_retries_only_incoherent_rows() -> None:
         avail[:, 1] = rows < 2  # rows 0 and 1 see both (incoherent on the first try)
         return CoherentConsensus(d, [None, None], torch.ones(2), avail)
 
-    out, retries, rejected = coherent_sample(make, lambda k: torch.randn(k, 3), 4, steps=3, max_retries=2)
+    out, retries, rejected = coherent_sample(make, torch.randn(4, 3), lambda rows: torch.randn(len(rows), 3), steps=3, max_retries=2)
     assert out.shape == (4, 3)
     assert retries.tolist() == [1, 1, 0, 0] and not rejected.any()
     assert calls[1].tolist() == [0, 1]

@@ -1,13 +1,22 @@
 """Generative families over a denoiser: EDM (preconditioning, loss, Heun sampler), channel
-masking and the coherent consensus of several denoisers."""
+masking, the coherent consensus of several denoisers, and the one batched posterior loop
+(:func:`sample_rows`) every model samples through."""
 
 from .edm import EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evaluations
-from .ensemble import CoherentConsensus, coherent_sample
+from .ensemble import CoherentConsensus, coherent_sample, coherent_sampler
 from .masking import masked_condition, random_channel_mask
+from .posterior import Batch, Moments, RowNoise, edm_sampler, row_seeds, sample_rows
 
 __all__ = [
+    "Batch",
+    "Moments",
+    "RowNoise",
+    "edm_sampler",
+    "row_seeds",
+    "sample_rows",
     "CoherentConsensus",
     "coherent_sample",
+    "coherent_sampler",
     "EDMLoss",
     "EDMPrecond",
     "heun_sampler",

@@ -18,7 +18,7 @@ import torch
 
 from .edm import heun_sampler
 
-__all__ = ["CoherentConsensus", "coherent_sample"]
+__all__ = ["CoherentConsensus", "coherent_sample", "coherent_sampler"]
 
 
 class CoherentConsensus:
@@ -98,8 +98,8 @@ class CoherentConsensus:
 @torch.no_grad()
 def coherent_sample(
     make_consensus: Callable[[torch.Tensor], CoherentConsensus],
-    latents_fn: Callable[[int], torch.Tensor],
-    n: int,
+    latents: torch.Tensor,
+    redraw: Callable[[torch.Tensor], torch.Tensor],
     steps: int = 18,
     max_incoherent_fraction: float = 0.1,
     max_retries: int = 10,
@@ -110,12 +110,13 @@ def coherent_sample(
     Parameters
     ----------
     make_consensus
-        Builds a fresh :class:`CoherentConsensus` for the rows given (a LongTensor of row
-        indices into the ``n`` samples).
-    latents_fn
-        Returns standard-normal latents for ``k`` rows.
-    n
-        Number of samples.
+        Builds a fresh :class:`CoherentConsensus` for the draws given (a LongTensor of
+        indices into the rows of ``latents``).
+    latents
+        Standard-normal latents, one row per draw.
+    redraw
+        ``redraw(draws)`` returns fresh standard-normal latents for those draws (from each
+        draw's own random stream, see :func:`~biodiffuse.diffusion.sample_rows`).
     steps
         Heun steps.
     max_incoherent_fraction
@@ -130,16 +131,15 @@ def coherent_sample(
     samples (n, D), the number of retries per sample (n,), and whether the kept sample was
     still incoherent (n,).
     """
-    rows = torch.arange(n)
-    out: torch.Tensor | None = None
+    n = latents.shape[0]
+    out = torch.empty_like(latents)
     retries = torch.zeros(n, dtype=torch.long)
     rejected = torch.zeros(n, dtype=torch.bool)
-    todo = rows
+    todo = torch.arange(n)
+    lat = latents
     for attempt in range(max_retries + 1):
         consensus = make_consensus(todo)
-        x = heun_sampler(consensus, latents_fn(len(todo)), None, steps=steps, **sampler_kwargs)
-        if out is None:
-            out = torch.empty((n, x.shape[1]), dtype=x.dtype, device=x.device)
+        x = heun_sampler(consensus, lat, None, steps=steps, **sampler_kwargs)
         out[todo.to(out.device)] = x
         bad = (consensus.incoherent_fraction() > max_incoherent_fraction).cpu()
         rejected[todo] = bad
@@ -147,4 +147,21 @@ def coherent_sample(
             break
         todo = todo[bad]
         retries[todo] += 1
+        lat = redraw(todo).to(latents.device, latents.dtype)
     return out, retries, rejected
+
+
+def coherent_sampler(
+    steps: int, sigma_max: float = 80.0, max_incoherent_fraction: float = 0.1, max_retries: int = 10
+) -> Callable:
+    """:func:`coherent_sample` as a sampler of :func:`~biodiffuse.diffusion.sample_rows`: the
+    batch's ``denoiser`` is the consensus factory; diagnostics ``retries`` and ``rejected``."""
+
+    def sampler(make: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
+        x, retries, rejected = coherent_sample(
+            make, latents, redraw, steps=int(steps), max_incoherent_fraction=max_incoherent_fraction,
+            max_retries=max_retries, sigma_max=sigma_max,
+        )
+        return x, {"retries": retries, "rejected": rejected}
+
+    return sampler

@@ -1,0 +1,236 @@
+"""THE batched sampling loop every model uses.
+
+A model describes one batch of rows (cells, tiles, patients) with a :class:`Batch`: the
+denoiser to integrate, its condition for those rows, and optionally values to clamp. The
+loop (:func:`sample_rows`) draws the initial noise from **one random stream per row**
+(:class:`RowNoise`, the idea of NVlabs edm's ``StackedRandomGenerator``), repeats each row's
+condition ``n_samples`` times, runs the sampler, clamps, moves the draws to the CPU and hands
+them to a reducer (:class:`Moments` by default: mean and variance per row, optionally the
+draws) batch by batch. So memory is flat in the number of rows, and the same seed gives the
+same numbers for a row whatever the batch size and whatever other rows are sampled with it.
+
+Samplers are callables ``sampler(denoiser, latents, cond, redraw) -> (draws, diagnostics)``:
+:func:`edm_sampler` wraps the EDM Heun sampler; Coherent Denoising's rejection sampler and the
+rectified-flow solvers plug into the same place. ``redraw(draw_rows)`` returns fresh latents
+for the given draws (rows of ``latents``), from the same per-row streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .edm import heun_sampler
+
+__all__ = ["row_seeds", "RowNoise", "Batch", "Moments", "edm_sampler", "sample_rows"]
+
+
+def row_seeds(seed: int, keys: Iterable[Any]) -> np.ndarray:
+    """One 63-bit seed per row from the user's ``seed`` and a stable key per row.
+
+    The key identifies a row independently of the query it comes in (an ``obs_name``, a
+    tile's ``(y, x)`` origin), so a row's random stream does not depend on its position or on
+    the other rows. The mapping is a BLAKE2b hash: stable across processes and platforms.
+    """
+    seed = int(seed)
+    out = []
+    for k in keys:
+        digest = hashlib.blake2b(f"{seed}\x1f{k}".encode(), digest_size=8).digest()
+        out.append(int.from_bytes(digest, "little") >> 1)
+    return np.asarray(out, dtype=np.int64)
+
+
+class RowNoise:
+    """One ``torch.Generator`` per row, on the CPU (so every device gets the same noise).
+
+    Parameters
+    ----------
+    seeds
+        One integer seed per row (see :func:`row_seeds`).
+    """
+
+    def __init__(self, seeds: Sequence[int] | np.ndarray) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in np.asarray(seeds).ravel()]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, rows: Sequence[int] | np.ndarray, n_samples: int, shape: Sequence[int]) -> torch.Tensor:
+        """Standard normal draws of shape ``(len(rows) * n_samples, *shape)``, row-major:
+        the ``n_samples`` draws of ``rows[0]`` first, each from that row's own stream."""
+        shape = tuple(int(s) for s in shape)
+        parts = [torch.randn((n_samples, *shape), generator=self.generators[int(r)]) for r in rows]
+        return torch.cat(parts) if parts else torch.empty((0, *shape))
+
+
+@dataclass
+class Batch:
+    """What a model hands the loop for one batch of ``B`` rows.
+
+    Attributes
+    ----------
+    denoiser
+        Called as ``denoiser(x, sigma, cond)`` on ``B * n_samples`` draws (or a factory, for
+        samplers that need one, e.g. Coherent Denoising's).
+    cond
+        Condition for the ``B`` rows: a tensor, or lists / tuples / dicts of tensors with
+        rows first, or None. The loop repeats every row ``n_samples`` times.
+    clamp_values, clamp_mask
+        Optional tensors of shape ``(B, *shape)`` (the mask may broadcast): where the mask is
+        True the draws are replaced by the values (observed channels stay measured).
+    """
+
+    denoiser: Any
+    cond: Any = None
+    clamp_values: torch.Tensor | None = None
+    clamp_mask: torch.Tensor | None = None
+
+
+def _repeat_rows(obj: Any, k: int) -> Any:
+    """Repeat every row of every tensor in a (nested) condition ``k`` times."""
+    if obj is None or k == 1:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.repeat_interleave(k, dim=0)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_repeat_rows(o, k) for o in obj)
+    if isinstance(obj, Mapping):
+        return {key: _repeat_rows(v, k) for key, v in obj.items()}
+    return obj
+
+
+def edm_sampler(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0) -> Callable:
+    """The EDM Heun sampler (:func:`~biodiffuse.diffusion.heun_sampler`) as a loop sampler.
+
+    ``steps`` steps cost ``2 * steps - 1`` network evaluations; ``steps=1`` returns the
+    denoiser's output at ``sigma_max`` (its estimate of the conditional mean).
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+
+    def sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
+        x = heun_sampler(denoiser, latents, cond, steps=int(steps), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+        return x, {}
+
+    sampler.steps = int(steps)  # type: ignore[attr-defined]
+    return sampler
+
+
+@dataclass
+class Moments:
+    """Default reducer: per row, the mean and variance over the draws, in one or more scales.
+
+    Parameters
+    ----------
+    n
+        Number of rows.
+    transforms
+        ``{name: f}``: ``f(draws, rows)`` maps CPU draws ``(B, n_samples, *shape)`` (float64
+        numpy) to the scale reported under ``f"{name}mean"`` / ``f"{name}variance"``. Default
+        ``{"": identity}`` gives ``mean`` and ``variance`` in the model's scale.
+    keep_draws
+        Also keep the draws of the first transform (``draws``: ``(n, n_samples, ...)``).
+    """
+
+    n: int
+    transforms: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None
+    keep_draws: bool = False
+    out: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict[str, np.ndarray]) -> None:
+        transforms = self.transforms or {"": lambda d, r: d}
+        for i, (name, f) in enumerate(transforms.items()):
+            v = np.asarray(f(draws, rows), dtype=np.float64)
+            self._put(f"{name}mean", rows, v.mean(axis=1))
+            self._put(f"{name}variance", rows, v.var(axis=1))
+            if i == 0 and self.keep_draws:
+                self._put("draws", rows, v)
+        for key, value in diagnostics.items():
+            self._put(key, rows, np.asarray(value))
+
+    def _put(self, key: str, rows: np.ndarray, value: np.ndarray) -> None:
+        if key not in self.out:
+            self.out[key] = np.empty((self.n, *value.shape[1:]), dtype=value.dtype)
+        self.out[key][rows] = value
+
+    def result(self) -> dict[str, np.ndarray]:
+        return self.out
+
+
+@torch.no_grad()
+def sample_rows(
+    prepare: Callable[[np.ndarray, torch.device], Batch],
+    n_rows: int,
+    shape: Sequence[int],
+    *,
+    seeds: Sequence[int] | np.ndarray,
+    sampler: Callable,
+    n_samples: int = 1,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    reducer: Callable[[np.ndarray, np.ndarray, dict], None] | None = None,
+) -> Any:
+    """Sample ``n_samples`` draws for each of ``n_rows`` rows, batch by batch.
+
+    Parameters
+    ----------
+    prepare
+        ``prepare(rows, device) -> Batch`` for an index array of rows (positions in
+        ``0..n_rows-1``); everything it returns lives on ``device``.
+    n_rows
+        Number of rows.
+    shape
+        Shape of one draw (without the row axis), e.g. ``(C, 1, 1)``, ``(G,)``, ``(C, T, T)``.
+    seeds
+        One seed per row (see :func:`row_seeds`); the row's initial noise comes from it.
+    sampler
+        ``sampler(denoiser, latents, cond, redraw) -> (draws, diagnostics)``, e.g.
+        :func:`edm_sampler`; diagnostics are per-draw tensors (``B * n_samples`` rows).
+    n_samples
+        Draws per row.
+    batch_size
+        Rows per batch (``batch_size * n_samples`` draws go through the network at once).
+    device
+        Where the network runs; draws come back to the CPU after every batch.
+    reducer
+        ``reducer(rows, draws, diagnostics)`` with CPU float64 draws ``(B, n_samples, *shape)``
+        and diagnostics reshaped to ``(B, n_samples, ...)``. Default: :class:`Moments` with
+        the identity transform; its ``result()`` is returned.
+
+    Returns
+    -------
+    ``reducer.result()`` if the reducer has one, else the reducer.
+    """
+    if n_samples < 1 or int(n_samples) != n_samples:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    if batch_size < 1 or int(batch_size) != batch_size:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if len(seeds) != n_rows:
+        raise ValueError(f"Need one seed per row: got {len(seeds)} seeds for {n_rows} rows.")
+    n_samples, batch_size = int(n_samples), int(batch_size)
+    device = torch.device(device)
+    shape = tuple(int(s) for s in shape)
+    reducer = Moments(n_rows) if reducer is None else reducer
+    noise = RowNoise(seeds)
+    for start in range(0, n_rows, batch_size):
+        rows = np.arange(start, min(start + batch_size, n_rows))
+        batch = prepare(rows, device)
+        latents = noise.randn(rows, n_samples, shape).to(device)
+
+        def redraw(draw_rows: torch.Tensor, _rows: np.ndarray = rows) -> torch.Tensor:
+            """Fresh latents for draws ``draw_rows`` (indices into this batch's draws)."""
+            owners = _rows[np.asarray(draw_rows.cpu()) // n_samples]
+            return torch.cat([noise.randn([r], 1, shape) for r in owners]).to(device)
+
+        draws, diagnostics = sampler(batch.denoiser, latents, _repeat_rows(batch.cond, n_samples), redraw)
+        draws = draws.reshape(len(rows), n_samples, *shape)
+        if batch.clamp_mask is not None:
+            mask = batch.clamp_mask.to(device)
+            draws = torch.where(mask[:, None], batch.clamp_values.to(draws.dtype)[:, None], draws)
+        diag = {k: v.reshape(len(rows), n_samples, *v.shape[1:]).cpu().numpy() for k, v in diagnostics.items()}
+        reducer(rows, draws.to(torch.float64).cpu().numpy(), diag)
+    return reducer.result() if hasattr(reducer, "result") else reducer
