@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The benchmark drivers (repository root, not installed) import as top-level modules, as when run as scripts.
+sys.path.insert(0, str(ROOT / "benchmarks"))
 SHARED_DATA = Path(os.environ.get("BIODIFFUSE_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 

@@ -8,7 +8,7 @@ import pytest
 from anndata import AnnData
 from scipy import sparse
 
-from biodiffuse.benchmarks import fit_predict, gene_features
+from biodiffuse.baselines import fit_predict, gene_features
 from biodiffuse.datasets import eccite_pbmc
 from biodiffuse.metrics import imputation_metrics
 

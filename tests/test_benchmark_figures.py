@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biodiffuse.benchmarks.figures import acc_figures, spatial_figures
-
 from conftest import SHARED_DATA
+from figures import acc_figures, spatial_figures
 
 
 def test_acc_heatmap_from_saved_table(tmp_path) -> None:

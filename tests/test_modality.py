@@ -11,7 +11,7 @@ import pytest
 from anndata import AnnData
 from conftest import SHARED_DATA
 
-from biodiffuse.benchmarks.modality_baselines import r2_score_modality
+from biodiffuse.metrics import r2_score_modality
 from biodiffuse.data.modality import ModalityEncoder, choose_encoder, modality_matrix
 
 TCGA = SHARED_DATA / "tcga"

@@ -7,13 +7,8 @@ import pytest
 from conftest import SHARED_DATA
 from sklearn.metrics import r2_score
 
-from biodiffuse.benchmarks.modality_baselines import (
-    cross_validate_modality,
-    fit_predict_modality,
-    output_variance_fraction,
-    r2_score_modality,
-    summarize_folds,
-)
+from biodiffuse.baselines import cross_validate_modality, fit_predict_modality, summarize_folds
+from biodiffuse.metrics import output_variance_fraction, r2_score_modality
 
 TCGA = SHARED_DATA / "tcga"
 

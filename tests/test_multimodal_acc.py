@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from biodiffuse.benchmarks.multimodal_acc import best_per_target, condition_subsets, summarize_r2
+from multimodal_acc import best_per_target, condition_subsets, summarize_r2
 
 
 def test_condition_subsets_cover_every_nonempty_subset_without_target() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biodiffuse.benchmarks import CHANNEL_METHODS, fit_predict_channels, most_correlated_channel
+from biodiffuse.baselines import CHANNEL_METHODS, fit_predict_channels, most_correlated_channel
 from biodiffuse.data import (
     PROTEIN_ALIASES,
     canonical_protein_name,

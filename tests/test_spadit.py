@@ -8,7 +8,7 @@ import pytest
 import torch
 from anndata import AnnData
 
-from biodiffuse.benchmarks.spatial_genes import fit_predict_spadit, kfold_over_genes
+from spatial_genes import fit_predict_spadit, kfold_over_genes
 from biodiffuse.models import SpaDiT
 from biodiffuse.nn import GeneDiT, ReferenceAttention
 
@@ -151,7 +151,7 @@ def test_kfold_protocol_never_shows_held_out_genes() -> None:
 def test_default_tokens_grow_with_gene_count() -> None:
     """About 64 tokens for a large panel (attention is quadratic in tokens), 4 genes a token
     for small ones; the scaling benchmark's simulator gives non-negative counts of the asked shape."""
-    from biodiffuse.benchmarks.spadit_scaling import simulate_counts
+    from spadit_scaling import simulate_counts
 
     counts, types = simulate_counts(300, 400, seed=0)
     assert counts.shape == (300, 400) and types.shape == (300,) and (counts >= 0).all() and counts.sum() > 0

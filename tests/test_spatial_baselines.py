@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from anndata import AnnData
 
-from biodiffuse.benchmarks.spatial_baselines import (
+from biodiffuse.baselines.spatial import (
     SPATIAL_BASELINES,
     _spage_weights,
     fit_predict_knn,

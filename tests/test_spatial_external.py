@@ -10,7 +10,7 @@ import pytest
 from anndata import AnnData
 from conftest import SHARED_DATA
 
-from biodiffuse.benchmarks.spatial_external import (
+from biodiffuse.baselines.external import (
     EXTERNAL_SPATIAL_BASELINES,
     _prepare,
     _scale_to_lognorm,

@@ -188,8 +188,8 @@ norm = bd.data.ChannelNormalizer.from_dict(model.registry["normalizer"])
 y_train = norm.transform(train.obsm["protein_expression"][proteins].to_numpy(float))
 y_test = norm.transform(test.obsm["protein_expression"][proteins].to_numpy(float))
 
-F_train, F_test, _ = bd.benchmarks.baselines.gene_features(train, query, n_top_genes=1000, n_pcs=50)
-krr_pred = bd.benchmarks.baselines.fit_predict("krr", F_train, y_train, F_test)
+F_train, F_test, _ = bd.baselines.gene_features(train, query, n_top_genes=1000, n_pcs=50)
+krr_pred = bd.baselines.fit_predict("krr", F_train, y_train, F_test)
 
 r = pd.DataFrame(
     {
@@ -323,7 +323,7 @@ assert diff < 1e-4"""
 * Train on more cells and for longer (the default `max_epochs` is about 6,000 optimiser steps), and
   use more sampler steps (`steps=18`, the default) for the final imputation.
 * Repeat the comparison over several splits or data sets before drawing conclusions;
-  `python -m biodiffuse.benchmarks.citeseq` runs the gene → protein comparison with cross-validation.
+  `python benchmarks/citeseq.py` runs the gene → protein comparison with cross-validation.
 * In the *channels* mode (`setup_anndata` without `protein_obsm_key`), MCD imputes any subset of
   channels from any other subset, e.g. missing proteins of a panel from the measured ones."""
     ),

@@ -9,13 +9,13 @@ except PackageNotFoundError:  # pragma: no cover - source tree without install
 
 from . import data, diffusion, metrics, models, nn, train  # noqa: E402
 
-__all__ = ["data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "tl", "train", "__version__"]
+__all__ = ["baselines", "data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "tl", "train", "__version__"]
 
 
 def __getattr__(name: str):
-    # datasets, io, pl and tl import heavier dependencies (pooch, spatialdata, matplotlib, sklearn):
+    # baselines, datasets, io, pl and tl import heavier dependencies (pooch, spatialdata, matplotlib, sklearn):
     # load on first use.
-    if name in ("datasets", "pl", "tl", "benchmarks", "io"):
+    if name in ("baselines", "datasets", "pl", "tl", "io"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

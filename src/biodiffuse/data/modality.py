@@ -117,6 +117,9 @@ def _as_matrix(x: Any, name: str, n_cols: int | None = None) -> np.ndarray:
     return x
 
 
+as_matrix = _as_matrix  # public name, for the metrics and baselines that check inputs the same way
+
+
 _THREADPOOLS = None
 
 
@@ -522,7 +525,7 @@ def choose_encoder(
 
     K-fold cross-validation over patients (shuffled with ``seed``): each method is fitted on
     the training folds and scored on the held-out fold by the global R^2 of
-    :func:`biodiffuse.benchmarks.modality_baselines.r2_score_modality` between the held-out
+    :func:`biodiffuse.metrics.r2_score_modality` between the held-out
     patients' transformed, standardised features (:meth:`ModalityEncoder.preprocess`, with
     training statistics) and their reconstruction ``decode(encode(X), "standardized")``.
 
@@ -549,7 +552,7 @@ def choose_encoder(
     """
     from sklearn.model_selection import KFold
 
-    from ..benchmarks.modality_baselines import r2_score_modality
+    from ..metrics import r2_score_modality
 
     x = _as_matrix(X, "X")
     if not isinstance(cv, (int, np.integer)) or not 2 <= cv <= x.shape[0]:

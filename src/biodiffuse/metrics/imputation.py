@@ -13,7 +13,7 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-__all__ = ["pearson_per_channel", "pearson_per_cell", "rmse", "imputation_metrics"]
+__all__ = ["as_float_2d", "pearson_per_channel", "pearson_per_cell", "rmse", "imputation_metrics"]
 
 ArrayLike2D = Union[np.ndarray, pd.DataFrame]
 
@@ -45,7 +45,8 @@ def _as_pair(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> tuple[np.ndarray, np.n
     return a, b
 
 
-def _as_float_2d(x: ArrayLike2D, name: str) -> np.ndarray:
+def as_float_2d(x: ArrayLike2D, name: str) -> np.ndarray:
+    """``x`` (array or DataFrame) as a finite 2-D float64 array; ValueError naming ``name`` otherwise."""
     arr = x.to_numpy() if isinstance(x, pd.DataFrame) else np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (cells x channels), got {arr.ndim}-D with shape {arr.shape}.")
@@ -61,6 +62,9 @@ def _as_float_2d(x: ArrayLike2D, name: str) -> np.ndarray:
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
         raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} inf value(s); all values must be finite.")
     return arr
+
+
+_as_float_2d = as_float_2d  # the name the metrics modules use internally
 
 
 def _pearson_along(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:

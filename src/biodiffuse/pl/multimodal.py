@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ..metrics.imputation import _as_float_2d
+from ..metrics import as_float_2d as _as_float_2d
 
 __all__ = ["acquisition_curves", "r2_heatmap", "real_vs_synthetic_umap"]
 

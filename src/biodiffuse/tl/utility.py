@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..metrics.imputation import _as_float_2d
+from ..metrics import as_float_2d as _as_float_2d
 
 __all__ = [
     "FittedPredictor",

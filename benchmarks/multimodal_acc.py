@@ -9,7 +9,7 @@ are fitted on the training patients only (each with whatever assays it has). The
   (the denoiser at the highest noise level: the model's estimate of the conditional mean);
   baselines (mean / kNN / ridge on the condition latents) are fitted on the training
   patients that have the target and the subset. R^2 is global
-  (:func:`~biodiffuse.benchmarks.modality_baselines.r2_score_modality`) in **latent** space
+  (:func:`~biodiffuse.metrics.r2_score_modality`) in **latent** space
   (the standardised PCA latents) and in **feature** space, where features are the encoder's
   standardised inputs (log1p for counts, then z-scored per feature), so every feature
   counts alike; the latent decode there is PCA's exact inverse.
@@ -23,7 +23,7 @@ are fitted on the training patients only (each with whatever assays it has). The
   recall (k = 5) and the distance-to-closest-record ratio; the held-out real patients give
   the reference values a generator that does not copy should match.
 
-``python -m biodiffuse.benchmarks.multimodal_acc --threads 1 --out results/multimodal_acc``
+``python benchmarks/multimodal_acc.py --threads 1 --out results/multimodal_acc``
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from .modality_baselines import fit_predict_modality, output_variance_fraction, r2_score_modality
-from ._cli import limit_threads
+from _cli import limit_threads
+
+from biodiffuse.baselines import fit_predict_modality
+from biodiffuse.metrics import output_variance_fraction, r2_score_modality
 
 __all__ = ["ACC_MODALITIES", "run_acc", "condition_subsets"]
 
@@ -54,7 +56,7 @@ def condition_subsets(modalities: Sequence[str], target: str) -> list[tuple[str,
 
 
 def _privacy_row(z_fake: np.ndarray, z_train: np.ndarray, z_hold: np.ndarray) -> dict[str, float]:
-    from ..metrics.privacy import distance_to_closest_record, energy_distance, precision_recall_manifold
+    from biodiffuse.metrics.privacy import distance_to_closest_record, energy_distance, precision_recall_manifold
 
     pr = precision_recall_manifold(z_train, z_fake, k=5)
     ref = precision_recall_manifold(z_train, z_hold, k=min(5, len(z_hold) - 1)) if len(z_hold) > 2 else {}
@@ -78,10 +80,10 @@ def run_acc(
 ) -> dict[str, pd.DataFrame]:
     """Run the benchmark; returns ``r2`` (one row per repeat, fold, target, subset, method),
     ``survival`` (one row per repeat, target, method) and ``privacy`` (per fold, target, model)."""
-    from .. import datasets
-    from ..data.modality import modality_matrix
-    from ..models import CoherentDenoising, MultiConditionDiffusion
-    from ..tl import fit_predictor, predict_output
+    from biodiffuse import datasets
+    from biodiffuse.data.modality import modality_matrix
+    from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
+    from biodiffuse.tl import fit_predictor, predict_output
 
     mdata = datasets.tcga_acc()
     mods = list(modalities)

@@ -16,7 +16,7 @@ Every baseline has one interface::
 The result has index ``sp.obs_names`` and columns ``test_genes``, on the scale
 ``log1p(count / library_size * 1e4)``, where a cell's library size is its count summed over
 the known genes (the genes of ``sp``) in both data sets, so that the two are comparable
-(:func:`shared_log_normalized`, which other baseline files import).
+(:func:`shared_log_normalized`).
 """
 
 from __future__ import annotations

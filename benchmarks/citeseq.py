@@ -1,7 +1,7 @@
 """Gene -> protein benchmark on real CITE-seq: MCD at several sampler step counts against
 kernel ridge, ridge, kNN, the per-protein mean and (optionally) totalVI.
 
-Run ``python -m biodiffuse.benchmarks.citeseq --help``. Every method sees the same folds;
+Run ``python benchmarks/citeseq.py --help``. Every method sees the same folds;
 proteins are normalised with a Yeo-Johnson + percentile normaliser fitted on the training
 cells of each fold; metrics are computed on the held-out cells in that normalised space and
 in the original count space. Nothing is tuned on the test folds: the baselines choose their
@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..data import ChannelNormalizer, get_obsm_frame
-from ..diffusion import network_evaluations
-from ..metrics import imputation_metrics
-from ..models import MCD
-from .baselines import fit_predict, gene_features
+from biodiffuse.baselines import fit_predict, gene_features
+from biodiffuse.data import ChannelNormalizer, get_obsm_frame
+from biodiffuse.diffusion import network_evaluations
+from biodiffuse.metrics import imputation_metrics
+from biodiffuse.models import MCD
 
 __all__ = ["run_fold", "run_benchmark", "main"]
 
@@ -96,7 +96,7 @@ def run_fold(
 
     if with_totalvi:
         try:
-            from .totalvi import totalvi_impute
+            from biodiffuse.baselines import totalvi_impute
 
             pred_orig, fit_tv, pred_tv = totalvi_impute(train, test, protein_obsm_key=protein_key, seed=seed)
             scores = _score(yt_norm, norm.transform(pred_orig), y_test, pred_orig)
@@ -108,7 +108,7 @@ def run_fold(
 
 
 def _per_protein(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    from ..metrics import pearson_per_channel
+    from biodiffuse.metrics import pearson_per_channel
 
     return pearson_per_channel(y, p)
 
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
-    from ..datasets import citeseq as ds
+    from biodiffuse.datasets import citeseq as ds
 
     if args.data is None:
         adata, name = ds.eccite_pbmc(), args.name or "eccite_pbmc500"
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "per_protein_r_p_norm": json.loads(pp.to_json())}
     Path(f"{out}.json").write_text(json.dumps(result, indent=1))
     Path(f"{out}.md").write_text(header + "\n\n" + table + "\n")
-    from ..pl import protein_correlation_bars
+    from biodiffuse.pl import protein_correlation_bars
 
     best_mcd = [m for m in pp.columns if m.startswith("MCD")]
     cols = [c for c in [best_mcd[-1] if best_mcd else None, "krr", "ridge", "knn", "totalVI"] if c in pp.columns]

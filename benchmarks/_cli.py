@@ -1,4 +1,8 @@
-"""Shared pieces of the benchmark command lines."""
+"""Shared pieces of the benchmark command lines.
+
+The drivers import it as a sibling module (``from _cli import limit_threads``): Python puts a
+script's own folder on ``sys.path``, so ``python benchmarks/<name>.py`` finds it.
+"""
 
 from __future__ import annotations
 

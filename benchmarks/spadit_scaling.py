@@ -7,7 +7,7 @@ trained for ``--epochs`` epochs (timed separately, not the target), then ``predi
 for each (steps, n_samples) setting. Peak memory is the process's resident set size (Linux
 ``ru_maxrss``) after each step, so it includes Python, torch and the data.
 
-``python -m biodiffuse.benchmarks.spadit_scaling --threads 2 --out results/spadit_scaling``
+``python benchmarks/spadit_scaling.py --threads 2 --out results/spadit_scaling``
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ._cli import limit_threads
+from _cli import limit_threads
 
 __all__ = ["simulate_counts", "run_scaling"]
 
@@ -56,7 +56,7 @@ def run_scaling(
 ) -> pd.DataFrame:
     """Train briefly, then time ``predict`` of ``targets`` genes for ``spots`` spots; one row
     per (steps, n_samples) setting plus one for training."""
-    from ..models import SpaDiT
+    from biodiffuse.models import SpaDiT
 
     genes = [f"g{i}" for i in range(panel + targets)]
     ref_counts, _ = simulate_counts(ref_cells, len(genes), seed=seed)

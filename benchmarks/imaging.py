@@ -1,6 +1,6 @@
 """Multiplexed-image channel imputation benchmark on the real MIBI-TOF granuloma field.
 
-Run ``python -m biodiffuse.benchmarks.imaging --help``. One 1024 x 1024 field of view
+Run ``python benchmarks/imaging.py --help``. One 1024 x 1024 field of view
 (39 antibody channels after dropping the 8 elemental / background channels), a spatial
 split into a 4 x 4 grid of blocks with a quarter held out (no training tile touches the test
 blocks), one fixed set of held-out channels imputed from all the others. MCD is trained with
@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data import ChannelNormalizer
-from ..data.tiles import crop_to_factor, downsample_mask, downsample_mean, spatial_split, upsample_to
-from ..metrics import pearson_per_channel
-from ..models import MCD
-from ..models._mcd_image import image_array, image_channels
-from .channel_baselines import fit_predict_channels
+from biodiffuse.baselines import fit_predict_channels
+from biodiffuse.data import ChannelNormalizer, image_array, image_channels
+from biodiffuse.data.tiles import crop_to_factor, downsample_mask, downsample_mean, spatial_split, upsample_to
+from biodiffuse.metrics import pearson_per_channel
+from biodiffuse.models import MCD
 
 __all__ = ["DEFAULT_HELD_OUT", "run", "main"]
 
@@ -96,7 +95,7 @@ def run(
     path: str | None = None,
 ) -> dict[str, Any]:
     """Train MCD on the training region, impute ``held_out`` channels, score everything on the test region."""
-    from ..datasets import mibi_granuloma
+    from biodiffuse.datasets import mibi_granuloma
 
     sdata = mibi_granuloma(path)
     names = image_channels(sdata, "mibi")
@@ -148,7 +147,7 @@ def run(
         rows.append(dict(level="pixel", method=method, mean_r=float(np.nanmean(r)), fit_s=el, impute_s=np.nan))
 
     # per cell: cells whose centroid lies in the test region
-    from ..io.channels import aggregate_by_labels
+    from biodiffuse.io.channels import aggregate_by_labels
 
     table = sdata.tables["table"]
     labels = np.asarray(sdata.labels["mibi_labels"].data)

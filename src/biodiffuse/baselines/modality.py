@@ -3,13 +3,14 @@
 One interface, :func:`fit_predict_modality`: conditions are the concatenated latents of the
 condition modalities (built by the caller, e.g. with
 :class:`biodiffuse.data.modality.ModalityEncoder`), the target is the target modality's
-latents (or features). Methods: ``"mean"`` (training mean), ``"knn"`` (k nearest training
-patients on standardised conditions) and ``"ridge"`` (ridge regression, alpha by efficient
-leave-one-out over a log-spaced grid). :func:`r2_score_modality` and
-:func:`output_variance_fraction` are the reconstruction metrics of the Coherent Denoising
-paper, with one stated definition each. :func:`cross_validate_modality` runs the baselines
-over patient folds of a MuData; :func:`main` prints the tables for the TCGA data sets
-(``python -c "from biodiffuse.benchmarks.modality_baselines import main; main()"``).
+latents (or features); :class:`ModalityRegressor` is the same as a scikit-learn estimator.
+Methods: ``"mean"`` (training mean), ``"knn"`` (k nearest training patients on standardised
+conditions) and ``"ridge"`` (ridge regression, alpha by efficient leave-one-out over a
+log-spaced grid). The reconstruction metrics (:func:`biodiffuse.metrics.r2_score_modality`,
+:func:`biodiffuse.metrics.output_variance_fraction`) live in :mod:`biodiffuse.metrics`.
+:func:`cross_validate_modality` runs the baselines over patient folds of a MuData;
+``python benchmarks/modality_baselines.py`` (repository root) prints the tables for the TCGA
+data sets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..data.modality import _as_matrix
+from sklearn.base import BaseEstimator, RegressorMixin
+
+from ..data.modality import as_matrix
+from ..metrics.modality import CONSTANT_TOL, r2_score_modality
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -27,17 +31,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MODALITY_METHODS",
     "RIDGE_ALPHAS",
+    "ModalityRegressor",
     "cross_validate_modality",
     "fit_predict_modality",
-    "output_variance_fraction",
-    "r2_score_modality",
     "summarize_folds",
 ]
 
 MODALITY_METHODS = ("mean", "knn", "ridge")
 RIDGE_ALPHAS = np.logspace(-3, 5, 17)
-R2_KINDS = ("global", "per_feature")
-_CONSTANT_TOL = 1e-20
 
 
 def fit_predict_modality(
@@ -85,120 +86,84 @@ def fit_predict_modality(
     """
     if method not in MODALITY_METHODS:
         raise ValueError(f"method must be one of {MODALITY_METHODS}, got {method!r}.")
-    c_tr = _as_matrix(cond_train, "cond_train")
-    y_tr = _as_matrix(y_train, "y_train")
-    c_te = _as_matrix(cond_test, "cond_test")
+    c_tr = as_matrix(cond_train, "cond_train")
+    y_tr = as_matrix(y_train, "y_train")
+    c_te = as_matrix(cond_test, "cond_test")
     if c_tr.shape[0] != y_tr.shape[0]:
         raise ValueError(f"cond_train has {c_tr.shape[0]} rows but y_train has {y_tr.shape[0]}.")
     if c_tr.shape[1] != c_te.shape[1]:
         raise ValueError(f"cond_train has {c_tr.shape[1]} columns but cond_test has {c_te.shape[1]}.")
-    if method == "mean":
-        return np.repeat(y_tr.mean(axis=0, keepdims=True), c_te.shape[0], axis=0)
-
-    from sklearn.linear_model import RidgeCV
-    from sklearn.neighbors import KNeighborsRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    if method == "knn":
-        if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}.")
-        model = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=int(min(n_neighbors, c_tr.shape[0]))))
-    else:
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-    # Patients number in the hundreds: BLAS threads only add overhead on these tiny problems.
-    with threadpool_limits(1):
-        model.fit(c_tr, y_tr)
-        return np.asarray(model.predict(c_te), dtype=np.float64).reshape(c_te.shape[0], y_tr.shape[1])
+    return ModalityRegressor(method=method, n_neighbors=n_neighbors).fit(c_tr, y_tr).predict(c_te)
 
 
-def r2_score_modality(y_true: np.ndarray, y_pred: np.ndarray, kind: str = "global") -> float:
-    """Coefficient of determination of a reconstructed modality, one definition per kind.
+class ModalityRegressor(RegressorMixin, BaseEstimator):
+    """A missing-modality baseline as a scikit-learn estimator: ``fit(cond, y)`` / ``predict(cond)``.
 
     Parameters
     ----------
-    y_true, y_pred
-        ``(n, d)`` truth and prediction for the same patients (rows) and features (columns).
-    kind
-        ``"global"``: ``1 - sum_ij (y_ij - yhat_ij)^2 / sum_ij (y_ij - mean_i y_ij)^2``, the
-        mean taken per feature over the evaluated patients (the test set). Equal to
-        scikit-learn's ``r2_score(..., multioutput="variance_weighted")`` when no feature of
-        ``y_true`` is constant (scikit-learn then drops that feature's errors; here they
-        count). ``"per_feature"``: R^2 of each feature, averaged with equal weights
-        (scikit-learn ``multioutput="uniform_average"``; a constant feature scores 1 if
-        predicted exactly, else 0).
+    method
+        ``"mean"``, ``"knn"`` or ``"ridge"`` (see :func:`fit_predict_modality`).
+    n_neighbors
+        k of ``"knn"`` (capped at the number of training patients).
 
-    Returns
-    -------
-    float
-        1 for a perfect prediction, 0 for the test-set feature means, negative for worse.
-
-    Raises
-    ------
-    ValueError
-        Unknown kind, shapes differ, fewer than 2 patients, NaN, or (global) every feature of
-        ``y_true`` constant.
-    """
-    if kind not in R2_KINDS:
-        raise ValueError(f"kind must be one of {R2_KINDS}, got {kind!r}.")
-    t = _as_matrix(y_true, "y_true")
-    p = _as_matrix(y_pred, "y_pred")
-    if t.shape != p.shape:
-        raise ValueError(f"y_true and y_pred have different shapes: {t.shape} vs {p.shape}.")
-    if t.shape[0] < 2:
-        raise ValueError(f"R^2 needs at least 2 patients, got {t.shape[0]}.")
-    if kind == "per_feature":
-        from sklearn.metrics import r2_score
-
-        return float(r2_score(t, p, multioutput="uniform_average"))
-    total = float(np.sum((t - t.mean(axis=0)) ** 2))
-    # Relative to the values' size: rounding leaves ~1e-32 of sum(t^2) on constant data.
-    if total <= _CONSTANT_TOL * float(np.sum(t**2)):
-        raise ValueError("y_true is constant in every feature; the global R^2 is undefined.")
-    return 1.0 - float(np.sum((t - p) ** 2)) / total
-
-
-def output_variance_fraction(samples: np.ndarray, y_true: np.ndarray) -> float:
-    """Spread of repeated generations as a fraction of the real data's variance.
-
-    ``mean_ij Var_k(samples[k, i, j]) / mean_j Var_i(y_true[i, j])``: the variance across the
-    K generated versions of each patient and feature, averaged over patients and features,
-    divided by the variance of the real data across patients averaged over features (both
-    with ``ddof=0``). This is the paper's "average variance of the generated samples as a
-    percentage of the total variance from the real data", as a fraction (x100 for percent).
-
-    Parameters
+    Attributes
     ----------
-    samples
-        ``(K, n, d)`` K >= 2 generations for the n patients.
-    y_true
-        ``(n, d)`` real values of the same patients.
-
-    Returns
-    -------
-    float
-        0 when all generations agree; about 1 when they vary as much as patients do.
-
-    Raises
-    ------
-    ValueError
-        Wrong dims, K < 2, mismatched shapes, NaN, or constant ``y_true``.
+    model_
+        The fitted scikit-learn pipeline (standardisation + regressor; ``None`` for ``"mean"``).
+    mean_
+        Training mean of ``y`` (``"mean"``).
+    n_features_in_
+        Number of condition columns seen by :meth:`fit`.
     """
-    s = np.asarray(samples, dtype=np.float64)
-    if s.ndim != 3:
-        raise ValueError(f"samples must be 3-D (K generations x n patients x d features), got shape {s.shape}.")
-    if s.shape[0] < 2:
-        raise ValueError(f"samples needs K >= 2 generations, got {s.shape[0]}.")
-    if not np.isfinite(s).all():
-        raise ValueError("samples has NaN or inf values.")
-    t = _as_matrix(y_true, "y_true")
-    if t.shape != s.shape[1:]:
-        raise ValueError(f"y_true has shape {t.shape} but samples has (n, d) = {s.shape[1:]}.")
-    data_var = float(np.mean(t.var(axis=0)))
-    if data_var == 0.0:
-        raise ValueError("y_true is constant; its variance is 0.")
-    return float(np.mean(s.var(axis=0))) / data_var
+
+    def __init__(self, method: str = "ridge", n_neighbors: int = 5) -> None:
+        self.method = method
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> ModalityRegressor:
+        """Fit on the training patients' conditions ``X`` (n, c) and targets ``y`` (n, d)."""
+        if self.method not in MODALITY_METHODS:
+            raise ValueError(f"method must be one of {MODALITY_METHODS}, got {self.method!r}.")
+        c_tr = as_matrix(X, "cond_train")
+        y_tr = as_matrix(y, "y_train")
+        if c_tr.shape[0] != y_tr.shape[0]:
+            raise ValueError(f"cond_train has {c_tr.shape[0]} rows but y_train has {y_tr.shape[0]}.")
+        self.n_features_in_, self.n_targets_ = c_tr.shape[1], y_tr.shape[1]
+        self.model_, self.mean_ = None, y_tr.mean(axis=0, keepdims=True)
+        if self.method == "mean":
+            return self
+
+        from sklearn.linear_model import RidgeCV
+        from sklearn.neighbors import KNeighborsRegressor
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from threadpoolctl import threadpool_limits
+
+        if self.method == "knn":
+            k = self.n_neighbors
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ValueError(f"n_neighbors must be a positive integer, got {k!r}.")
+            model = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=int(min(k, c_tr.shape[0]))))
+        else:
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+        # Patients number in the hundreds: BLAS threads only add overhead on these tiny problems.
+        with threadpool_limits(1):
+            self.model_ = model.fit(c_tr, y_tr)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``(n_test, d)`` float64 predictions for the conditions ``X`` (n_test, c)."""
+        if not hasattr(self, "n_features_in_"):
+            raise RuntimeError("ModalityRegressor is not fitted; call fit(X, y) first.")
+        c_te = as_matrix(X, "cond_test")
+        if c_te.shape[1] != self.n_features_in_:
+            raise ValueError(f"cond_train has {self.n_features_in_} columns but cond_test has {c_te.shape[1]}.")
+        if self.model_ is None:
+            return np.repeat(self.mean_, c_te.shape[0], axis=0)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            return np.asarray(self.model_.predict(c_te), dtype=np.float64).reshape(c_te.shape[0], self.n_targets_)
 
 
 def cross_validate_modality(
@@ -308,7 +273,7 @@ def cross_validate_modality(
 def _r2_or_nan(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Global R^2, NaN where it is undefined (held-out truth constant)."""
     t = np.asarray(y_true, dtype=np.float64)
-    if float(np.sum((t - t.mean(axis=0)) ** 2)) <= _CONSTANT_TOL * float(np.sum(t**2)):
+    if float(np.sum((t - t.mean(axis=0)) ** 2)) <= CONSTANT_TOL * float(np.sum(t**2)):
         return float("nan")
     return r2_score_modality(t, y_pred)
 
@@ -323,39 +288,3 @@ def summarize_folds(folds: pd.DataFrame) -> pd.DataFrame:
     sd = g.agg(lambda s: s.std(ddof=0, skipna=False))
     out = mean.add_suffix("_mean").join(sd.add_suffix("_sd"))
     return out[["latent_r2_mean", "latent_r2_sd", "feature_r2_mean", "feature_r2_sd"]]
-
-
-def main(encoder: str = "pca", latent_dim: int = 32, cv: int = 5, seed: int = 0) -> None:
-    """Print the baseline tables for TCGA BRCA (train split) and ACC.
-
-    BRCA: protein from mrna + mirna (150 patients). ACC: each modality from the other four
-    (the 43 patients with all five). Scores as in :func:`cross_validate_modality`, averaged
-    by :func:`summarize_folds`.
-
-    Parameters
-    ----------
-    encoder
-        Encoder of every modality (``"pca"`` or ``"autoencoder"``).
-    latent_dim
-        Requested latent size.
-    cv
-        Number of folds.
-    seed
-        Fold split and encoder seed.
-    """
-    from ..datasets import tcga_acc, tcga_brca
-
-    pd.set_option("display.width", 140)
-    print(f"encoder={encoder} latent_dim={latent_dim} cv={cv} seed={seed}; R^2 global (r2_score_modality)")
-    brca = tcga_brca("train")
-    folds = cross_validate_modality(
-        brca, "protein", ["mrna", "mirna"], latent_dim=latent_dim, encoder=encoder, cv=cv, seed=seed
-    )
-    print("\nTCGA BRCA (mixOmics train, 150 patients): protein from mrna + mirna")
-    print(summarize_folds(folds).round(3).to_string())
-    acc = tcga_acc()
-    for target in acc.mod:
-        conds = [m for m in acc.mod if m != target]
-        folds = cross_validate_modality(acc, target, conds, latent_dim=latent_dim, encoder=encoder, cv=cv, seed=seed)
-        print(f"\nTCGA ACC (43 patients with all five modalities): {target} from the other four")
-        print(summarize_folds(folds).round(3).to_string())

@@ -80,7 +80,7 @@ def _select_genes(x_train: sparse.csr_matrix, n_top_genes: int | None) -> np.nda
         return np.arange(x_train.shape[1])
     if n_top_genes < 1:
         raise ValueError(f"n_top_genes must be >= 1 or None, got {n_top_genes}.")
-    from .baselines import _log_normalize, _select_hvg
+    from .tables import _log_normalize, _select_hvg
 
     return np.sort(_select_hvg(_log_normalize(x_train), n_top_genes))
 

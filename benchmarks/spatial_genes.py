@@ -9,7 +9,7 @@
    the training cells (all genes) and predict held-out genes for test cells whose object
    lacks them. SpaDiT (no reference) against kNN regression and MCD's any-subset imputation.
 
-``python -m biodiffuse.benchmarks.spatial_genes --threads 1 --out results/spatial_genes``
+``python benchmarks/spatial_genes.py --threads 1 --out results/spatial_genes``
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import pandas as pd
 from anndata import AnnData
 from sklearn.model_selection import KFold
 
-from ..data import log_normalize
-from ..metrics.spatial import accuracy_score, spatial_gene_metrics
-from .spatial_baselines import SPATIAL_BASELINES
-from ._cli import limit_threads
+from _cli import limit_threads
+
+from biodiffuse.baselines import EXTERNAL_SPATIAL_BASELINES, SPATIAL_BASELINES
+from biodiffuse.data import log_normalize
+from biodiffuse.metrics import accuracy_score, spatial_gene_metrics
 
 __all__ = ["fit_predict_spadit", "kfold_over_genes", "held_out_truth", "summarize", "within_panel"]
 
@@ -51,7 +52,7 @@ def fit_predict_spadit(
     The prediction is the mean of ``n_samples`` one-step outputs (``steps=1``): the model's
     conditional-mean estimate, the better point prediction for PCC (see
     :meth:`~biodiffuse.models.SpaDiT.predict`)."""
-    from ..models import SpaDiT
+    from biodiffuse.models import SpaDiT
 
     test_genes = list(map(str, test_genes))
     leak = sorted(set(test_genes) & set(map(str, sp.var_names)))
@@ -122,7 +123,7 @@ def within_panel(adata: AnnData, held_out: Sequence[str], test_cells: np.ndarray
     from sklearn.neighbors import KNeighborsRegressor
     from sklearn.preprocessing import StandardScaler
 
-    from ..models import MCD, SpaDiT
+    from biodiffuse.models import MCD, SpaDiT
 
     held_out = list(map(str, held_out))
     known = [g for g in map(str, adata.var_names) if g not in set(held_out)]
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
     limit_threads(args.threads)
-    from .. import datasets
+    from biodiffuse import datasets
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,9 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = summarize(per_gene, {})
     else:
         sp, sc = datasets.osmfish_allen_visp()
-        from . import spatial_external as ext
-
-        methods: dict[str, Method] = {"SpaDiT": fit_predict_spadit, **SPATIAL_BASELINES, **ext.EXTERNAL_SPATIAL_BASELINES}
+        methods: dict[str, Method] = {"SpaDiT": fit_predict_spadit, **SPATIAL_BASELINES, **EXTERNAL_SPATIAL_BASELINES}
         if args.methods:
             methods = {k: v for k, v in methods.items() if k in set(args.methods)}
         config = {"folds": args.folds, "seed": 0}

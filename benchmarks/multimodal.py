@@ -4,7 +4,7 @@ Per fold of a patient K-fold (models and encoders fitted on the training patient
 
 * R^2 of protein synthesised from mRNA + miRNA, in latent space (the model's standardised PCA
   latents) and in feature space (protein values), global definition of
-  :func:`~biodiffuse.benchmarks.modality_baselines.r2_score_modality`; the diffusion models
+  :func:`~biodiffuse.metrics.r2_score_modality`; the diffusion models
   use the mean of ``n_samples`` draws and, as "<model> 1-step", the mean of ``n_samples``
   one-step outputs (the model's conditional-mean estimate); baselines mean / kNN / ridge on the same latents.
 * Output variance of the draws as a fraction of the data variance.
@@ -13,7 +13,7 @@ Per fold of a patient K-fold (models and encoders fitted on the training patient
   (training mean) or synthesised; counterfactual variance of its output across draws and the
   acquisition curve (informed by that score vs random order).
 
-``python -m biodiffuse.benchmarks.multimodal --threads 1 --out results/multimodal``
+``python benchmarks/multimodal.py --threads 1 --out results/multimodal``
 """
 
 from __future__ import annotations
@@ -28,17 +28,19 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 
-from .modality_baselines import fit_predict_modality, output_variance_fraction, r2_score_modality
-from ._cli import limit_threads
+from _cli import limit_threads
+
+from biodiffuse.baselines import fit_predict_modality
+from biodiffuse.metrics import output_variance_fraction, r2_score_modality
 
 __all__ = ["run_brca", "run_brca_test_split"]
 
 
 def run_brca(folds: int = 5, max_epochs: int | None = None, n_samples: int = 10, steps: int = 18, seed: int = 0) -> pd.DataFrame:
     """Run the benchmark; returns one row per (fold, method)."""
-    from .. import datasets
-    from ..models import CoherentDenoising, MultiConditionDiffusion
-    from ..tl import acquisition_curve, area_under_curve, counterfactual_spread, fit_predictor, predict_output
+    from biodiffuse import datasets
+    from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
+    from biodiffuse.tl import acquisition_curve, area_under_curve, counterfactual_spread, fit_predictor, predict_output
 
     mdata = datasets.tcga_brca("train")
     y = np.asarray(mdata.obs["subtype"].astype(str))
@@ -106,9 +108,9 @@ def run_brca_test_split(
     averaged over draws, mean of draws or one-step). One row per (repeat, method); repeats
     change the models' and the forest's seeds. ``umap_file``: UMAP of the real training
     protein next to the first repeat's synthesised test protein (mean of draws), by subtype."""
-    from .. import datasets
-    from ..models import CoherentDenoising, MultiConditionDiffusion
-    from ..tl import fit_predictor, predict_output
+    from biodiffuse import datasets
+    from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
+    from biodiffuse.tl import fit_predictor, predict_output
 
     train, test = datasets.tcga_brca("train"), datasets.tcga_brca("test")
     y_tr, y_te = np.asarray(train.obs["subtype"].astype(str)), np.asarray(test.obs["subtype"].astype(str))
@@ -142,7 +144,7 @@ def run_brca_test_split(
             rows.append(dict(repeat=rep, method=name, balanced_accuracy=score(enc.decode(zp)[None])))
         print(pd.DataFrame([r for r in rows if r["repeat"] == rep]).round(3).to_string(index=False), flush=True)
         if umap_file is not None and rep == 0:
-            from ..pl import real_vs_synthetic_umap
+            from biodiffuse.pl import real_vs_synthetic_umap
 
             labels = np.concatenate([y_tr] + [y_te] * len(synthetic))
             fig = real_vs_synthetic_umap(np.asarray(train.mod["protein"].X, dtype=float), synthetic, labels, seed=seed)

@@ -1,12 +1,12 @@
 """Figures of ``docs/`` drawn from saved benchmark outputs (no training here).
 
-* ``--spatial DIR`` (output of :mod:`~biodiffuse.benchmarks.spatial_genes`): per-gene PCC per
+* ``--spatial DIR`` (output of ``benchmarks/spatial_genes.py``): per-gene PCC per
   method, and measured vs predicted maps of the best and worst predicted genes for each
   method whose predictions were saved.
-* ``--acc DIR`` (output of :mod:`~biodiffuse.benchmarks.multimodal_acc`): R^2 heat map,
+* ``--acc DIR`` (output of ``benchmarks/multimodal_acc.py``): R^2 heat map,
   rows (target, condition subset), columns methods.
 
-``python -m biodiffuse.benchmarks.figures --spatial results/spatial_genes --acc results/multimodal_acc --out docs/figures``
+``python benchmarks/figures.py --spatial results/spatial_genes --acc results/multimodal_acc --out docs/figures``
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["spatial_figures", "acc_figures"]
 def spatial_figures(results: Path, out: Path, methods: Sequence[str] | None = None) -> list[Path]:
     """PCC distribution per method and, per method with saved predictions, maps of the
     best and worst genes (by that method's PCC). Returns the files written."""
-    from .. import datasets, pl
+    from biodiffuse import datasets, pl
 
     per_gene = pd.read_csv(results / "per_gene.csv")
     if methods:
@@ -52,8 +52,8 @@ def spatial_figures(results: Path, out: Path, methods: Sequence[str] | None = No
 
 def acc_figures(results: Path, out: Path, space: str = "r2_latent") -> list[Path]:
     """One R^2 heat map of the ACC benchmark: rows (target <- condition subset), columns methods."""
-    from .. import pl
-    from .multimodal_acc import summarize_r2
+    from biodiffuse import pl
+    from multimodal_acc import summarize_r2
 
     r2 = pd.read_csv(results / "acc_r2.csv")
     table = summarize_r2(r2, space)

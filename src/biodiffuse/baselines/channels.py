@@ -21,6 +21,9 @@ returned in the original units. Every hyper-parameter is chosen by
 :class:`~sklearn.model_selection.GridSearchCV` on the training cells only, with shuffled
 :class:`~sklearn.model_selection.KFold` (5 folds, 3 below 50 training cells) seeded by
 ``seed`` and the mean squared error as score.
+
+:class:`ChannelRegressor` is the scikit-learn estimator (``fit(X_observed, Y_targets)`` /
+``predict(X_observed)``); :func:`fit_predict_channels` the one-call form used by the benchmarks.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
 
-from .baselines import KNN_NEIGHBORS, KRR_ALPHAS, KRR_GAMMA_FACTORS, RIDGE_ALPHAS, _blas_threads
+from .tables import KNN_NEIGHBORS, KRR_ALPHAS, KRR_GAMMA_FACTORS, RIDGE_ALPHAS, _blas_threads
 
-__all__ = ["CHANNEL_METHODS", "MostCorrelatedChannel", "most_correlated_channel", "fit_predict_channels"]
+__all__ = ["CHANNEL_METHODS", "ChannelRegressor", "MostCorrelatedChannel", "most_correlated_channel", "fit_predict_channels"]
 
 CHANNEL_METHODS = ("mean", "most_correlated", "ridge", "knn", "krr")
 
@@ -269,37 +273,118 @@ def fit_predict_channels(
         raise ValueError(f"Unknown method {method!r}; valid methods are {list(CHANNEL_METHODS)}.")
     obs, tgt = _check_channels(observed, targets)
     x_train = _values(train, obs, "train")
-    y_train = _values(train, tgt, "train")
-    x_test = _values(test, obs, "test")
+    _values(train, tgt, "train")
+    _values(test, obs, "test")
     n = x_train.shape[0]
     min_cells = 2 if method in ("mean", "most_correlated") else 3
     if n < min_cells:
         raise ValueError(f"method {method!r} needs at least {min_cells} training cells, got {n}.")
 
-    params: dict = {}
-    if method == "mean":
-        pred = np.repeat(y_train.mean(axis=0, keepdims=True), x_test.shape[0], axis=0)
-    elif method == "most_correlated":
-        model = most_correlated_channel(train, obs, tgt)
-        pred = model.predict(test[obs]).to_numpy()
-        params = {"choice": dict(model.choice)}
-    else:
-        mu_x, sd_x = x_train.mean(axis=0), x_train.std(axis=0)
-        sd_x[sd_x == 0] = 1.0
-        mu_y, sd_y = y_train.mean(axis=0), y_train.std(axis=0)
-        sd_y[sd_y == 0] = 1.0
-        f_train, f_test = (x_train - mu_x) / sd_x, (x_test - mu_x) / sd_x
-        z_train = (y_train - mu_y) / sd_y
-        with _blas_threads(n):
-            z_pred, params = _fit_cv(method, f_train, z_train, f_test, seed)
-        pred = z_pred * sd_y + mu_y
-    out = pd.DataFrame(pred, index=test.index.copy(), columns=list(tgt))
+    model = ChannelRegressor(method=method, seed=seed).fit(train[obs], train[tgt])
+    out = model.predict(test[obs])
+    out.index = test.index.copy()
     out.attrs["method"] = method
-    out.attrs["params"] = params
+    out.attrs["params"] = model.params_
     return out
 
 
-def _fit_cv(method: str, f_train: np.ndarray, z_train: np.ndarray, f_test: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+class ChannelRegressor(RegressorMixin, BaseEstimator):
+    """A channel-imputation baseline as a scikit-learn estimator.
+
+    ``fit(X, y)`` with ``X`` the observed channels and ``y`` the target channels of the
+    training cells (DataFrames, matched by column name at prediction time; or arrays);
+    ``predict(X)`` returns the targets for new cells (a DataFrame over the target names).
+
+    Parameters
+    ----------
+    method
+        One of :data:`CHANNEL_METHODS` (see :func:`fit_predict_channels`).
+    seed
+        Seed of the CV fold split.
+
+    Attributes
+    ----------
+    observed_, targets_
+        Channel names (``"x0"``... / ``"y0"``... for arrays).
+    params_
+        The chosen hyper-parameters (for ``"most_correlated"``: the chosen channel per target).
+    """
+
+    def __init__(self, method: str = "ridge", seed: int = 0) -> None:
+        self.method = method
+        self.seed = seed
+
+    def fit(self, X: pd.DataFrame | np.ndarray, y: pd.DataFrame | np.ndarray) -> ChannelRegressor:
+        """Fit on the training cells' observed channels ``X`` and target channels ``y``."""
+        if self.method not in CHANNEL_METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; valid methods are {list(CHANNEL_METHODS)}.")
+        x_frame, y_frame = _as_frame(X, "x", "X"), _as_frame(y, "y", "y")
+        if len(x_frame) != len(y_frame):
+            raise ValueError(f"X has {len(x_frame)} cells but y has {len(y_frame)}.")
+        obs, tgt = _check_channels(list(x_frame.columns), list(y_frame.columns))
+        x_train = _values(x_frame, obs, "X")
+        y_train = _values(y_frame, tgt, "y")
+        n = x_train.shape[0]
+        min_cells = 2 if self.method in ("mean", "most_correlated") else 3
+        if n < min_cells:
+            raise ValueError(f"method {self.method!r} needs at least {min_cells} training cells, got {n}.")
+        self.observed_, self.targets_ = obs, tgt
+        self.params_: dict = {}
+        self._n_train = n
+        if self.method == "mean":
+            self._mean = y_train.mean(axis=0, keepdims=True)
+        elif self.method == "most_correlated":
+            train = pd.DataFrame(np.hstack([x_train, y_train]), columns=obs + tgt)
+            self._line = most_correlated_channel(train, obs, tgt)
+            self.params_ = {"choice": dict(self._line.choice)}
+        else:
+            self._mu_x, sd_x = x_train.mean(axis=0), x_train.std(axis=0)
+            sd_x[sd_x == 0] = 1.0
+            self._sd_x = sd_x
+            self._mu_y, sd_y = y_train.mean(axis=0), y_train.std(axis=0)
+            sd_y[sd_y == 0] = 1.0
+            self._sd_y = sd_y
+            with _blas_threads(n):
+                self._search, self.params_ = _fit_cv(
+                    self.method, (x_train - self._mu_x) / sd_x, (y_train - self._mu_y) / sd_y, self.seed
+                )
+        return self
+
+    def predict(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Targets of the cells ``X`` (observed channels, by name for a DataFrame)."""
+        if not hasattr(self, "observed_"):
+            raise RuntimeError("ChannelRegressor is not fitted; call fit(X, y) first.")
+        if isinstance(X, pd.DataFrame):
+            x_test, index = _values(X, self.observed_, "X"), X.index
+        else:
+            frame = _as_frame(X, "x", "X")
+            x_test = _values(frame, list(frame.columns), "X")
+            if x_test.shape[1] != len(self.observed_):
+                raise ValueError(f"X has {x_test.shape[1]} columns, the regressor was fitted on {len(self.observed_)}.")
+            index = pd.RangeIndex(x_test.shape[0])
+        if self.method == "mean":
+            pred = np.repeat(self._mean, x_test.shape[0], axis=0)
+        elif self.method == "most_correlated":
+            pred = self._line.predict(x_test).to_numpy()
+        else:
+            f_test = (x_test - self._mu_x) / self._sd_x
+            with _blas_threads(self._n_train):
+                z = np.asarray(self._search.predict(f_test), dtype=np.float64).reshape(f_test.shape[0], len(self.targets_))
+            pred = z * self._sd_y + self._mu_y
+        return pd.DataFrame(pred, index=index, columns=list(self.targets_))
+
+
+def _as_frame(x: pd.DataFrame | np.ndarray, prefix: str, what: str) -> pd.DataFrame:
+    if isinstance(x, pd.DataFrame):
+        return x
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (cells x channels), got shape {arr.shape}.")
+    return pd.DataFrame(arr, columns=[f"{prefix}{i}" for i in range(arr.shape[1])])
+
+
+def _fit_cv(method: str, f_train: np.ndarray, z_train: np.ndarray, seed: int):
+    """The fitted grid search of ``method`` on standardised features / targets, and its best parameters."""
     from sklearn.model_selection import GridSearchCV
 
     n = f_train.shape[0]
@@ -321,5 +406,5 @@ def _fit_cv(method: str, f_train: np.ndarray, z_train: np.ndarray, f_test: np.nd
         estimator = KernelRidge(kernel="rbf")
         grid = {"alpha": list(KRR_ALPHAS), "gamma": [g / d for g in KRR_GAMMA_FACTORS]}
     search = GridSearchCV(estimator, grid, cv=cv, scoring="neg_mean_squared_error").fit(f_train, z_train)
-    pred = np.asarray(search.predict(f_test), dtype=np.float64).reshape(f_test.shape[0], z_train.shape[1])
-    return pred, {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in search.best_params_.items()}
+    params = {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in search.best_params_.items()}
+    return search, params

@@ -1,10 +1,10 @@
-"""Gene -> protein regression baselines on shared RNA features.
+"""Table -> table regression baselines (e.g. gene -> protein on shared RNA features).
 
 All baselines see the same features from :func:`gene_features`: library-size normalised,
 log1p RNA, highly variable genes chosen on the training cells, standardised with training
 statistics and projected on a PCA fitted on the training cells. :func:`fit_predict` then
-fits one regressor per method; every hyper-parameter is chosen by cross-validation on the
-training cells only. ``"krr"`` (SVD / PCA of log-normalised RNA, then RBF kernel ridge) is
+fits one regressor per method (:class:`BaselineRegressor`, a scikit-learn estimator); every
+hyper-parameter is chosen by cross-validation on the training cells only. ``"krr"`` (SVD / PCA of log-normalised RNA, then RBF kernel ridge) is
 the "kernel ridge regression (Guanlab-dengkw)" baseline of the NeurIPS 2021 multimodal
 single-cell competition.
 """
@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+from sklearn.base import BaseEstimator, RegressorMixin
 
-__all__ = ["METHODS", "gene_features", "fit_predict"]
+__all__ = ["METHODS", "BaselineRegressor", "gene_features", "fit_predict"]
 
 METHODS = ("mean", "ridge", "knn", "krr")
 RIDGE_ALPHAS = np.logspace(-2, 4, 13)
@@ -171,24 +172,40 @@ def gene_features(
         return pca.transform(z_train), pca.transform(z_test), gene_names
 
 
-def _check_xy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _as_features(f: np.ndarray, what: str) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"{what} must be 2-D, got shape {f.shape}.")
+    if not np.isfinite(f).all():
+        raise ValueError(f"{what} contains NaN or inf values.")
+    return f
+
+
+def _check_train(f_train: np.ndarray, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f_train = np.asarray(f_train, dtype=np.float64)
-    f_test = np.asarray(f_test, dtype=np.float64)
     y = y_train.to_numpy(dtype=np.float64) if isinstance(y_train, (pd.DataFrame, pd.Series)) else np.asarray(y_train, dtype=np.float64)
-    if f_train.ndim != 2 or f_test.ndim != 2:
-        raise ValueError(f"F_train and F_test must be 2-D, got shapes {f_train.shape} and {f_test.shape}.")
+    if f_train.ndim != 2:
+        raise ValueError(f"F_train must be 2-D, got shape {f_train.shape}.")
     if y.ndim not in (1, 2):
         raise ValueError(f"Y_train must be 1-D or 2-D, got shape {y.shape}.")
     if f_train.shape[0] != y.shape[0]:
         raise ValueError(f"F_train has {f_train.shape[0]} rows but Y_train has {y.shape[0]}.")
-    if f_train.shape[1] != f_test.shape[1]:
-        raise ValueError(f"F_train has {f_train.shape[1]} features but F_test has {f_test.shape[1]}.")
     if f_train.shape[0] < 2 or f_train.shape[1] == 0:
         raise ValueError(f"Need at least 2 training cells and 1 feature, got F_train shape {f_train.shape}.")
-    for name, a in (("F_train", f_train), ("Y_train", y), ("F_test", f_test)):
+    for name, a in (("F_train", f_train), ("Y_train", y)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or inf values.")
-    return f_train, y, f_test
+    return f_train, y
+
+
+def _check_xy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    f_test = np.asarray(f_test, dtype=np.float64)
+    if np.ndim(f_train) != 2 or f_test.ndim != 2:
+        raise ValueError(f"F_train and F_test must be 2-D, got shapes {np.shape(f_train)} and {f_test.shape}.")
+    f_train, y = _check_train(f_train, y_train)
+    if f_train.shape[1] != f_test.shape[1]:
+        raise ValueError(f"F_train has {f_train.shape[1]} features but F_test has {f_test.shape[1]}.")
+    return f_train, y, _as_features(f_test, "F_test")
 
 
 def _cv(n: int, seed: int):
@@ -197,8 +214,8 @@ def _cv(n: int, seed: int):
     return KFold(n_splits=min(5, n), shuffle=True, random_state=seed)
 
 
-def fit_predict(method: str, F_train: np.ndarray, Y_train: np.ndarray, F_test: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Fit one baseline on the training cells and predict the test cells.
+class BaselineRegressor(RegressorMixin, BaseEstimator):
+    """One regression baseline as a scikit-learn estimator: ``fit(X, y)`` / ``predict(X)``.
 
     Parameters
     ----------
@@ -208,9 +225,64 @@ def fit_predict(method: str, F_train: np.ndarray, Y_train: np.ndarray, F_test: n
         ``"knn"``: :class:`~sklearn.neighbors.KNeighborsRegressor` with distance weights,
         ``n_neighbors`` from (5, 10, 20, 30) by 5-fold CV. ``"krr"``:
         :class:`~sklearn.kernel_ridge.KernelRidge` with an RBF kernel, ``alpha`` in
-        (0.01, 0.1, 1) and ``gamma`` in (0.01, 0.03, 0.1, 0.3, 1, 3) / (n_features * var(F_train)) (the
+        (0.01, 0.1, 1) and ``gamma`` in (0.01, 0.03, 0.1, 0.3, 1, 3) / (n_features * var(X)) (the
         scale of scikit-learn's ``gamma="scale"``) by 5-fold CV. CV scores are the mean
         squared error over all columns; folds are shuffled with ``seed``.
+    seed
+        Seed of the CV fold split.
+
+    Attributes
+    ----------
+    model_
+        The fitted scikit-learn model (``None`` for ``"mean"``).
+    mean_
+        Training mean of ``y`` (``"mean"`` only; ``None`` otherwise).
+    n_features_in_, n_train_
+        Number of features and of training cells seen by :meth:`fit`.
+    """
+
+    def __init__(self, method: str = "krr", seed: int = 0) -> None:
+        self.method = method
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> BaselineRegressor:
+        """Fit on ``X`` (cells x features) and ``y`` (cells x targets, or 1-D)."""
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; valid methods are {list(METHODS)}.")
+        f_train, y_arr = _check_train(X, y)
+        self.n_features_in_ = f_train.shape[1]
+        self.n_train_ = f_train.shape[0]
+        self._y_shape = y_arr.shape[1:]
+        self.model_, self.mean_ = None, None
+        if self.method == "mean":
+            self.mean_ = y_arr.mean(axis=0, keepdims=True)
+            return self
+        with _blas_threads(f_train.shape[0]):
+            self.model_ = _fit_model(self.method, f_train, y_arr, self.seed)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predictions for ``X``, shaped like the training ``y`` with ``len(X)`` rows."""
+        if not hasattr(self, "n_features_in_"):
+            raise RuntimeError("BaselineRegressor is not fitted; call fit(X, y) first.")
+        f = _as_features(X, "X")
+        if f.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {f.shape[1]} features but the regressor was fitted on {self.n_features_in_}.")
+        if self.model_ is None:
+            return np.repeat(self.mean_, f.shape[0], axis=0).reshape((f.shape[0],) + self._y_shape)
+        with _blas_threads(self.n_train_):
+            return self.model_.predict(f)
+
+
+def fit_predict(method: str, F_train: np.ndarray, Y_train: np.ndarray, F_test: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Fit one baseline on the training cells and predict the test cells.
+
+    Shorthand for ``BaselineRegressor(method, seed).fit(F_train, Y_train).predict(F_test)``.
+
+    Parameters
+    ----------
+    method
+        One of :data:`METHODS`; see :class:`BaselineRegressor`.
     F_train, F_test
         Features (cells x features), e.g. from :func:`gene_features`.
     Y_train
@@ -227,22 +299,18 @@ def fit_predict(method: str, F_train: np.ndarray, Y_train: np.ndarray, F_test: n
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {list(METHODS)}.")
     f_train, y, f_test = _check_xy(F_train, Y_train, F_test)
-    with _blas_threads(f_train.shape[0]):
-        return _fit_predict(method, f_train, y, f_test, seed)
+    return BaselineRegressor(method=method, seed=seed).fit(f_train, y).predict(f_test)
 
 
-def _fit_predict(method: str, f_train: np.ndarray, y: np.ndarray, f_test: np.ndarray, seed: int) -> np.ndarray:
-    if method == "mean":
-        return np.repeat(y.mean(axis=0, keepdims=True), f_test.shape[0], axis=0).reshape((f_test.shape[0],) + y.shape[1:])
-
+def _fit_model(method: str, f_train: np.ndarray, y: np.ndarray, seed: int):
+    """The fitted scikit-learn model of ``method`` (not ``"mean"``)."""
     from sklearn.model_selection import GridSearchCV
 
     n = f_train.shape[0]
     if method == "ridge":
         from sklearn.linear_model import RidgeCV
 
-        model = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=y.ndim == 2).fit(f_train, y)
-        return model.predict(f_test)
+        return RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=y.ndim == 2).fit(f_train, y)
 
     if method == "knn":
         from sklearn.neighbors import KNeighborsRegressor
@@ -251,11 +319,11 @@ def _fit_predict(method: str, f_train: np.ndarray, y: np.ndarray, f_test: np.nda
         smallest_fold_train = n - int(np.ceil(n / cv.get_n_splits()))
         grid = [k for k in KNN_NEIGHBORS if k <= smallest_fold_train]
         if not grid:
-            return KNeighborsRegressor(n_neighbors=min(KNN_NEIGHBORS[0], n), weights="distance").fit(f_train, y).predict(f_test)
+            return KNeighborsRegressor(n_neighbors=min(KNN_NEIGHBORS[0], n), weights="distance").fit(f_train, y)
         search = GridSearchCV(
             KNeighborsRegressor(weights="distance"), {"n_neighbors": grid}, cv=cv, scoring="neg_mean_squared_error"
         )
-        return search.fit(f_train, y).predict(f_test)
+        return search.fit(f_train, y)
 
     from sklearn.kernel_ridge import KernelRidge
 
@@ -263,4 +331,4 @@ def _fit_predict(method: str, f_train: np.ndarray, y: np.ndarray, f_test: np.nda
     scale = scale if scale > 0 else 1.0
     grid = {"alpha": list(KRR_ALPHAS), "gamma": [g / scale for g in KRR_GAMMA_FACTORS]}
     search = GridSearchCV(KernelRidge(kernel="rbf"), grid, cv=_cv(n, seed), scoring="neg_mean_squared_error")
-    return search.fit(f_train, y).predict(f_test)
+    return search.fit(f_train, y)

@@ -1,6 +1,6 @@
 """Any-subset protein imputation benchmark on real ADT-only CITE-seq (dsb PBMC, no RNA).
 
-Run ``python -m biodiffuse.benchmarks.channels --help``. 2,872 cells x 87 ADTs (isotype
+Run ``python benchmarks/channels.py --help``. 2,872 cells x 87 ADTs (isotype
 controls dropped), one split over cells (80 / 20, fixed seed). Proteins are normalised with a
 Yeo-Johnson + percentile normaliser fitted on the training cells; every score is the
 per-protein Pearson over the test cells in that normalised space.
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data import ChannelNormalizer, is_isotype_control
-from ..metrics import pearson_per_channel
-from ..models import MCD
-from .channel_baselines import fit_predict_channels
+from biodiffuse.baselines import fit_predict_channels
+from biodiffuse.data import ChannelNormalizer, is_isotype_control
+from biodiffuse.metrics import pearson_per_channel
+from biodiffuse.models import MCD
 
 __all__ = ["FIXED_HELD_OUT", "run", "main"]
 
@@ -37,7 +37,7 @@ BASELINES = ("most_correlated", "ridge", "knn", "krr")
 
 
 def run(n_random: int = 3, max_epochs: int = 300, steps: tuple[int, ...] = (1, 18), n_samples: int = 10, seed: int = 0, path: str | None = None) -> dict[str, Any]:
-    from ..datasets import dsb_adt_pbmc
+    from biodiffuse.datasets import dsb_adt_pbmc
 
     adata = dsb_adt_pbmc(path)
     keep = [n for n in map(str, adata.var_names) if not is_isotype_control(n.removesuffix("_PROT"))]
@@ -96,8 +96,8 @@ def run_union(max_epochs: int = 150, seed: int = 0, n_held: int = 6, steps: int 
     ``n_held`` shared proteins from the other shared proteins."""
     from anndata import AnnData
 
-    from ..data import harmonize_panels, union_panel_matrix
-    from ..datasets import dsb_adt_pbmc, eccite_pbmc
+    from biodiffuse.data import harmonize_panels, union_panel_matrix
+    from biodiffuse.datasets import dsb_adt_pbmc, eccite_pbmc
 
     dsb, ecc = dsb_adt_pbmc(), eccite_pbmc()
     frames = {
@@ -143,7 +143,7 @@ def run_channel_specific(n_targets: int = 2, max_epochs: int = 150, seed: int = 
     """Channel-specific MCD (one model per target, always hidden in training; the paper's
     "single channel" setting) against one any-subset MCD, for the first ``n_targets`` proteins
     of :data:`FIXED_HELD_OUT`, each imputed from all other proteins (1 step)."""
-    from ..datasets import dsb_adt_pbmc
+    from biodiffuse.datasets import dsb_adt_pbmc
 
     adata = dsb_adt_pbmc()
     names = [n for n in map(str, adata.var_names) if not is_isotype_control(n.removesuffix("_PROT"))]

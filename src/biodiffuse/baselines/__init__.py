@@ -1,0 +1,50 @@
+"""Baselines the benchmarks compare against: scikit-learn-style estimators and the
+``fit_predict_*`` functions built on them.
+
+- :mod:`.tables`: table -> table regression (mean, ridge, kNN, kernel ridge) on shared
+  features, e.g. gene -> protein (:func:`gene_features`, :func:`fit_predict`,
+  :class:`BaselineRegressor`);
+- :mod:`.channels`: channel -> channel imputation within a panel (mean, most-correlated
+  channel, ridge, kNN, kernel ridge; :class:`ChannelRegressor`);
+- :mod:`.spatial`: unmeasured spatial genes from an scRNA-seq reference (kNN, SpaGE-style);
+- :mod:`.external`: wrappers of Tangram and gimVI (optional extra
+  ``biodiffuse[spatial-baselines]``);
+- :mod:`.modality`: a missing omics modality from the others (mean, kNN, ridge;
+  :class:`ModalityRegressor`) and their cross-validation over patients;
+- :mod:`.totalvi`: totalVI gene -> protein imputation (optional extra ``biodiffuse[totalvi]``).
+
+The runnable comparisons are in the repository's ``benchmarks/`` folder (not installed).
+"""
+
+from .channels import CHANNEL_METHODS, ChannelRegressor, MostCorrelatedChannel, fit_predict_channels, most_correlated_channel
+from .external import EXTERNAL_SPATIAL_BASELINES, fit_predict_gimvi, fit_predict_stdiff, fit_predict_tangram
+from .modality import MODALITY_METHODS, ModalityRegressor, cross_validate_modality, fit_predict_modality, summarize_folds
+from .spatial import SPATIAL_BASELINES, fit_predict_knn, fit_predict_spage, shared_log_normalized
+from .tables import METHODS, BaselineRegressor, fit_predict, gene_features
+from .totalvi import totalvi_impute
+
+__all__ = [
+    "CHANNEL_METHODS",
+    "EXTERNAL_SPATIAL_BASELINES",
+    "METHODS",
+    "MODALITY_METHODS",
+    "SPATIAL_BASELINES",
+    "BaselineRegressor",
+    "ChannelRegressor",
+    "ModalityRegressor",
+    "MostCorrelatedChannel",
+    "cross_validate_modality",
+    "fit_predict",
+    "fit_predict_channels",
+    "fit_predict_gimvi",
+    "fit_predict_knn",
+    "fit_predict_modality",
+    "fit_predict_spage",
+    "fit_predict_stdiff",
+    "fit_predict_tangram",
+    "gene_features",
+    "most_correlated_channel",
+    "shared_log_normalized",
+    "summarize_folds",
+    "totalvi_impute",
+]
