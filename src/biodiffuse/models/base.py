@@ -7,7 +7,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,11 +52,206 @@ class BaseModel:
         self.network: nn.Module | None = None
 
     # --- to implement -------------------------------------------------------------------
+    #: Defaults of :meth:`train` for this model (``None`` arguments take these). Keys:
+    #: ``batch_size``, ``lr``, ``weight_decay``, ``train_size``, ``max_epochs`` (an int, or
+    #: None for "about ``steps`` optimiser steps within ``epochs``"), ``steps``, ``epochs``,
+    #: ``early_stopping_patience`` (None: a tenth of the epochs, at least ``min_patience``),
+    #: ``min_patience``, ``ema_decay``.
+    _train_defaults: dict[str, Any] = dict(
+        batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=6000,
+        epochs=(100, 3000), early_stopping_patience=None, min_patience=20, ema_decay="auto", lr_warmup_steps=0,
+    )
+    #: Extra keyword arguments of :meth:`train` that :meth:`_training_data` takes (e.g. MCD's
+    #: ``holdout``); every other extra keyword goes to :class:`lightning.pytorch.Trainer`.
+    _data_kwargs: tuple[str, ...] = ()
+    #: Default ``steps`` of the task verbs (EDM Heun steps; ``2 * steps - 1`` evaluations).
+    _default_steps: int = 18
+
     def _build_network(self) -> nn.Module:
         raise NotImplementedError
 
-    def _validate_query(self, adata: AnnData) -> None:
+    def _validate_query(self, adata: Any) -> None:
         raise NotImplementedError
+
+    def _training_data(
+        self, train_size: float, seed: int, **data_kwargs: Any
+    ) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Fit what must be fitted on the training rows (normalisers, PCA, ...) the first time,
+        and return ``(objective, train_tensors, val_tensors)``."""
+        raise NotImplementedError
+
+    def _after_training(self) -> None:
+        """Hook run after a successful :meth:`train` (e.g. per-denoiser validation losses)."""
+
+    # --- one train() for every model ---------------------------------------------------------
+    def train(
+        self,
+        *,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        train_size: float | None = None,
+        early_stopping: bool = True,
+        early_stopping_patience: int | None = None,
+        ema_decay: float | str | None = "default",
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        strategy: str = "auto",
+        precision: str | int = "32-true",
+        seed: int = 0,
+        callbacks: Sequence[Any] | None = None,
+        ckpt_path: str | Path | None = None,
+        checkpoint_dir: str | Path | None = None,
+        enable_progress_bar: bool = True,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
+        """Train on the registered object; returns this call's losses (also appended to
+        ``self.history``, epochs numbered on from earlier calls).
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs (model default when None: see the model's docstring).
+        batch_size, lr, weight_decay
+            Rows per batch and AdamW settings (model defaults when None).
+        train_size
+            Fraction of rows for training; the rest is the validation split (early stopping).
+            Fitted transforms (normalisers, PCA) see the training rows only.
+        early_stopping, early_stopping_patience
+            Stop when the validation loss has not improved for this many epochs (default: a
+            tenth of ``max_epochs``, at least the model's minimum).
+        ema_decay
+            Exponential moving average of the weights, used for validation and kept at the
+            end; ``"auto"`` averages over about the last tenth of the optimiser steps
+            (decay between 0.9 and 0.999); None switches it off. ``"default"``: the model's.
+        accelerator, devices, strategy, precision
+            Passed to Lightning: ``"auto"`` trains on a GPU when there is one;
+            ``strategy="ddp"`` for several GPUs from a script, ``"ddp_notebook"`` in notebooks;
+            ``precision="bf16-mixed"`` for mixed precision.
+        seed
+            Seeds the split, the noise and the data order, without touching the global
+            random state.
+        callbacks
+            Lightning callbacks, added to the internal ones (history, EMA, early stopping,
+            checkpoints); one of the same type as an internal one replaces it.
+        ckpt_path
+            Resume from this Lightning checkpoint (e.g. ``checkpoint_dir / "last.ckpt"``);
+            ``max_epochs`` counts the epochs before the checkpoint too.
+        checkpoint_dir
+            Keep the best (by validation loss) and the last checkpoint there.
+        enable_progress_bar
+            Lightning's progress bar.
+        **kwargs
+            The model's data options (see its docstring), then any further
+            :class:`lightning.pytorch.Trainer` arguments.
+        """
+        if self.adata is None:
+            raise RuntimeError(
+                f"No data attached to this {self._model_name}; pass it to {self._model_name}(...) "
+                f"or {self._model_name}.load(..., adata)."
+            )
+        d = self._train_defaults
+        batch_size = int(d["batch_size"] if batch_size is None else batch_size)
+        lr = float(d["lr"] if lr is None else lr)
+        weight_decay = float(d["weight_decay"] if weight_decay is None else weight_decay)
+        train_size = float(d["train_size"] if train_size is None else train_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {lr}.")
+        if not 0 < train_size <= 1:
+            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
+        data_kwargs = {k: kwargs.pop(k) for k in self._data_kwargs if k in kwargs}
+        objective, train_t, val_t = self._training_data(train_size, seed, **data_kwargs)
+        n_train = len(next(iter(train_t.values())))
+        if max_epochs is None:
+            max_epochs = d["max_epochs"]
+        if early_stopping_patience is None:
+            early_stopping_patience = d["early_stopping_patience"]
+        if ema_decay == "default":
+            ema_decay = d["ema_decay"]
+        max_epochs, patience, ema = self._schedule(
+            max_epochs, early_stopping_patience, ema_decay, n_train, batch_size,
+            steps=d["steps"], epochs=tuple(d["epochs"]), min_patience=d["min_patience"],
+        )
+        history = self._run_training(
+            objective, train_t, val_t if val_t and len(next(iter(val_t.values()))) else None,
+            lr=lr, weight_decay=weight_decay, lr_warmup_steps=d.get("lr_warmup_steps", 0),
+            max_epochs=max_epochs, batch_size=batch_size, early_stopping=early_stopping,
+            early_stopping_patience=patience, ema_decay=ema, accelerator=accelerator, devices=devices,
+            strategy=strategy, precision=precision, checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+            ckpt_path=None if ckpt_path is None else str(ckpt_path), callbacks=callbacks,
+            enable_progress_bar=enable_progress_bar, seed=seed, trainer_kwargs=kwargs,
+        )
+        self._after_training()
+        return history
+
+    # --- set-up ---------------------------------------------------------------------------------
+    @classmethod
+    def _setup_record(cls, obj: Any, setup_method: str = "setup_anndata") -> dict[str, Any]:
+        """The set-up record of ``obj`` for this model; the same clear error for every model
+        when the object was never set up."""
+        from ..data.registry import read_setup_record
+
+        record = read_setup_record(obj, cls._model_name)
+        if record is None:
+            raise ValueError(
+                f"This {type(obj).__name__} was not set up for {cls._model_name}; call "
+                f"{cls._model_name}.{setup_method}(...) on it first."
+            )
+        return record
+
+    # --- what every task verb shares -----------------------------------------------------------
+    def _query(self, adata: Any, indices: Sequence[int] | np.ndarray | None) -> tuple[Any, np.ndarray]:
+        """The object to read (default: the attached one) and the row positions to use."""
+        self._require_trained()
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise ValueError(f"Pass the data to {self._model_name} (no object is attached to this model).")
+        n = adata.n_obs
+        if indices is None:
+            return adata, np.arange(n)
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise ValueError(f"A boolean indices mask needs {n} entries, got {idx.shape}.")
+            return adata, np.flatnonzero(idx)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError("indices must be a 1-D array of integer positions or a boolean mask.")
+        if len(idx) == 0:
+            raise ValueError("indices selects no row.")
+        if idx.min() < -n or idx.max() >= n:
+            raise IndexError(f"indices out of range for {n} rows.")
+        return adata, np.sort(np.unique(np.where(idx < 0, idx + n, idx)))
+
+    def _key(self, key_added: str | None, what: str) -> str:
+        """``key_added`` or the default ``f"{model name}_{what}"``."""
+        if key_added is None:
+            return f"{self._model_name}_{what}"
+        if not isinstance(key_added, str) or not key_added:
+            raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+        return key_added
+
+    @staticmethod
+    def _check_free(store: Any, keys: Sequence[str | None], where: str, overwrite: bool) -> None:
+        """Raise unless every key is absent from ``store`` (or ``overwrite``)."""
+        for key in keys:
+            if key is not None and key in store and not overwrite:
+                raise KeyError(f"{where}[{key!r}] exists; pass overwrite=True or another key_added.")
+
+    def _record_run(self, adata: Any, key: str, params: dict[str, Any]) -> None:
+        """Parameters of a run into ``uns[key]`` (AnnData / MuData) or ``attrs[key]`` (SpatialData),
+        as scanpy does."""
+        record = {"model": self._model_name, **{k: v for k, v in params.items() if v is not None}}
+        record = json.loads(json.dumps(record, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+        store = adata.attrs if hasattr(adata, "images") and hasattr(adata, "attrs") else adata.uns
+        store[key] = record
+
+    @staticmethod
+    def _row_keys(names: Sequence[Any]) -> list[str]:
+        """Stable per-row keys for :func:`~biodiffuse.diffusion.row_seeds` (obs names)."""
+        return [str(n) for n in names]
 
     # --- shared --------------------------------------------------------------------------
     def _run_training(
@@ -70,12 +265,32 @@ class BaseModel:
         lr_warmup_steps: int = 0,
         **fit_kwargs: Any,
     ) -> pd.DataFrame:
+        """Train ``self.network`` on ``objective`` with :func:`biodiffuse.train.fit` and return
+        this call's history (also appended to ``self.history``, epochs numbered on after
+        earlier calls; a resumed run that already continues the numbering keeps it).
+
+        If training fails (e.g. :class:`~biodiffuse.train.TrainingDivergedError` on a NaN
+        loss), the weights are restored to what they were before this call, ``history`` and
+        ``is_trained`` are left as they were, and the error propagates. A Ctrl+C keeps the
+        weights trained so far (``fit`` warns and returns the completed epochs).
+        """
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
         module = GenerativeModule(
             self.network, objective, lr=lr, weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps
         )
-        history = fit(module, train_tensors, val_tensors, **fit_kwargs)
+        try:
+            history = fit(module, train_tensors, val_tensors, **fit_kwargs)
+        except BaseException:
+            self.network.cpu()
+            self.network.load_state_dict(snapshot)
+            raise
         self.network.cpu()
-        self.history = pd.concat([self.history, history]) if len(self.history) else history
+        if len(self.history) and len(history):
+            offset = max(0, int(self.history.index.max()) + 1 - int(history.index.min()))
+            history = history.set_axis(history.index + offset, axis=0)
+            history.index.name = "epoch"
+        if len(history):
+            self.history = pd.concat([self.history, history]) if len(self.history) else history
         self.is_trained = True
         return history
 

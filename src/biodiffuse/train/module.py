@@ -2,8 +2,9 @@
 
 A model file supplies a network and an *objective*: a picklable callable
 ``objective(network, batch, generator) -> loss``. This module only optimises it, logs
-``train_loss`` / ``val_loss`` and makes validation deterministic (fixed noise per batch),
-so that early stopping compares like with like across epochs.
+``train_loss`` / ``val_loss``, makes validation deterministic (fixed noise per batch), so
+that early stopping compares like with like across epochs, and stops a diverged run with
+:class:`TrainingDivergedError` instead of training on NaN.
 """
 
 from __future__ import annotations
@@ -14,7 +15,21 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-__all__ = ["GenerativeModule"]
+__all__ = ["GenerativeModule", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights.
+
+    Attributes ``epoch``, ``step`` (optimiser steps taken when it was detected) and ``loss``
+    (the training loss of that batch) locate it.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.loss = loss
 
 
 class GenerativeModule(pl.LightningModule):
@@ -34,6 +49,10 @@ class GenerativeModule(pl.LightningModule):
         Linear warm-up of the learning rate.
     val_repeats
         Noise draws per validation batch (averaged) to make the validation loss less noisy.
+    check_finite
+        After every training batch, check that the loss and all weights are finite and raise
+        :class:`TrainingDivergedError` if not (one host synchronisation per step; under DDP
+        the decision is shared by all ranks, so they stop together).
     """
 
     def __init__(
@@ -44,6 +63,7 @@ class GenerativeModule(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_warmup_steps: int = 0,
         val_repeats: int = 4,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.network = network
@@ -52,11 +72,42 @@ class GenerativeModule(pl.LightningModule):
         self.weight_decay = weight_decay
         self.lr_warmup_steps = lr_warmup_steps
         self.val_repeats = val_repeats
+        self.check_finite = check_finite
+        self._last_loss: torch.Tensor | None = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.objective(self.network, batch, None)
+        self._last_loss = loss.detach()
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=self._bs(batch))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Runs after the optimiser step: one check (one sync) covers a non-finite loss of this
+        # batch and weights that the step made non-finite.
+        if not self.check_finite or self._last_loss is None:
+            return
+        loss = self._last_loss
+        self._last_loss = None
+        flags = [torch.isfinite(loss).all()] + [torch.isfinite(p).all() for p in self.parameters()]
+        ok = bool(torch.stack(flags).all())
+        trainer = self._trainer
+        if trainer is not None:
+            ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if ok:
+            return
+        loss_value = float(loss.float().mean()) if loss.numel() else float("nan")
+        epoch = trainer.current_epoch if trainer is not None else -1
+        step = trainer.global_step if trainer is not None else -1
+        if not torch.isfinite(loss).all():
+            what = f"the training loss is {loss_value}"
+        else:
+            what = f"the weights became non-finite after the optimiser step (training loss {loss_value})"
+        raise TrainingDivergedError(
+            f"Training diverged at epoch {epoch}, step {step} (batch {batch_idx} of the epoch): {what}. "
+            f"Try a lower learning rate (lr={self.lr:g} now), check the input for extreme values "
+            "(NaN, inf or very large numbers), or train in full precision with precision=\"32-true\".",
+            epoch=epoch, step=step, loss=loss_value,
+        )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         gen = torch.Generator(device=self.device).manual_seed(12345 + batch_idx)

@@ -1,27 +1,35 @@
 """Trainer set-up shared by all models: devices, precision, EMA, early stopping,
-checkpoints, seeds, progress bar and a loss history."""
+checkpoints and resume, seeds (without touching the global random state), a stop on
+divergence, a clean stop on Ctrl+C, progress bar and a loss history."""
 
 from __future__ import annotations
 
 import logging
+import random
+import signal
 import tempfile
-from typing import Any, Mapping
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from torch.utils.data import DataLoader, Sampler
 
-from .data import make_loader
+from .data import TensorDictDataset, make_loader
 from .module import GenerativeModule
 
 __all__ = ["fit", "LossHistory"]
 
 logger = logging.getLogger("biodiffuse")
 
-
 class LossHistory(Callback):
-    """Collects the epoch-level ``train_loss`` and ``val_loss``."""
+    """Collects the epoch-level ``train_loss`` and ``val_loss`` (index: the trainer's epoch)."""
 
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, float]] = {}
@@ -43,6 +51,113 @@ class LossHistory(Callback):
         return df.sort_index()
 
 
+#: Internal callback types that a user callback of the same (base) type replaces.
+_REPLACEABLE: tuple[type, ...] = (LossHistory, EarlyStopping, WeightAveraging, Checkpoint)
+
+
+# --- seeds ------------------------------------------------------------------------------------
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for ``(seed, epoch)``."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _local_rng(seed: int | None) -> Iterator[None]:
+    """Seed Python, numpy and torch (CPU, and CUDA) inside the block and give back the caller's
+    states afterwards (``seed=None``: do nothing). CUDA states are saved and restored only
+    when CUDA is already initialised (forking them would initialise CUDA, which
+    ``ddp_notebook`` forbids before launch)."""
+    if seed is None:
+        yield
+        return
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    cuda_devices = (
+        list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    )
+    with torch.random.fork_rng(devices=cuda_devices):
+        try:
+            _seed_all(seed)
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class _EpochSeed(Callback):
+    """Re-seed Python / numpy / torch at the start of every epoch from ``(seed, epoch)``, so that
+    epoch ``e`` draws the same noise whether the run started at epoch 0 or resumed from a
+    checkpoint. Runs inside :func:`_local_rng`, so the caller's random state is untouched."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _seed_all(_epoch_seed(self.seed, trainer.current_epoch))
+
+
+class _EpochShuffle(Sampler[int]):
+    """Random order of ``n`` rows drawn from ``(seed, epoch)`` alone (the epoch read from the
+    trainer when iteration starts), so a resumed run sees the same batches as an
+    uninterrupted one. Lightning wraps it for DDP (every rank draws the same order)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.trainer: pl.Trainer | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed + 1, epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+# --- interrupts ---------------------------------------------------------------------------------
+class _FitGuard(Callback):
+    """Records what :func:`fit` needs after an interrupt: whether a KeyboardInterrupt reached
+    Lightning, and whether a validation epoch was running (weight averaging swaps the
+    averaged weights into the module during validation)."""
+
+    def __init__(self) -> None:
+        self.keyboard_interrupt = False
+        self.in_validation = False
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_validation = True
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_validation = False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.keyboard_interrupt = True
+
+
+def _merge_callbacks(internal: list[Callback], user: Sequence[Callback]) -> list[Callback]:
+    """Internal callbacks, less those of a type some user callback has, then the user's."""
+    user = list(user)
+    for c in user:
+        if not isinstance(c, Callback):
+            raise TypeError(f"callbacks must be lightning.pytorch Callback instances, got {type(c).__name__}.")
+    taken = [base for base in _REPLACEABLE if any(isinstance(u, base) for u in user)]
+    kept = [c for c in internal if not any(isinstance(c, base) for base in taken)]
+    return kept + user
+
+
 def fit(
     module: GenerativeModule,
     train_tensors: Mapping[str, torch.Tensor],
@@ -61,6 +176,8 @@ def fit(
     enable_progress_bar: bool = True,
     seed: int | None = 0,
     trainer_kwargs: dict[str, Any] | None = None,
+    callbacks: Callback | Sequence[Callback] | None = None,
+    ckpt_path: str | None = None,
 ) -> pd.DataFrame:
     """Train ``module`` with Lightning and return the per-epoch loss history.
 
@@ -72,7 +189,8 @@ def fit(
         Aligned tensors per field; ``val_tensors=None`` trains without validation (and
         without early stopping).
     max_epochs
-        Upper bound on epochs.
+        The total number of epochs, counting those before ``ckpt_path`` when resuming (as
+        Lightning does): resuming a 3-epoch checkpoint with ``max_epochs=5`` runs epochs 3-4.
     batch_size
         Rows per batch.
     accelerator, devices, strategy, precision
@@ -85,46 +203,169 @@ def fit(
         Exponential moving average of the weights (used for validation and kept at the end);
         ``None`` disables it.
     checkpoint_dir
-        Where to keep the best checkpoint by ``val_loss``; ``None`` keeps none.
+        Where to keep the best checkpoint by ``val_loss`` (the latest without validation)
+        and ``last.ckpt`` (always, to resume from with ``ckpt_path``); ``None`` keeps none.
     enable_progress_bar
         Show Lightning's progress bar.
     seed
-        Seeds Python, numpy and torch before training (``None``: leave them).
+        Seeds the noise and the data order for this call only: Python's ``random``, numpy's
+        global state and torch's CPU (and, when already initialised, CUDA) generators are
+        saved before and restored after training. The order of epoch ``e`` and the noise
+        drawn in it depend on ``(seed, e)`` alone, so a run resumed from a checkpoint follows
+        the uninterrupted one. ``None``: use (and advance) the global state.
     trainer_kwargs
-        Any further :class:`~lightning.pytorch.Trainer` arguments.
+        Any further :class:`~lightning.pytorch.Trainer` arguments (a ``"callbacks"`` entry
+        is merged like ``callbacks``).
+    callbacks
+        Lightning callbacks added to the internal ones (loss history, early stopping, EMA,
+        checkpoint). A user callback that is a :class:`~lightning.pytorch.callbacks.EarlyStopping`,
+        a weight-averaging callback (EMA / SWA), a :class:`~lightning.pytorch.callbacks.Checkpoint`
+        (both internal checkpoints: best and last) or a :class:`LossHistory` replaces the
+        internal one(s) of that type, and only those.
+    ckpt_path
+        Resume from this Lightning checkpoint (e.g. ``checkpoint_dir/last.ckpt``): weights,
+        optimiser, EMA and early-stopping state and the epoch counter.
+
+    Returns
+    -------
+    The epoch-level ``train_loss`` / ``val_loss`` of this call (index ``epoch``: the trainer's).
+
+    Raises
+    ------
+    TrainingDivergedError
+        A training loss or a weight became NaN / inf. The module's weights are then whatever
+        the failed step left; :meth:`BaseModel._run_training` restores the previous ones.
+
+    Notes
+    -----
+    Ctrl+C (KeyboardInterrupt) during training does not escape. Lightning 2.x (2.6 checked)
+    catches it in ``_call_and_handle_interrupt``, sets SIGINT to "ignore", runs the
+    ``on_exception`` hooks and its teardown (which puts back the signal handlers it saw when
+    it installed its own, so an interrupt during set-up leaves SIGINT ignored) and calls
+    ``sys.exit(1)``. Here that ``SystemExit`` becomes a normal return: the caller's SIGINT
+    handler is put back, the module keeps the weights trained so far (the EMA average when
+    EMA is on, as at a normal end), the history of the completed epochs is returned, and a
+    :class:`UserWarning` says where it stopped and how to resume.
     """
-    if seed is not None:
-        pl.seed_everything(seed, workers=True, verbose=False)
-    history = LossHistory()
-    callbacks: list[Callback] = [history]
+    trainer_kwargs = dict(trainer_kwargs or {})
+    user_callbacks: list[Callback] = []
+    for extra in (callbacks, trainer_kwargs.pop("callbacks", None)):
+        if extra is None:
+            continue
+        user_callbacks.extend([extra] if isinstance(extra, Callback) else list(extra))
+
     has_val = val_tensors is not None and len(next(iter(val_tensors.values()))) > 0
+    guard = _FitGuard()
+    internal: list[Callback] = [LossHistory()]
     if early_stopping and has_val:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"))
+        internal.append(EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"))
     if ema_decay is not None:
-        callbacks.append(EMAWeightAveraging(decay=ema_decay, use_buffers=False))
+        internal.append(EMAWeightAveraging(decay=ema_decay, use_buffers=False))
     if checkpoint_dir is not None:
-        callbacks.append(
-            ModelCheckpoint(dirpath=checkpoint_dir, monitor="val_loss" if has_val else None, save_top_k=1)
+        # Lightning 2.6's ``save_last=True`` writes last.ckpt only when a top-k checkpoint is
+        # written (i.e. when val_loss improved), so "last" would be "best": keep the latest
+        # epoch with a second checkpoint named "last", overwritten every epoch.
+        if has_val:
+            internal.append(ModelCheckpoint(dirpath=checkpoint_dir, monitor="val_loss", mode="min", save_top_k=1))
+        internal.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+            )
         )
+    all_callbacks: list[Callback] = [guard] + _merge_callbacks(internal, user_callbacks)
+    if seed is not None:
+        all_callbacks.append(_EpochSeed(seed))
+    history = next((c for c in all_callbacks if isinstance(c, LossHistory)), None)
+
     kwargs: dict[str, Any] = dict(
         max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         precision=precision,
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         logger=False,
-        enable_checkpointing=checkpoint_dir is not None,
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in all_callbacks),
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=checkpoint_dir or tempfile.gettempdir(),
         log_every_n_steps=1,
     )
-    kwargs.update(trainer_kwargs or {})
+    kwargs.update(trainer_kwargs)
     trainer = pl.Trainer(**kwargs)
-    logger.info("biodiffuse: training on %s (%s device(s))", trainer.accelerator.__class__.__name__, trainer.num_devices)
-    train_loader = make_loader(train_tensors, batch_size, shuffle=True)
+    logger.info(
+        "biodiffuse: training on %s (%s device(s), precision %s)",
+        trainer.accelerator.__class__.__name__, trainer.num_devices, trainer.precision,
+    )
+
+    if seed is None:
+        train_loader = make_loader(train_tensors, batch_size, shuffle=True)
+    else:
+        ds = TensorDictDataset(train_tensors)
+        sampler = _EpochShuffle(len(ds), seed)
+        sampler.trainer = trainer
+        # a private generator: creating the loader's iterator draws a base seed from it, and
+        # drawing that from the global generator would shift the noise of resumed epochs
+        train_loader = DataLoader(
+            ds, batch_size=min(batch_size, len(ds)), sampler=sampler, collate_fn=_identity,
+            generator=torch.Generator().manual_seed(seed),
+        )
     val_loader = make_loader(val_tensors, batch_size, shuffle=False) if has_val else None
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    return history.frame()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    was_training = module.training
+    interrupted = False
+    try:
+        with _local_rng(seed):
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    except SystemExit as exc:
+        # Lightning 2.x: KeyboardInterrupt -> on_exception hooks, teardown, sys.exit(1).
+        if not (guard.keyboard_interrupt or isinstance(exc.__context__, KeyboardInterrupt)):
+            raise
+        interrupted = True
+    except KeyboardInterrupt:
+        # A Ctrl+C that Lightning did not handle (e.g. while it set up, or another version).
+        interrupted = True
+    finally:
+        if in_main_thread and sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
+            signal.signal(signal.SIGINT, sigint)
+
+    if interrupted:
+        _keep_averaged_weights(trainer, module, swapped=guard.in_validation)
+        module.cpu()
+        module.train(was_training)
+        frame = history.frame() if history is not None else pd.DataFrame()
+        if checkpoint_dir is not None:
+            how = (
+                f"resume with ckpt_path='{checkpoint_dir}/last.ckpt' (the last completed epoch) and the same "
+                f"max_epochs={max_epochs} (it counts all epochs)"
+            )
+        else:
+            how = (
+                "calling train() again continues from these weights (history numbered on); to resume the "
+                "exact run (optimiser, EMA and epoch counter) train with checkpoint_dir=... and pass "
+                "ckpt_path=<checkpoint_dir>/last.ckpt"
+            )
+        warnings.warn(
+            f"Training was interrupted (KeyboardInterrupt) at epoch {trainer.current_epoch} after "
+            f"{trainer.global_step} optimiser steps; the model keeps the weights trained so far"
+            f"{' (the EMA average)' if any(isinstance(c, WeightAveraging) for c in trainer.callbacks) else ''} "
+            f"and the history of the {len(frame)} completed epoch(s). To continue: {how}.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return frame
+    return history.frame() if history is not None else pd.DataFrame()
+
+
+def _keep_averaged_weights(trainer: pl.Trainer, module: pl.LightningModule, *, swapped: bool) -> None:
+    """After an interrupt, put the averaged weights of a weight-averaging callback into the
+    module, as its ``on_train_end`` would have (during validation they are already there)."""
+    if swapped:
+        return
+    for cb in trainer.callbacks:
+        if isinstance(cb, WeightAveraging) and getattr(cb, "_average_model", None) is not None:
+            cb._copy_average_to_current(module)
+            return
