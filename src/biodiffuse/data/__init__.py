@@ -1,7 +1,23 @@
-"""Data layer: setup records, field validation, invertible normalisers, image tiles and
+"""Data layer: setup records, declarative fields (validate / register / read by name /
+transfer), invertible normalisers, image tiles, SpatialData image elements and
 per-modality matrices / latent encoders of MuData."""
 
-from .fields import check_adata, check_values, columns_by_name, get_matrix, get_obsm_frame, log_normalize
+from .fields import (
+    READ_CHUNK,
+    Field,
+    FieldTransfer,
+    ImageField,
+    MatrixField,
+    ModalityField,
+    ObsmField,
+    check_adata,
+    check_values,
+    columns_by_name,
+    field_from_state,
+    get_matrix,
+    get_obsm_frame,
+    log_normalize,
+)
 from .modality import ModalityEncoder, choose_encoder, modality_matrix
 from .normalize import ChannelNormalizer
 from .panels import (
@@ -12,7 +28,8 @@ from .panels import (
     is_isotype_control,
     union_panel_matrix,
 )
-from .registry import UNS_KEY, read_setup_record, write_setup_record
+from .registry import SDATA_ATTRS_KEY, UNS_KEY, read_setup_record, write_setup_record
+from .spatialdata import image_array, image_channels, image_element, is_spatialdata
 from .tiles import (
     TileAccumulator,
     crop_to_factor,
@@ -29,6 +46,14 @@ from .tiles import (
 )
 
 __all__ = [
+    "READ_CHUNK",
+    "Field",
+    "FieldTransfer",
+    "ImageField",
+    "MatrixField",
+    "ModalityField",
+    "ObsmField",
+    "field_from_state",
     "check_adata",
     "check_values",
     "columns_by_name",
@@ -46,6 +71,11 @@ __all__ = [
     "is_isotype_control",
     "union_panel_matrix",
     "UNS_KEY",
+    "SDATA_ATTRS_KEY",
+    "image_array",
+    "image_channels",
+    "image_element",
+    "is_spatialdata",
     "read_setup_record",
     "write_setup_record",
     "downsample_mean",
