@@ -58,10 +58,10 @@ def run_brca(folds: int = 5, max_epochs: int | None = None, n_samples: int = 10,
             cls.setup_mudata(train, modalities=mods)
             model = cls(train, seed=seed)
             model.train(**({} if max_epochs is None else {"max_epochs": max_epochs}), seed=seed, enable_progress_bar=False)
-            res = model.sample("protein", test, conditions=["mrna", "mirna"], n_samples=n_samples, steps=steps, seed=seed)
+            res = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=steps, seed=seed)
             synth[cls.__name__] = res["features"]
             latent_pred[cls.__name__] = res["latent"].mean(axis=0)
-            one = model.sample("protein", test, conditions=["mrna", "mirna"], n_samples=n_samples, steps=1, seed=seed)
+            one = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=1, seed=seed)
             synth[f"{cls.__name__} 1-step"], latent_pred[f"{cls.__name__} 1-step"] = one["features"], one["latent"].mean(axis=0)
             zs_tr, _ = model.latents(train)
             zs_te, _ = model.latents(test)
@@ -132,7 +132,7 @@ def run_brca_test_split(
             model = cls(train, seed=s)
             model.train(**({} if max_epochs is None else {"max_epochs": max_epochs}), seed=s, enable_progress_bar=False)
             for label, k in (("", steps), (" 1-step", 1)):
-                res = model.sample("protein", test, conditions=["mrna", "mirna"], n_samples=n_samples, steps=k, seed=s)
+                res = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=k, seed=s)
                 rows.append(dict(repeat=rep, method=cls.__name__ + label, balanced_accuracy=score(res["features"])))
                 if not label:
                     synthetic[f"{cls.__name__} (test)"] = res["mean"]

@@ -122,9 +122,9 @@ def run_acc(
                     z_true, f_true = zs_te[i][rows_te], std_te[t][rows_te]
                     preds = {}
                     for name, model in models.items():
-                        res = model.sample(t, test, conditions=list(subset), n_samples=n_samples, steps=steps, indices=rows_te, seed=seed)
+                        res = model.sample(test, target=t, conditions=list(subset), n_samples=n_samples, steps=steps, indices=rows_te, seed=seed)
                         preds[name] = (res["latent"].mean(axis=0), output_variance_fraction(res["latent"], z_true))
-                        one = model.sample(t, test, conditions=list(subset), n_samples=n_samples, steps=1, indices=rows_te, seed=seed)
+                        one = model.sample(test, target=t, conditions=list(subset), n_samples=n_samples, steps=1, indices=rows_te, seed=seed)
                         preds[f"{name} 1-step"] = (one["latent"].mean(axis=0), np.nan)
                     cond_tr = np.hstack([zs_tr[j][rows_tr] for j in s_idx])
                     cond_te = np.hstack([zs_te[j][rows_te] for j in s_idx])
@@ -142,7 +142,7 @@ def run_acc(
                 if len(rows_tr) <= 5 or len(rows_te) < 3:
                     continue
                 for name, model in models.items():
-                    fake = model.sample(t, train, conditions=[], n_samples=1, steps=steps, indices=rows_tr, seed=seed)["latent"][0]
+                    fake = model.sample(train, target=t, conditions=[], n_samples=1, steps=steps, indices=rows_tr, seed=seed)["latent"][0]
                     priv_rows.append(dict(repeat=rep, fold=k, target=t, method=name, **_privacy_row(fake, zs_tr[i][rows_tr], zs_te[i][rows_te])))
             # --- survival utility on the complete patients
             comp_tr, comp_te = np.flatnonzero(p_tr.all(axis=1)), np.flatnonzero(p_te.all(axis=1))
@@ -160,7 +160,7 @@ def run_acc(
                 keep(t, "ablated", predict_output(cox, {**real, t: np.repeat(cox.block_means[t][None], len(comp_te), axis=0)}))
                 others = [m for m in mods if m != t]
                 for name, model in models.items():
-                    lat = model.sample(t, test, conditions=others, n_samples=n_samples, steps=steps, indices=comp_te, seed=seed)["latent"]
+                    lat = model.sample(test, target=t, conditions=others, n_samples=n_samples, steps=steps, indices=comp_te, seed=seed)["latent"]
                     keep(t, name, np.mean([predict_output(cox, {**real, t: d}) for d in lat], axis=0))
                 rows_tr = np.flatnonzero(p_tr[:, i] & p_tr[:, [mods.index(o) for o in others]].all(axis=1))
                 cond_tr = np.hstack([zs_tr[mods.index(o)][rows_tr] for o in others])

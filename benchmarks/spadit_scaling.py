@@ -68,11 +68,11 @@ def run_scaling(
     del ref_counts, sp_counts
     rows = []
     SpaDiT.setup_anndata(sp, reference=ref)
-    model = SpaDiT(sp, seed=seed)
+    model = SpaDiT(sp, reference=ref, seed=seed)
     t0 = time.perf_counter()
     model.train(max_epochs=epochs, enable_progress_bar=False, early_stopping=False, seed=seed)
     rows.append(dict(stage="train", steps=np.nan, n_samples=np.nan, seconds=time.perf_counter() - t0, peak_rss_mib=_peak_rss_mib()))
-    tokens = model.network.net.dit.n_tokens
+    tokens = model.network.n_tokens
     for steps, n_samples in settings:
         t0 = time.perf_counter()
         pred = model.predict(n_samples=n_samples, steps=steps, batch_size=batch_size, seed=seed, overwrite=True)

@@ -60,9 +60,9 @@ def fit_predict_spadit(
         raise ValueError(f"test genes are in the spatial object (leak): {leak[:5]}.")
     sp = sp.copy()
     SpaDiT.setup_anndata(sp, reference=sc)
-    model = SpaDiT(sp, target_genes=test_genes, seed=seed, **model_kwargs)
+    model = SpaDiT(sp, reference=sc, target_genes=test_genes, seed=seed, **model_kwargs)
     model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=False)
-    return model.predict(test_genes, n_samples=n_samples, steps=steps, seed=seed)
+    return model.predict(genes=test_genes, n_samples=n_samples, steps=steps, seed=seed)
 
 
 def held_out_truth(sp_full: AnnData, known: Sequence[str], test: Sequence[str]) -> pd.DataFrame:
@@ -142,7 +142,7 @@ def within_panel(adata: AnnData, held_out: Sequence[str], test_cells: np.ndarray
     SpaDiT.setup_anndata(train)
     model = SpaDiT(train, seed=seed)
     model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=False)
-    out["SpaDiT"] = spatial_gene_metrics(truth, model.predict(held_out, adata=query, n_samples=1, steps=1))
+    out["SpaDiT"] = spatial_gene_metrics(truth, model.predict(query, genes=held_out, n_samples=1, steps=1))
     # MCD any-subset on log-normalised channels (library over the known genes)
     ch_train = AnnData(log_normalize(train.X, lib_t), obs=pd.DataFrame(index=train.obs_names))
     ch_train.var_names = list(map(str, train.var_names))

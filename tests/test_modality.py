@@ -156,6 +156,40 @@ def test_autoencoder_seeded(rng):
     assert not np.allclose(a, c)
 
 
+def test_autoencoder_trains_through_the_shared_trainer(rng, monkeypatch):
+    """No hand-written optimiser loop: the autoencoder is a GenerativeModule fitted by
+    biodiffuse.train.fit on a reconstruction objective, and the global random state is kept."""
+    import torch
+
+    import biodiffuse.train as bt
+    from biodiffuse.data.modality import ReconstructionLoss
+
+    calls = []
+    real_fit = bt.fit
+
+    def spy(module, train, val, **kwargs):
+        calls.append((module, train, val, kwargs))
+        return real_fit(module, train, val, **kwargs)
+
+    monkeypatch.setattr(bt, "fit", spy)
+    x = rng.normal(size=(20, 8))
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    enc = ModalityEncoder(latent_dim=3, method="autoencoder", epochs=5, seed=1).fit(x)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert len(calls) == 1
+    module, train, val, kwargs = calls[0]
+    assert isinstance(module, bt.GenerativeModule) and isinstance(module.objective, ReconstructionLoss)
+    assert val is None and kwargs["max_epochs"] == 5 and kwargs["seed"] == 1 and kwargs["ema_decay"] is None
+    assert train["x"].shape == (20, 8)
+    # the objective is the reconstruction error of the standardised features
+    xs = torch.as_tensor(enc.preprocess(x), dtype=torch.float32)
+    with torch.no_grad():
+        loss = module.objective(enc._net, {"x": xs}, None)
+    recon = enc.decode(enc.encode(x), space="standardized")
+    np.testing.assert_allclose(float(loss), np.mean((recon - enc.preprocess(x)) ** 2), rtol=1e-4)
+
+
 @needs_tcga
 def test_autoencoder_beats_feature_mean_on_real_rppa(acc):
     x, present = modality_matrix(acc, "RPPAArray")

@@ -23,7 +23,7 @@ from torch import nn
 if TYPE_CHECKING:
     from mudata import MuData
 
-__all__ = ["AUTO_LOG1P_MIN_MAX", "ModalityEncoder", "choose_encoder", "modality_matrix"]
+__all__ = ["AUTO_LOG1P_MIN_MAX", "ModalityEncoder", "ReconstructionLoss", "choose_encoder", "modality_matrix"]
 
 ENCODER_METHODS = ("pca", "autoencoder")
 TRANSFORMS = ("auto", "log1p", "none")
@@ -160,8 +160,9 @@ class ModalityEncoder:
     2. per-feature standardisation with the training mean and standard deviation (ddof 0;
        constant features are only centred);
     3. ``method="pca"``: scikit-learn PCA, or ``method="autoencoder"``: an MLP autoencoder
-       ``d -> hidden -> k -> hidden -> d`` (GELU) trained with Adam on the mean squared
-       error, deterministic for a given ``seed`` on the CPU;
+       ``d -> hidden -> k -> hidden -> d`` (GELU) trained on the mean squared error
+       (:class:`ReconstructionLoss`) through the shared trainer (:func:`biodiffuse.train.fit`,
+       AdamW), deterministic for a given ``seed`` on the CPU;
     4. latent standardisation: every latent dimension centred and scaled to unit variance on
        the training patients (mean / sd stored).
 
@@ -183,9 +184,9 @@ class ModalityEncoder:
     epochs
         Autoencoder training epochs.
     lr
-        Adam learning rate.
+        Learning rate (AdamW).
     weight_decay
-        Adam (L2) weight decay.
+        AdamW (decoupled) weight decay.
     batch_size
         Autoencoder mini-batch size (full batch when the data are smaller).
     dropout
@@ -301,22 +302,23 @@ class ModalityEncoder:
         return (xs - self.pca_mean_) @ self.components_.T
 
     def _fit_autoencoder(self, xs: np.ndarray, k: int) -> np.ndarray:
+        """Train the autoencoder through the shared trainer (:func:`biodiffuse.train.fit`): the
+        objective is the mean squared reconstruction error, AdamW with ``weight_decay``, no
+        EMA, no validation split (the caller's training patients only), on the CPU, seeded
+        by ``seed`` without touching the global random state."""
+        from ..train import GenerativeModule, fit
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = _AutoEncoder(xs.shape[1], k, self.hidden_dim, self.dropout)
-            data = torch.as_tensor(xs, dtype=torch.float32)
-            opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            n = data.shape[0]
-            net.train()
-            for _ in range(self.epochs):
-                order = torch.randperm(n) if n > self.batch_size else torch.arange(n)
-                for start in range(0, n, self.batch_size):
-                    batch = data[order[start : start + self.batch_size]]
-                    loss = torch.mean((net(batch) - batch) ** 2)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-        net.eval()
+        data = {"x": torch.as_tensor(xs, dtype=torch.float32)}
+        module = GenerativeModule(net, ReconstructionLoss(), lr=self.lr, weight_decay=self.weight_decay)
+        fit(
+            module, data, None, max_epochs=self.epochs, batch_size=self.batch_size, accelerator="cpu", devices=1,
+            early_stopping=False, ema_decay=None, enable_progress_bar=False, seed=self.seed,
+            trainer_kwargs={"enable_checkpointing": False},
+        )
+        net.cpu().eval()
         self._net = net
         return self._ae_encode(xs)
 
@@ -492,6 +494,15 @@ class ModalityEncoder:
     def __repr__(self) -> str:
         fitted = f", latent_dim_={self.latent_dim_}, transform_={self.transform_!r}" if self._fitted else ""
         return f"ModalityEncoder(method={self.method!r}, latent_dim={self.latent_dim}{fitted})"
+
+
+class ReconstructionLoss:
+    """The autoencoder's objective for :class:`biodiffuse.train.GenerativeModule`:
+    ``objective(network, batch, generator)`` -> mean squared error of ``batch["x"]``."""
+
+    def __call__(self, network: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
+        x = batch["x"]
+        return torch.mean((network(x) - x) ** 2)
 
 
 class _AutoEncoder(nn.Module):

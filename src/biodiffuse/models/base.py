@@ -331,7 +331,7 @@ class BaseModel:
         if not self.is_trained:
             raise RuntimeError(f"{self._model_name} is not trained yet; call .train() first.")
 
-    def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
+    def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
         """Save weights (``model.pt``, a plain tensor state dict) and ``model.json``
         (format version, init arguments, registry, history).
 
@@ -362,7 +362,28 @@ class BaseModel:
         (path / _META).write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, dir_path: str | Path, adata: AnnData | None = None, device: str = "cpu") -> "BaseModel":
+    def _read_meta(cls, path: Path) -> dict[str, Any]:
+        """``model.json`` checked field by field, with errors that say which file and what."""
+        try:
+            meta = json.loads((path / _META).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path / _META} is not valid JSON ({err}); the saved model is damaged.") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path / _META} does not hold a JSON object; the saved model is damaged.")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or not 1 <= version <= SAVE_FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has save format {version!r}; this biodiffuse reads formats 1 to {SAVE_FORMAT_VERSION}."
+            )
+        if meta.get("model") != cls._model_name:
+            raise ValueError(f"{path} holds a {meta.get('model')!r} model, not {cls._model_name!r}.")
+        for key, kind in (("init_args", dict), ("registry", dict), ("is_trained", bool)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{path / _META}: {key!r} is missing or not a {kind.__name__}; the saved model is damaged.")
+        return meta
+
+    @classmethod
+    def load(cls, dir_path: str | Path, adata: Any | None = None, *, device: str = "cpu") -> "BaseModel":
         """Load a model saved with :meth:`save`.
 
         Weights are read with ``torch.load(weights_only=True)``: no code from the file runs.
@@ -379,14 +400,7 @@ class BaseModel:
         path = Path(dir_path)
         if not (path / _META).exists() or not (path / _WEIGHTS).exists():
             raise FileNotFoundError(f"{path} does not hold {_META} and {_WEIGHTS}.")
-        meta = json.loads((path / _META).read_text())
-        version = meta.get("format_version")
-        if version is None or version > SAVE_FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has save format {version!r}; this biodiffuse reads formats <= {SAVE_FORMAT_VERSION}."
-            )
-        if meta.get("model") != cls._model_name:
-            raise ValueError(f"{path} holds a {meta.get('model')!r} model, not {cls._model_name!r}.")
+        meta = cls._read_meta(path)
         obj = cls.__new__(cls)
         BaseModel.__init__(obj)
         obj.init_args = meta["init_args"]
@@ -396,9 +410,20 @@ class BaseModel:
             h = meta["history"]
             obj.history = pd.DataFrame(h["data"], index=h["index"], columns=h["columns"])
             obj.history.index.name = "epoch"
-        obj.network = obj._build_network()
-        state = torch.load(path / _WEIGHTS, map_location="cpu", weights_only=True)
-        obj.network.load_state_dict(state)
+        try:
+            obj.network = obj._build_network()
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path / _META}: cannot rebuild the network from init_args / registry ({err!r}).") from None
+        try:
+            state = torch.load(path / _WEIGHTS, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
+            raise ValueError(f"{path / _WEIGHTS} cannot be read as a tensor state dict ({type(err).__name__}: {err}).") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{path / _WEIGHTS} does not hold a state dict.")
+        try:
+            obj.network.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{path / _WEIGHTS} does not match the network described in {_META}: {err}") from None
         obj.network.to(device)
         if adata is not None:
             obj._validate_query(adata)

@@ -13,111 +13,57 @@ Method (SpaDiT paper, with the protocol of stDiff; see ``docs/spadit.md`` for th
   targets are returned in the reference's log-normalised scale.
   Without a reference (within-panel), the genes of the training cells are channels with
   random Bern(p) gene masks (as MCD), so any subset can be predicted from the rest.
-* **Condition.** The known genes times their mask and the mask (the paper's ``Phi``), and
+* **Condition, network, objective** (:mod:`biodiffuse.module.spadit`): the known genes
+  times their mask and the mask (the paper's ``Phi``) and
   :class:`~biodiffuse.nn.ReferenceAttention` over a bank of reference cells (the paper's
   ``psi``: a learned, masked soft nearest-neighbour transfer; a training cell never sees
-  itself in the bank).
-* **Network.** :class:`~biodiffuse.nn.GeneDiT` (adaLN-zero transformer over gene groups).
-* **Objective / sampler.** The shared EDM loss on the masked genes, Heun sampling with the
-  observed genes clamped; several draws give a mean and a variance.
+  itself in the bank); :class:`~biodiffuse.nn.GeneDiT` (adaLN-zero transformer over gene
+  groups); the shared EDM loss on the genes not shown.
+* **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with EDM Heun steps and one random
+  stream per cell (``obs_name``); several draws give a mean and a variance.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import weakref
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from scipy import sparse
 
-from ..data import check_adata, check_values, get_matrix, read_setup_record, write_setup_record
+from ..data import check_adata, write_setup_record
 from ..data.alignment import percentiles, quantile_map
-from ..diffusion import EDMLoss, EDMPrecond, heun_sampler, random_channel_mask
-from ..nn import GeneDiT, ReferenceAttention
+from ..data.fields import MatrixField
+from ..diffusion import Moments, edm_sampler, row_seeds, sample_rows
+from ..module.spadit import SpaDiTDenoiser, SpaDiTObjective, build_network, make_prepare
 from .base import BaseModel, resolve_device
 
-__all__ = ["SpaDiT", "SpaDiTObjective", "SpaDiTNetwork"]
+__all__ = ["SpaDiT"]
 
 logger = logging.getLogger("biodiffuse")
 
-# setup_anndata(adata, reference=...) keeps the reference here, keyed by the spatial object,
-# so that SpaDiT(adata) finds it without storing an AnnData inside adata.uns.
-_REFERENCES: dict[int, tuple[weakref.ref, AnnData]] = {}
+
+def _counts_field(layer: str | None) -> MatrixField:
+    return MatrixField(layer, nonnegative=True)
 
 
-def _remember_reference(adata: AnnData, reference: AnnData) -> None:
-    key = id(adata)
-    _REFERENCES[key] = (weakref.ref(adata), reference)
-    weakref.finalize(adata, _REFERENCES.pop, key, None)
+def _named(err: Exception, what: str) -> Exception:
+    """The same error with ``what`` (e.g. ``"reference"``) in front of its message."""
+    msg = err.args[0] if err.args else str(err)
+    return type(err)(f"{what}: {msg}")
 
 
-def _recall_reference(adata: AnnData) -> AnnData | None:
-    entry = _REFERENCES.get(id(adata))
-    if entry is None or entry[0]() is not adata:
-        return None
-    return entry[1]
-
-
-def _counts_by_name(adata: AnnData, layer: str | None, genes: Sequence[str], what: str) -> np.ndarray:
-    """(cells x genes) float64 counts, NaN for genes absent from ``adata``."""
-    mat = get_matrix(adata, layer)
-    check_values(mat, f"{what} counts" + (f" (layer {layer!r})" if layer else " (X)"), nonnegative=True)
-    pos = pd.Index(map(str, adata.var_names)).get_indexer(list(genes))
-    out = np.full((adata.n_obs, len(genes)), np.nan)
-    if (pos >= 0).any():
-        sub = mat[:, pos[pos >= 0]]
-        out[:, pos >= 0] = sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=np.float64)
-    return out
-
-
-class SpaDiTNetwork(torch.nn.Module):
-    """The reference attention and the DiT, called as an EDM raw network.
-
-    The output is the DiT's plus a learned mixture of the reference heads, so that at the
-    start of training the denoiser at high noise already returns the reference estimate
-    (a soft nearest-neighbour transfer) and the DiT learns the correction.
-    """
-
-    def __init__(self, bank: torch.Tensor, ref_heads: int, **dit_kwargs: Any) -> None:
-        super().__init__()
-        self.reference = ReferenceAttention(bank, heads=ref_heads)
-        self.dit = GeneDiT(bank.shape[1], cond_features=2 + ref_heads, **dit_kwargs)
-        self.head_mix = torch.nn.Parameter(torch.zeros(ref_heads))
-
-    def condition(self, x: torch.Tensor, mask: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """``[x * m, m, psi_1 .. psi_H]`` per gene, shape (B, 2 + H, G); reads only observed entries."""
-        m = mask.to(x.dtype)
-        xm = torch.where(mask, x, torch.zeros_like(x))
-        psi = self.reference(xm, m, exclude)
-        return torch.cat([xm[:, None], m[:, None], psi], dim=1)
-
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        prior = (cond[:, 2:] * torch.softmax(self.head_mix, dim=0)[None, :, None].to(cond.dtype)).sum(dim=1)
-        return self.dit(x, c_noise, cond) + prior.to(x.dtype)
-
-
-class SpaDiTObjective:
-    """EDM loss on the masked genes. Batches hold ``x`` (B, G) in model scale, ``available``
-    (B, G), ``bank_index`` (B,) and, in reference mode, the fixed ``known`` mask is used."""
-
-    def __init__(self, known: torch.Tensor | None, observed_fraction: float, sigma_data: float, P_mean: float = 0.0, P_std: float = 1.5) -> None:
-        self.known = known
-        self.observed_fraction = observed_fraction
-        self.loss = EDMLoss(P_mean=P_mean, P_std=P_std, sigma_data=sigma_data)
-
-    def __call__(self, denoiser: EDMPrecond, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
-        x, avail = batch["x"], batch["available"]
-        b, g = x.shape
-        mask = random_channel_mask(b, g, self.observed_fraction, available=avail, generator=generator)
-        if self.known is not None:
-            mask &= self.known.to(x.device)[None, :]
-        cond = denoiser.net.condition(x, mask, batch["bank_index"])
-        return self.loss(denoiser, x, cond, loss_mask=avail & ~mask, generator=generator)
+def _read_counts(obj: AnnData, layer: str | None, genes: Sequence[str], what: str, *, rows: Any = None, missing: str = "error") -> np.ndarray:
+    """(rows x genes) float64 counts read by name (NaN for absent genes with ``missing="nan"``);
+    NaN / inf / negative counts raise naming ``what`` and the key."""
+    try:
+        return _counts_field(layer).read(obj, list(genes), rows=rows, missing=missing, dtype=np.float64)
+    except (ValueError, KeyError) as err:
+        raise _named(err, what) from err
 
 
 class SpaDiT(BaseModel):
@@ -128,9 +74,13 @@ class SpaDiT(BaseModel):
     adata
         Spatial object registered with :meth:`setup_anndata` (raw counts).
     reference
-        scRNA-seq reference (raw counts); default: the one given to :meth:`setup_anndata`.
-        None there too: within-panel mode (train on ``adata``'s cells, any subset of its genes
-        predicted from the rest).
+        The scRNA-seq reference (raw counts) given to :meth:`setup_anndata` (its gene names
+        must be the recorded ones); required when ``adata`` was set up with one, refused
+        otherwise. It is the data :meth:`train` learns from; kept as the attribute
+        ``reference`` (not saved: a loaded model trains again after
+        ``SpaDiT.load(path, adata, reference=adata_sc)`` or ``model.reference = adata_sc``).
+        Without a reference (within-panel mode) the model trains on ``adata``'s cells and
+        predicts any subset of its genes from the rest.
     target_genes
         Reference mode: the genes to learn to predict (default: every reference gene absent
         from ``adata``). Within-panel mode: ignored (all genes are channels).
@@ -163,55 +113,91 @@ class SpaDiT(BaseModel):
         train with ``ln sigma ~ N(0, 1.5^2)`` (6% of draws above 10), so the first step, whose
         output is the conditional mean, is a level the network has learned.
     seed
-        Seeds the initial weights and the bank.
+        Seeds the initial weights.
+
+    Notes
+    -----
+    **Training** (:meth:`~biodiffuse.models.BaseModel.train`) runs on the reference cells
+    (within-panel: on ``adata``'s cells). Defaults: ``batch_size=256``, AdamW with
+    ``lr=1e-3``, ``weight_decay=1e-4``; ``train_size=0.9`` (the rest is the validation split
+    for early stopping); ``max_epochs`` about 4,000 optimiser steps, between 50 and 2,000
+    epochs; patience a tenth of the epochs, at least 10; ``ema_decay="auto"``. The first
+    call fits the normalisation (gene shares, z-scores) on the training rows and, in
+    reference mode, the quantile alignment of ``adata``'s known genes; later calls reuse
+    them. ``seed`` also draws the attention bank (a random subset of ``bank_size`` training
+    cells, kept with the weights).
 
     Examples
     --------
     >>> bd.models.SpaDiT.setup_anndata(adata_sp, reference=adata_sc)
-    >>> model = bd.models.SpaDiT(adata_sp)
+    >>> model = bd.models.SpaDiT(adata_sp, reference=adata_sc)
     >>> model.train()
     >>> model.predict(genes=["Gad1", "Slc17a7"])  # obsm["SpaDiT_predicted"], obsm["SpaDiT_variance"]
     """
 
     _model_name = "SpaDiT"
+    _train_defaults = dict(
+        batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=4000,
+        epochs=(50, 2000), early_stopping_patience=None, min_patience=10, ema_decay="auto", lr_warmup_steps=0,
+    )
+    _default_batch_size = 256
+    network: SpaDiTDenoiser
+    #: The scRNA-seq reference :meth:`train` learns from (reference mode); not saved.
     reference: AnnData | None = None
 
     @classmethod
     def setup_anndata(
         cls,
         adata: AnnData,
+        *,
         reference: AnnData | None = None,
         layer: str | None = None,
         reference_layer: str | None = None,
     ) -> None:
         """Register a spatial object (and its scRNA-seq reference); writes only
-        ``adata.uns["biodiffuse"]["SpaDiT"]``.
+        ``adata.uns["biodiffuse"]["SpaDiT"]`` (the layers and the reference's gene names).
 
         Parameters
         ----------
         adata
             Spatial cells / spots x genes, raw counts.
         reference
-            scRNA-seq cells x genes, raw counts; shared genes are found by name. None:
-            within-panel mode.
+            scRNA-seq cells x genes, raw counts; shared genes are found by name. Not stored:
+            pass it again to :class:`SpaDiT`. None: within-panel mode.
         layer, reference_layer
             Layers holding the counts (None: ``X``).
+
+        Raises
+        ------
+        ValueError
+            On duplicated gene names, NaN / inf / negative counts, an empty object, or fewer
+            than 2 gene names shared with the reference; ``adata`` is left unchanged.
         """
         check_adata(adata)
-        get_matrix(adata, layer)
-        check_values(get_matrix(adata, layer), "spatial counts", nonnegative=True)
+        try:
+            sp_names = _counts_field(layer).register(adata)["names"]
+        except (ValueError, KeyError) as err:
+            raise _named(err, "adata") from err
+        record: dict[str, Any] = {"layer": layer, "reference_layer": reference_layer, "has_reference": reference is not None}
         if reference is not None:
             check_adata(reference, "reference")
-            check_values(get_matrix(reference, reference_layer), "reference counts", nonnegative=True)
-            shared = set(map(str, adata.var_names)) & set(map(str, reference.var_names))
+            try:
+                ref_names = _counts_field(reference_layer).register(reference)["names"]
+            except (ValueError, KeyError) as err:
+                raise _named(err, "reference") from err
+            shared = set(sp_names) & set(ref_names)
             if len(shared) < 2:
-                raise ValueError(f"adata and reference share {len(shared)} gene name(s); at least 2 are needed.")
-            _remember_reference(adata, reference)
-        write_setup_record(adata, cls._model_name, {"layer": layer, "reference_layer": reference_layer, "has_reference": reference is not None})
+                raise ValueError(
+                    f"adata.var_names and reference.var_names share {len(shared)} gene name(s); at least 2 are "
+                    f"needed (adata has e.g. {sp_names[:5]}, reference e.g. {ref_names[:5]})."
+                )
+            record["reference_genes"] = list(ref_names)
+        write_setup_record(adata, cls._model_name, record)
 
     def __init__(
         self,
         adata: AnnData,
+        *,
         reference: AnnData | None = None,
         target_genes: Sequence[str] | None = None,
         observed_fraction: float | None = None,
@@ -231,25 +217,28 @@ class SpaDiT(BaseModel):
     ) -> None:
         super().__init__()
         check_adata(adata)
-        setup = read_setup_record(adata, self._model_name)
-        if setup is None:
-            self.setup_anndata(adata, reference=reference)
-            setup = read_setup_record(adata, self._model_name)
-        if reference is None and setup.get("has_reference"):
-            reference = _recall_reference(adata)
+        setup = self._setup_record(adata)
+        if setup.get("has_reference"):
             if reference is None:
-                raise ValueError("adata was set up with a reference that is no longer available; pass reference=.")
+                raise ValueError(
+                    "adata was set up with a reference (SpaDiT.setup_anndata(adata, reference=...)); pass the same "
+                    "one: SpaDiT(adata, reference=adata_sc)."
+                )
+            self._check_reference_names(reference, setup)
+        elif reference is not None:
+            raise ValueError(
+                "adata was set up without a reference; call SpaDiT.setup_anndata(adata, reference=reference) first."
+            )
         sp_genes = list(map(str, adata.var_names))
         if reference is not None:
-            check_adata(reference, "reference")
             ref_genes = list(map(str, reference.var_names))
-            sp_set = set(sp_genes)
+            sp_set, ref_set = set(sp_genes), set(ref_genes)
             known = [g for g in ref_genes if g in sp_set]
             if target_genes is None:
                 targets = [g for g in ref_genes if g not in sp_set]
             else:
                 targets = list(map(str, target_genes))
-                bad = [g for g in targets if g not in set(ref_genes)]
+                bad = [g for g in targets if g not in ref_set]
                 if bad:
                     raise ValueError(f"target_genes not in the reference: {bad[:5]}.")
                 leak = [g for g in targets if g in sp_set]
@@ -277,21 +266,73 @@ class SpaDiT(BaseModel):
             seed=int(seed),
         )
         self.registry = dict(
-            setup=setup, mode="reference" if reference is not None else "panel",
+            setup={k: v for k, v in setup.items() if k != "reference_genes"}, mode="reference" if reference is not None else "panel",
             genes=genes, known_genes=known, target_genes=targets,
             share=None, ref_mean=None, ref_std=None, query_mean=None, query_std=None, quantiles=None,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.network = self._build_network(bank=torch.zeros(2, len(genes)))
+            self.network = self._build_network(bank_rows=2)
 
     # --- network -----------------------------------------------------------------------------
-    def _build_network(self, bank: torch.Tensor | None = None) -> EDMPrecond:
+    def _build_network(self, bank_rows: int | None = None) -> SpaDiTDenoiser:
         a = self.init_args
-        if bank is None:  # loading: the real bank comes with the state dict
-            bank = torch.zeros(min(a["bank_size"], self.registry.get("bank_rows", 2)), len(self.registry["genes"]))
-        net = SpaDiTNetwork(bank, a["ref_heads"], genes_per_token=a["genes_per_token"], dim=a["dim"], depth=a["depth"], heads=a["heads"], dropout=a["dropout"])
-        return EDMPrecond(net, sigma_data=a["sigma_data"])
+        if bank_rows is None:  # loading: the real bank comes with the state dict
+            bank_rows = min(a["bank_size"], self.registry.get("bank_rows", 2))
+        return build_network(
+            len(self.registry["genes"]), bank_rows=bank_rows, ref_heads=a["ref_heads"], genes_per_token=a["genes_per_token"],
+            dim=a["dim"], depth=a["depth"], heads=a["heads"], dropout=a["dropout"], sigma_data=a["sigma_data"],
+        )
+
+    # --- the reference -----------------------------------------------------------------------
+    @staticmethod
+    def _check_reference_names(reference: AnnData, setup: dict[str, Any]) -> None:
+        check_adata(reference, "reference")
+        recorded = setup.get("reference_genes")
+        if recorded is None:
+            return
+        names = list(map(str, reference.var_names))
+        if names != [str(g) for g in recorded]:
+            raise ValueError(
+                f"reference.var_names ({len(names)} genes, e.g. {names[:3]}) differ from those recorded by "
+                f"SpaDiT.setup_anndata ({len(recorded)} genes, e.g. {[str(g) for g in recorded[:3]]}); pass the "
+                "reference that adata was set up with, or set up again with this one."
+            )
+
+    def _check_reference(self, reference: AnnData) -> None:
+        """A reference for a model whose genes are fixed: it must hold them all (by name)."""
+        check_adata(reference, "reference")
+        if self.registry.get("mode") != "reference":
+            raise ValueError("This SpaDiT was trained within-panel (no reference); it takes no reference.")
+        have = set(map(str, reference.var_names))
+        lost = [g for g in self.registry["genes"] if g not in have]
+        if lost:
+            raise ValueError(f"reference lacks {len(lost)} of the model's {len(self.registry['genes'])} genes (e.g. {lost[:5]}).")
+
+    @classmethod
+    def load(
+        cls, dir_path: str | Path, adata: AnnData | None = None, *, reference: AnnData | None = None, device: str = "cpu"
+    ) -> "SpaDiT":
+        """Load a model saved with :meth:`save` (weights, registry and the attention bank).
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Optional spatial object to attach (matched by gene name).
+        reference
+            Reference mode: the scRNA-seq reference to :meth:`train` on again (it must hold
+            the model's genes); not needed to predict. Can also be set later as
+            ``model.reference``.
+        device
+            Where to put the weights.
+        """
+        obj = super().load(dir_path, adata, device=device)
+        if reference is not None:
+            obj._check_reference(reference)
+            obj.reference = reference
+        return obj
 
     # --- normalisation ------------------------------------------------------------------------
     def _log_norm(self, counts: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -314,73 +355,42 @@ class SpaDiT(BaseModel):
         self.registry["ref_mean"] = mu.tolist()
         self.registry["ref_std"] = np.where(sd > 1e-6, sd, 1.0).tolist()
 
-    def _query_scale(self, adata: AnnData, hide: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Model-scale values (0 where unobserved) and the observed mask of a spatial object;
-        ``hide`` (G,) genes are treated as unmeasured, in the library size too."""
-        counts = _counts_by_name(adata, self.registry["setup"].get("layer"), self.registry["genes"], "spatial")
+    def _query_scale(self, adata: AnnData, hide: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-scale values (0 where unobserved) and the observed mask of rows ``rows`` of a
+        spatial object, read by gene name. ``hide`` (G,) genes are treated as unmeasured, in
+        the library size too; in reference mode only the known genes are observed (a target
+        gene the query happens to measure never enters the condition)."""
+        reg = self.registry
+        counts = _read_counts(adata, reg["setup"].get("layer"), reg["genes"], "query", rows=rows, missing="nan")
         observed = ~np.isnan(counts) & ~hide[None, :]
+        if reg["mode"] == "reference":
+            observed &= np.isin(reg["genes"], reg["known_genes"])[None, :]
         counts = np.nan_to_num(counts)
         logn = self._log_norm(counts, observed)
-        z = (logn - np.asarray(self.registry["query_mean"])) / np.asarray(self.registry["query_std"])
-        q = self.registry.get("quantiles")
+        z = (logn - np.asarray(reg["query_mean"])) / np.asarray(reg["query_std"])
+        q = reg.get("quantiles")
         if q is not None:  # known genes: spatial quantile -> reference value of that quantile -> z
             cols = np.asarray(q["columns"])
             aligned = quantile_map(logn[:, cols], np.asarray(q["query"]), np.asarray(q["reference"]))
-            z[:, cols] = (aligned - np.asarray(self.registry["ref_mean"])[cols]) / np.asarray(self.registry["ref_std"])[cols]
+            z[:, cols] = (aligned - np.asarray(reg["ref_mean"])[cols]) / np.asarray(reg["ref_std"])[cols]
         return np.where(observed, z, 0.0).astype(np.float32), observed
 
     # --- training -----------------------------------------------------------------------------
-    def train(
-        self,
-        max_epochs: int | None = None,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        train_size: float = 0.9,
-        early_stopping: bool = True,
-        early_stopping_patience: int | None = None,
-        ema_decay: float | str | None = "auto",
-        accelerator: str = "auto",
-        devices: int | str | list[int] = "auto",
-        strategy: str = "auto",
-        precision: str | int = "32-true",
-        checkpoint_dir: str | None = None,
-        seed: int = 0,
-        enable_progress_bar: bool = True,
-        **trainer_kwargs: Any,
-    ) -> pd.DataFrame:
-        """Train on the reference cells (or, within-panel, on ``adata``'s cells).
-
-        Parameters
-        ----------
-        max_epochs
-            Default: about 4,000 optimiser steps, between 50 and 2,000 epochs.
-        batch_size
-            Cells per batch.
-        lr, weight_decay
-            AdamW settings.
-        train_size
-            Fraction of training cells; the rest is the validation split (early stopping).
-        early_stopping, early_stopping_patience, ema_decay
-            As :meth:`biodiffuse.models.MCD.train`.
-        accelerator, devices, strategy, precision
-            Passed to Lightning (GPU when present).
-        checkpoint_dir
-            Keep the best checkpoint there.
-        seed
-            Seeds the split, the bank and the training noise.
-        enable_progress_bar
-            Lightning's progress bar.
-        **trainer_kwargs
-            More :class:`lightning.pytorch.Trainer` arguments.
-        """
+    def _training_data(self, train_size: float, seed: int, **data_kwargs: Any) -> tuple[SpaDiTObjective, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         reg, a = self.registry, self.init_args
         genes = reg["genes"]
+        layer = reg["setup"].get("layer")
         if reg["mode"] == "reference":
-            cells = _counts_by_name(self.reference, reg["setup"].get("reference_layer"), genes, "reference")
+            if self.reference is None:
+                raise ValueError(
+                    "This SpaDiT learns from an scRNA-seq reference, which is not saved with the model: load it with "
+                    "SpaDiT.load(path, adata, reference=adata_sc) or set model.reference = adata_sc, then train()."
+                )
+            self._check_reference(self.reference)
+            cells = _read_counts(self.reference, reg["setup"].get("reference_layer"), genes, "reference")
             library_genes = np.isin(genes, reg["known_genes"])
         else:
-            cells = _counts_by_name(self.adata, reg["setup"].get("layer"), genes, "spatial")
+            cells = _read_counts(self.adata, layer, genes, "adata")
             library_genes = np.ones(len(genes), dtype=bool)
         rng = np.random.default_rng(seed)
         train_idx, val_idx = self._split(len(cells), train_size, rng)
@@ -389,7 +399,7 @@ class SpaDiT(BaseModel):
             self._fit_normalisation(cells[train_idx], library_genes)
         cells_logn = self._log_norm(cells, np.ones_like(cells, dtype=bool))
         if first_fit and reg["mode"] == "reference":
-            sp = _counts_by_name(self.adata, reg["setup"].get("layer"), genes, "spatial")
+            sp = _read_counts(self.adata, layer, genes, "adata", missing="nan")
             logn = self._log_norm(np.nan_to_num(sp), ~np.isnan(sp))
             mu, sd = np.asarray(reg["ref_mean"]).copy(), np.asarray(reg["ref_std"]).copy()
             kn = library_genes
@@ -405,18 +415,14 @@ class SpaDiT(BaseModel):
                 }
         elif first_fit:
             reg["query_mean"], reg["query_std"] = reg["ref_mean"], reg["ref_std"]
-        x = (cells_logn - np.asarray(reg["ref_mean"])) / np.asarray(reg["ref_std"])
-        x = x.astype(np.float32)
+        x = ((cells_logn - np.asarray(reg["ref_mean"])) / np.asarray(reg["ref_std"])).astype(np.float32)
         # the attention bank: a random subset of the training cells; each knows its bank row
         bank_rows = rng.choice(train_idx, size=min(a["bank_size"], len(train_idx)), replace=False)
         bank_index = np.full(len(cells), -1, dtype=np.int64)
         bank_index[bank_rows] = np.arange(len(bank_rows))
         reg["bank_rows"] = int(len(bank_rows))
-        ref_att = self.network.net.reference
-        if ref_att.bank.shape[0] != len(bank_rows) or not self.is_trained:
-            bank = torch.from_numpy(x[bank_rows])
-            ref_att.register_buffer("bank", bank.contiguous())
-            ref_att.register_buffer("bank_sq", (bank**2).T.contiguous())
+        if self.network.bank_size != len(bank_rows) or not self.is_trained:
+            self.network.set_bank(torch.from_numpy(x[bank_rows]))
         tensors = {"x": x, "available": np.ones_like(x, dtype=bool), "bank_index": bank_index}
 
         def part(idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -424,96 +430,102 @@ class SpaDiT(BaseModel):
 
         known = torch.from_numpy(library_genes) if reg["mode"] == "reference" else None
         objective = SpaDiTObjective(known, a["observed_fraction"], a["sigma_data"], a["P_mean"], a["P_std"])
-        max_epochs, patience, ema_decay = self._schedule(
-            max_epochs, early_stopping_patience, ema_decay, len(train_idx), batch_size, steps=4000, epochs=(50, 2000), min_patience=10
-        )
-        return self._run_training(
-            objective, part(train_idx), part(val_idx) if len(val_idx) else None,
-            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-            early_stopping=early_stopping, early_stopping_patience=patience, ema_decay=ema_decay,
-            accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-            checkpoint_dir=checkpoint_dir, enable_progress_bar=enable_progress_bar, seed=seed,
-            trainer_kwargs=trainer_kwargs,
-        )
+        return objective, part(train_idx), part(val_idx) if len(val_idx) else None
 
     # --- inference ----------------------------------------------------------------------------
     def _validate_query(self, adata: AnnData) -> None:
         check_adata(adata, "query")
-        present = set(map(str, adata.var_names)) & set(self.registry["genes"])
-        if not present:
-            raise ValueError("The query shares no gene with the model.")
+        try:
+            _counts_field(self.registry["setup"].get("layer")).transfer(adata, self.registry["genes"])
+        except (ValueError, KeyError) as err:
+            raise _named(err, "query") from err
+        if self.registry["mode"] == "reference" and not set(map(str, adata.var_names)) & set(self.registry["known_genes"]):
+            raise ValueError(
+                f"The query measures none of the model's {len(self.registry['known_genes'])} known genes "
+                f"(e.g. {self.registry['known_genes'][:5]})."
+            )
 
-    @torch.no_grad()
-    def posterior(
-        self,
-        genes: Sequence[str] | None = None,
-        adata: AnnData | None = None,
-        n_samples: int = 10,
-        steps: int = 8,
-        batch_size: int = 256,
-        seed: int = 0,
-        device: str = "auto",
-    ) -> dict[str, Any]:
-        """Mean and variance of ``genes`` for every cell of ``adata`` (log-normalised scale).
-
-        Returns a dict with ``genes`` (list), ``mean`` and ``variance`` (cells x genes arrays).
-        See :meth:`predict` for the parameters.
-        """
-        self._require_trained()
-        adata = self.adata if adata is None else adata
-        if adata is None:
-            raise ValueError("Pass adata (no object is attached to this model).")
-        self._validate_query(adata)
-        reg = self.registry
-        all_genes = reg["genes"]
+    def _genes(self, adata: AnnData, genes: Sequence[str] | None) -> list[str]:
+        all_genes = self.registry["genes"]
         if genes is None:
-            genes = reg["target_genes"] or [g for g in all_genes if g not in set(map(str, adata.var_names))]
+            have = set(map(str, adata.var_names))
+            genes = self.registry["target_genes"] or [g for g in all_genes if g not in have]
+        if isinstance(genes, str):
+            genes = [genes]
         genes = list(map(str, genes))
         if not genes:
             raise ValueError("No genes to predict: pass genes=.")
         unknown = [g for g in genes if g not in set(all_genes)]
         if unknown:
             raise ValueError(f"genes not known to the model: {unknown[:5]}.")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
-        hide = np.isin(all_genes, genes)
-        x, observed = self._query_scale(adata, hide)
-        if reg["mode"] == "reference" and not observed[:, np.isin(all_genes, reg["known_genes"])].any():
-            raise ValueError("The query measures none of the model's known genes.")
-        x = np.where(observed, x, 0.0).astype(np.float32)
+        return genes
+
+    @torch.no_grad()
+    def posterior(
+        self,
+        adata: AnnData | None = None,
+        *,
+        genes: Sequence[str] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int | None = None,
+        n_samples: int = 10,
+        steps: int = BaseModel._default_steps,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> dict[str, Any]:
+        """Mean and variance of ``genes`` for cells of ``adata`` (log-normalised scale), without
+        writing anything.
+
+        Parameters
+        ----------
+        adata, genes, indices, batch_size, n_samples, steps, seed, device
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        dict
+            ``genes`` (list), ``obs_names`` (the selected rows), ``mean`` and ``variance``
+            (rows x genes arrays).
+        """
+        adata, rows = self._query(adata, indices)
+        self._validate_query(adata)
+        reg, a = self.registry, self.init_args
+        all_genes = reg["genes"]
+        hide = np.isin(all_genes, self._genes(adata, genes))
         cols = np.flatnonzero(hide)
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        gen = torch.Generator(device=dev).manual_seed(seed)
         mu = np.asarray(reg["ref_mean"])[cols]
         sd = np.asarray(reg["ref_std"])[cols]
-        n, g = x.shape
-        mean = np.empty((n, len(cols)))
-        var = np.empty((n, len(cols)))
-        for start in range(0, n, batch_size):
-            sl = slice(start, min(start + batch_size, n))
-            xb = torch.from_numpy(x[sl]).to(dev)
-            mb = torch.from_numpy(observed[sl]).to(dev)
-            cond = net.net.condition(xb, mb).repeat_interleave(n_samples, dim=0)
-            latents = torch.randn((xb.shape[0] * n_samples, g), generator=gen, device=dev)
-            s = heun_sampler(net, latents, cond, steps=int(steps), sigma_max=self.init_args.get("sigma_max", 80.0)).reshape(xb.shape[0], n_samples, g)
-            vals = s[:, :, cols].double().cpu().numpy() * sd + mu
-            vals = np.clip(vals, 0.0, None)  # log1p values are non-negative
-            mean[sl] = vals.mean(axis=1)
-            var[sl] = vals.var(axis=1)
-        self.network.cpu()
-        return {"genes": [all_genes[i] for i in cols], "mean": mean, "variance": var}
+        batch_size = self._default_batch_size if batch_size is None else batch_size
+        sampler = edm_sampler(steps, sigma_max=a.get("sigma_max", 80.0))
+        obs_names = [str(n) for n in adata.obs_names[rows]]
+
+        def to_genes(draws: np.ndarray, _rows: np.ndarray) -> np.ndarray:
+            return np.clip(draws[:, :, cols] * sd + mu, 0.0, None)  # log1p values are non-negative
+
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        try:
+            out = sample_rows(
+                make_prepare(net, lambda r: self._query_scale(adata, hide, rows[r])), len(rows), (len(all_genes),),
+                seeds=row_seeds(seed, self._row_keys(obs_names)), sampler=sampler, n_samples=n_samples,
+                batch_size=batch_size, device=dev, reducer=Moments(len(rows), transforms={"": to_genes}),
+            )
+        finally:
+            self.network.cpu()
+        return {"genes": [all_genes[i] for i in cols], "obs_names": obs_names, "mean": out["mean"], "variance": out["variance"]}
 
     def predict(
         self,
-        genes: Sequence[str] | None = None,
         adata: AnnData | None = None,
+        *,
+        genes: Sequence[str] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int | None = None,
         n_samples: int = 10,
-        steps: int = 8,
-        batch_size: int = 256,
+        steps: int = BaseModel._default_steps,
         seed: int = 0,
-        key_added: str = "SpaDiT_predicted",
-        variance_key_added: str | None = "SpaDiT_variance",
+        key_added: str | None = None,
+        variance_key_added: str | bool | None = None,
         overwrite: bool = False,
         device: str = "auto",
     ) -> pd.DataFrame:
@@ -521,12 +533,18 @@ class SpaDiT(BaseModel):
 
         Parameters
         ----------
+        adata
+            Spatial object (default: the one the model was set up with), matched by gene
+            name; backed AnnData is read in row batches.
         genes
             Genes to predict (default: the model's target genes, or, within-panel, the
             model's genes absent from ``adata``). A requested gene that ``adata`` measures is
             hidden from the model and predicted from the others.
-        adata
-            Spatial object (default: the one the model was set up with), matched by gene name.
+        indices
+            Rows to predict (integer positions or a boolean mask; default all). Rows not
+            selected are NaN in the written frames.
+        batch_size
+            Cells per batch (default 256; memory is flat in the number of cells).
         n_samples
             Draws per cell; their mean is the prediction, their variance the uncertainty.
         steps
@@ -535,32 +553,54 @@ class SpaDiT(BaseModel):
             model's estimate of the conditional mean: the better point prediction when the
             signal is weak (a mean of a few draws adds their spread to the error); the
             spatial benchmark averages several one-step outputs (``steps=1``).
-        batch_size
-            Cells per batch (memory is flat in the number of cells).
         seed
-            Same seed, same numbers (on the same device).
-        key_added, variance_key_added
-            ``obsm`` keys (DataFrames, columns = genes) in the log1p(counts / library x 1e4)
-            scale of the reference (library over the known genes).
+            Each cell draws from its own random stream, seeded by ``seed`` and its
+            ``obs_name``: the same seed gives the same numbers for a cell whatever
+            ``batch_size`` and whatever other cells are in the query (on the same device).
+        key_added
+            ``obsm`` key of the prediction (default ``"SpaDiT_predicted"``); the run's
+            parameters go to ``uns[key_added]``.
+        variance_key_added
+            ``obsm`` key of the variance (default ``f"{key_added}_variance"``, or
+            ``"SpaDiT_variance"`` without ``key_added``); False writes no variance.
         overwrite
-            Replace existing entries under these keys.
+            Replace existing entries under these keys (otherwise a KeyError, nothing written).
         device
             ``"auto"`` (GPU if present) or a torch device.
 
         Returns
         -------
-        The predicted DataFrame (also in ``adata.obsm[key_added]``).
+        The predicted DataFrame (also in ``adata.obsm[key_added]``), in the
+        log1p(counts / library x 1e4) scale of the reference (library over the known genes).
         """
-        adata = self.adata if adata is None else adata
-        if adata is None:
-            raise ValueError("Pass adata (no object is attached to this model).")
-        for key in (key_added, variance_key_added):
-            if key is not None and key in adata.obsm and not overwrite:
-                raise KeyError(f"adata.obsm[{key!r}] exists; pass overwrite=True or another key_added.")
-        post = self.posterior(genes, adata, n_samples, steps, batch_size, seed, device)
+        adata, rows = self._query(adata, indices)
+        key = self._key(key_added, "predicted")
+        if variance_key_added is False:
+            var_key = None
+        elif variance_key_added is None or variance_key_added is True:
+            var_key = self._key(None, "variance") if key_added is None else f"{key}_variance"
+        else:
+            var_key = self._key(variance_key_added, "variance")
+        if var_key == key:
+            raise ValueError(f"key_added and variance_key_added are both {key!r}.")
+        self._check_free(adata.obsm, [key, var_key], "adata.obsm", overwrite)
+        self._check_free(adata.uns, [key], "adata.uns", overwrite)
+        batch_size = self._default_batch_size if batch_size is None else batch_size
+        post = self.posterior(
+            adata, genes=genes, indices=rows, batch_size=batch_size, n_samples=n_samples, steps=steps, seed=seed, device=device
+        )
         cols = pd.Index(post["genes"])
-        mean = pd.DataFrame(post["mean"], index=adata.obs_names, columns=cols)
-        adata.obsm[key_added] = mean
-        if variance_key_added is not None:
-            adata.obsm[variance_key_added] = pd.DataFrame(post["variance"], index=adata.obs_names, columns=cols)
-        return mean
+        frames = {}
+        for k, values in ((key, post["mean"]), (var_key, post["variance"])):
+            if k is None:
+                continue
+            full = np.full((adata.n_obs, len(cols)), np.nan)
+            full[rows] = values
+            frames[k] = pd.DataFrame(full, index=adata.obs_names.copy(), columns=cols)
+        for k, frame in frames.items():
+            adata.obsm[k] = frame
+        self._record_run(adata, key, dict(
+            genes=list(cols), n_rows=len(rows), batch_size=batch_size,
+            n_samples=n_samples, steps=steps, seed=seed, variance_key_added=var_key, mode=self.registry["mode"],
+        ))
+        return frames[key]

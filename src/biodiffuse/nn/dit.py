@@ -56,6 +56,14 @@ class ReferenceAttention(nn.Module):
         self.log_temperature = nn.Parameter(torch.full((heads,), math.log(temperature)))
         self.heads = heads
 
+    def set_bank(self, bank: torch.Tensor) -> None:
+        """Replace the bank by ``bank`` (M >= 2, G) reference profiles (same G)."""
+        if bank.ndim != 2 or bank.shape[0] < 2 or bank.shape[1] != self.bank.shape[1]:
+            raise ValueError(f"bank must be (M >= 2, {self.bank.shape[1]}), got shape {tuple(bank.shape)}.")
+        bank = bank.detach().to(device=self.bank.device, dtype=torch.float32).contiguous()
+        self.register_buffer("bank", bank)
+        self.register_buffer("bank_sq", (bank**2).T.contiguous())
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Reference profiles per head, shape (B, heads, G).
 

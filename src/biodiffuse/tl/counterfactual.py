@@ -24,15 +24,19 @@ __all__ = ["counterfactual_variance"]
 def counterfactual_variance(
     model: Any,
     mdata: Any,
+    *,
     target: str,
     predictor: FittedPredictor,
-    n_samples: int = 10,
-    steps: int = 18,
     conditions: Sequence[str] | None = None,
     patients: Literal["missing", "all"] = "missing",
     kind: Literal["disagreement", "variance"] | None = None,
-    key_added: str | None = None,
+    batch_size: int | None = None,
+    n_samples: int = 10,
+    steps: int = 18,
     seed: int = 0,
+    key_added: str | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
 ) -> pd.Series:
     """Spread of ``predictor``'s output over ``n_samples`` synthesised versions of ``target``.
 
@@ -50,10 +54,6 @@ def counterfactual_variance(
         modalities of ``mdata`` (``target`` among them), in the modalities' original units.
         A patient lacking one of the other blocks gets that block's training mean (the
         ablation convention of :mod:`biodiffuse.tl.utility`).
-    n_samples
-        Completions per patient (at least 2).
-    steps
-        Sampler steps per completion.
     conditions
         Modalities the model conditions on (default: all the model's others the patient has).
     patients
@@ -62,10 +62,13 @@ def counterfactual_variance(
     kind
         As :func:`~biodiffuse.tl.counterfactual_spread` (classification: ``"disagreement"``
         by default, or ``"variance"``; survival: ``"variance"``).
+    batch_size, n_samples, steps, seed, device
+        As the model's ``sample`` (``n_samples`` at least 2); the same seed gives a patient
+        the same draws whatever the other patients.
     key_added
         Column of ``mdata.obs`` to write (default ``f"counterfactual_variance_{target}"``).
-    seed
-        Seeds the draws.
+    overwrite
+        Replace an existing column of that name (else KeyError, nothing written).
 
     Returns
     -------
@@ -77,6 +80,8 @@ def counterfactual_variance(
     ValueError
         If ``target`` is not a block of the predictor, a block is not a modality of ``mdata``,
         ``n_samples < 2``, ``patients`` is unknown, or no patient qualifies.
+    KeyError
+        If ``mdata.obs[key_added]`` exists and ``overwrite`` is False.
     TypeError
         If ``predictor`` is not a :class:`~biodiffuse.tl.FittedPredictor` with named blocks.
     """
@@ -91,6 +96,11 @@ def counterfactual_variance(
         raise ValueError(f"n_samples must be at least 2 for a spread, got {n_samples}.")
     if patients not in ("missing", "all"):
         raise ValueError(f"patients must be 'missing' or 'all', got {patients!r}.")
+    key = f"counterfactual_variance_{target}" if key_added is None else key_added
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if key in mdata.obs.columns and not overwrite:
+        raise KeyError(f"mdata.obs[{key!r}] exists; pass overwrite=True or another key_added.")
     _, present_target = modality_matrix(mdata, target)
     chosen = np.flatnonzero(~present_target) if patients == "missing" else np.arange(mdata.n_obs)
     if len(chosen) == 0:
@@ -104,11 +114,13 @@ def counterfactual_variance(
         x = x[chosen]
         x[~present[chosen]] = means[name]
         blocks[name] = x
-    res = model.sample(target, mdata, conditions=conditions, n_samples=n_samples, steps=steps, indices=chosen, seed=seed)
+    res = model.sample(
+        mdata, target=target, conditions=conditions, indices=chosen, batch_size=batch_size, n_samples=n_samples,
+        steps=steps, seed=seed, device=device,
+    )
     outs = np.stack([predict_output(predictor, {**blocks, target: draw}) for draw in res["features"]])
     score = np.full(mdata.n_obs, np.nan)
     score[chosen] = counterfactual_spread(outs, predictor.task, kind)
-    key = key_added or f"counterfactual_variance_{target}"
     series = pd.Series(score, index=mdata.obs_names, name=key)
     mdata.obs[key] = series.to_numpy()
     return series
