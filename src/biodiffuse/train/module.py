@@ -115,6 +115,25 @@ class GenerativeModule(pl.LightningModule):
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=self._bs(batch))
         return loss
 
+    def on_validation_epoch_end(self) -> None:
+        """A non-finite validation loss (finite weights whose outputs overflow, e.g. after a
+        huge learning rate) is a divergence too: raise instead of letting early stopping end
+        the run quietly with a broken model."""
+        trainer = self._trainer
+        if not self.check_finite or trainer is None or trainer.sanity_checking:
+            return
+        val = trainer.callback_metrics.get("val_loss")
+        if val is None or bool(torch.isfinite(val).all()):
+            return
+        epoch, step = trainer.current_epoch, trainer.global_step
+        raise TrainingDivergedError(
+            f"Training diverged at epoch {epoch}, step {step}: the validation loss is {float(val)} "
+            f"although the weights are finite (the network's outputs overflow). Try a lower learning "
+            f"rate (lr={self.lr:g} now), check the input for extreme values (NaN, inf or very large "
+            "numbers), or train in full precision with precision=\"32-true\".",
+            epoch=epoch, step=step, loss=float(val),
+        )
+
     @staticmethod
     def _bs(batch: dict[str, torch.Tensor]) -> int:
         return len(next(iter(batch.values())))
