@@ -31,7 +31,8 @@ def trained(split, accelerator, devices):
     train = train.copy()
     MCD.setup_anndata(train, protein_obsm_key=KEY)
     model = MCD(train, n_genes=1000)
-    model.train(max_epochs=150, enable_progress_bar=False, accelerator=accelerator, devices=devices, seed=0)
+    # 80 epochs (about 160 optimiser steps) learn as much as 150 did on this split
+    model.train(max_epochs=80, enable_progress_bar=False, accelerator=accelerator, devices=devices, seed=0)
     return model
 
 
@@ -83,13 +84,52 @@ def test_setup_writes_only_small_uns_record(split, tmp_path) -> None:
     assert b.uns["biodiffuse"]["MCD"]["protein_obsm_key"] == KEY
 
 
-def test_model_on_object_not_set_up_sets_it_up_and_says_so(split) -> None:
+def test_model_on_object_not_set_up_raises_and_leaves_it_unchanged(split) -> None:
     a = split[0][:60].copy()
-    with pytest.warns(UserWarning, match="not set up"):
-        model = MCD(a, n_genes=50, model_channels=8, heads=1)
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match=r"not set up for MCD; call MCD.setup_anndata"):
+        MCD(a, n_genes=50, model_channels=8, heads=1)
+    assert_unchanged(a, snap)
+    assert "biodiffuse" not in a.uns
+
+
+def test_setup_is_keyword_only_and_model_reads_the_record(split) -> None:
+    a = split[0][:60].copy()
+    with pytest.raises(TypeError):
+        MCD.setup_anndata(a, KEY)
+    MCD.setup_anndata(a, protein_obsm_key=KEY)
+    model = MCD(a, n_genes=50, model_channels=8, heads=1)
     assert model.registry["mode"] == "gene_to_protein"
     assert model.target_names == list(a.obsm[KEY].columns)
     assert len(model.registry["condition_genes"]) == 50
+
+
+def test_duplicated_var_names_and_zero_genes_are_clear_errors(split) -> None:
+    a = split[0][:50].copy()
+    names = a.var_names.tolist()
+    names[5] = names[3]
+    a.var_names = names
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match=r"adata.var_names has 1 duplicated name.*var_names_make_unique"):
+        MCD.setup_anndata(a, protein_obsm_key=KEY)
+    assert_unchanged(a, snap)
+    # duplicates introduced after set-up are caught by the model too
+    b = split[0][:50].copy()
+    MCD.setup_anndata(b, protein_obsm_key=KEY)
+    b.var_names = names
+    with pytest.raises(ValueError, match="duplicated"):
+        MCD(b, n_genes=20, model_channels=8, heads=1)
+    # no gene at all / no condition gene
+    prot = split[0][:50].obsm[KEY].copy()
+    c = ad.AnnData(np.zeros((50, 0), np.float32), obs=pd.DataFrame(index=prot.index))
+    c.obsm[KEY] = prot
+    with pytest.raises(ValueError, match=r"adata.X is empty"):
+        MCD.setup_anndata(c, protein_obsm_key=KEY)
+    assert "biodiffuse" not in c.uns
+    d = split[0][:50].copy()
+    MCD.setup_anndata(d, protein_obsm_key=KEY)
+    with pytest.raises(ValueError, match="n_genes"):
+        MCD(d, n_genes=0)
 
 
 def _corrupt(kind: str, a: ad.AnnData) -> ad.AnnData:
@@ -125,7 +165,7 @@ def test_other_bad_inputs(split) -> None:
         MCD.setup_anndata(a, protein_obsm_key=KEY, layer="counts")
     b = a.copy()
     b.obsm[KEY] = b.obsm[KEY].to_numpy()
-    with pytest.raises(ValueError, match="without channel names"):
+    with pytest.raises(ValueError, match="without column names"):
         MCD.setup_anndata(b, protein_obsm_key=KEY)
     with pytest.raises(ValueError, match="names were given"):
         MCD.setup_anndata(b, protein_obsm_key=KEY, protein_names=["a", "b"])
@@ -136,8 +176,8 @@ def test_other_bad_inputs(split) -> None:
         MCD.setup_anndata(c, protein_obsm_key=KEY)
     with pytest.raises(TypeError):
         MCD.setup_anndata(a.X, protein_obsm_key=KEY)
+    MCD.setup_anndata(a, protein_obsm_key=KEY)
     with pytest.raises(ValueError, match="observed_fraction"):
-        MCD.setup_anndata(a, protein_obsm_key=KEY)
         MCD(a, observed_fraction=2.0)
 
 
@@ -171,22 +211,78 @@ def test_impute_writes_named_frames_and_only_those(trained, split) -> None:
     assert np.isfinite(out.to_numpy()).all() and (out.to_numpy() >= -1e-6).all()
     var = q.obsm["MCD_variance"]
     assert (var.to_numpy() >= 0).all() and var.to_numpy().max() > 0
-    # only the two new keys were added
-    new = set(q.obsm.keys()) - set(snap["obsm"].keys())
-    assert new == {"MCD_imputed", "MCD_variance"}
-    del q.obsm["MCD_imputed"], q.obsm["MCD_variance"]
+    # only the two new obsm keys and the run record were added
+    assert set(q.obsm.keys()) - set(snap["obsm"].keys()) == {"MCD_imputed", "MCD_variance"}
+    rec = q.uns["MCD_imputed"]
+    assert rec["model"] == "MCD" and rec["n_samples"] == 4 and rec["steps"] == 5 and rec["seed"] == 1
+    assert rec["variance_key_added"] == "MCD_variance"
+    del q.obsm["MCD_imputed"], q.obsm["MCD_variance"], q.uns["MCD_imputed"]
     assert_unchanged(q, snap)
 
 
 def test_impute_refuses_to_overwrite_and_is_seeded(trained, split) -> None:
     q = rna_only(split[1][:30])
     a = trained.impute(q, n_samples=3, steps=3, seed=7).copy()
-    with pytest.raises(KeyError, match="exists"):
-        trained.impute(q, n_samples=3, steps=3, seed=7)
+    snap = snapshot(q)
+    with pytest.raises(KeyError, match=r"adata.obsm\['MCD_imputed'\] exists; pass overwrite=True"):
+        trained.impute(q, n_samples=3, steps=3, seed=8)
+    assert_unchanged(q, snap)
+    q.uns["mine"] = {"user": 1}
+    with pytest.raises(KeyError, match=r"adata.uns\['mine'\] exists"):
+        trained.impute(q, n_samples=3, steps=3, key_added="mine")
+    assert "mine" not in q.obsm and q.uns["mine"] == {"user": 1}
     b = trained.impute(q, n_samples=3, steps=3, seed=7, overwrite=True)
     c = trained.impute(q, n_samples=3, steps=3, seed=8, overwrite=True)
     np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
     assert not np.allclose(a.to_numpy(), c.to_numpy())
+    assert q.uns["MCD_imputed"]["seed"] == 8
+
+
+def test_key_added_and_indices(trained, split) -> None:
+    q = rna_only(split[1][:30])
+    out = trained.impute(q, indices=[2, 5, 11], n_samples=2, steps=2, key_added="prot")
+    assert set(q.obsm.keys()) == {"hto_counts", "prot", "prot_variance"}
+    assert "MCD_imputed" not in q.obsm and "MCD_variance" not in q.obsm
+    assert q.uns["prot"]["variance_key_added"] == "prot_variance" and q.uns["prot"]["n_cells"] == 3
+    done = np.zeros(30, bool)
+    done[[2, 5, 11]] = True
+    assert np.isfinite(out.to_numpy()[done]).all() and np.isnan(out.to_numpy()[~done]).all()
+    assert np.isnan(q.obsm["prot_variance"].to_numpy()[~done]).all()
+    trained.impute(q, n_samples=2, steps=2, key_added="only_mean", variance_key_added=False)
+    assert "only_mean" in q.obsm and "only_mean_variance" not in q.obsm
+    trained.impute(q, n_samples=2, steps=2, key_added="m2", variance_key_added="v2")
+    assert "v2" in q.obsm and "m2_variance" not in q.obsm
+    with pytest.raises(ValueError, match="key_added"):
+        trained.impute(q, key_added="")
+
+
+def test_same_seed_same_numbers_whatever_batch_size_and_other_cells(trained, split) -> None:
+    """Per-cell random streams (keyed by obs name) and network calls on fixed-size chunks:
+    batch 7 vs 200, a subset by indices, a sliced copy, and the same cells in another query give
+    bit-identical numbers (checked with assert_array_equal)."""
+    q = rna_only(split[1][:40])
+    kw = dict(n_samples=3, steps=4, seed=3)
+    full = trained.posterior(q, batch_size=200, **kw)
+    keys = ("mean", "variance", "mean_normalized", "variance_normalized")
+
+    def same(got, rows=slice(None)):
+        for k in keys:
+            np.testing.assert_array_equal(got[k], full[k][rows], err_msg=k)
+
+    same(trained.posterior(q, batch_size=7, **kw))
+    sub = [3, 17, 29]
+    by_idx = trained.posterior(q, indices=sub, batch_size=2, **kw)
+    np.testing.assert_array_equal(by_idx["rows"], sub)
+    same(by_idx, sub)
+    same(trained.posterior(q[sub].copy(), batch_size=1, **kw), sub)
+    other = rna_only(ad.concat([split[1][30:50], split[1][:5]]))  # cells 0-4 among other cells
+    mixed = trained.posterior(other, **kw)
+    for k in keys:
+        np.testing.assert_array_equal(mixed[k][-5:], full[k][:5], err_msg=k)
+    # and impute writes the same numbers
+    q2 = q.copy()
+    trained.impute(q2, batch_size=5, **kw)
+    np.testing.assert_array_equal(q2.obsm["MCD_imputed"].to_numpy(), full["mean"])
 
 
 def test_query_matched_by_gene_name_not_position(trained, split) -> None:
@@ -209,22 +305,84 @@ def test_query_errors(trained, split) -> None:
     with pytest.raises(ValueError, match="no cells"):
         trained.impute(q[:0].copy())
     assert "MCD_imputed" not in bad.obsm and "MCD_imputed" not in missing.obsm
+    # no gene in common (e.g. Ensembl ids or a suffix): a clear error, not a silent draw
+    renamed = q.copy()
+    renamed.var_names = [f"{g}_RNA" for g in renamed.var_names]
+    snap = snapshot(renamed)
+    with pytest.raises(ValueError, match=r"adata.X.*shares no name.*'_RNA'"):
+        trained.impute(renamed)
+    assert_unchanged(renamed, snap)
+    dup = q.copy()
+    names = dup.var_names.tolist()
+    names[1] = names[0]
+    dup.var_names = names
+    snap = snapshot(dup)
+    with pytest.raises(ValueError, match=r"adata.var_names has 1 duplicated name"):
+        trained.impute(dup)
+    assert_unchanged(dup, snap)
+    with pytest.raises(TypeError):
+        trained.impute(q, None)  # keyword-only
+    with pytest.raises(ValueError, match="image_key"):
+        trained.impute(q, image_key="img")
 
 
-def test_beats_per_protein_mean_on_held_out_real_cells(trained, split) -> None:
-    """Held-out ECCITE-seq cells (100 of 500, seed 0): MCD's posterior mean must beat the
-    per-protein training mean in RMSE (normalised scale) and correlate positively."""
-    train, test = split
-    post = trained.posterior(rna_only(test), n_samples=8, steps=10, seed=0)
-    norm = ChannelNormalizer.from_dict(trained.registry["normalizer"])
+def test_backed_query_is_read_in_chunks(trained, split, tmp_path) -> None:
+    q = rna_only(split[1][:30])
+    q.write_h5ad(tmp_path / "q.h5ad")
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    kw = dict(n_samples=2, steps=3, seed=2)
+    want = trained.posterior(q, **kw)["mean"]
+    out = trained.impute(backed, indices=[1, 4, 9], **kw)
+    np.testing.assert_allclose(out.to_numpy()[[1, 4, 9]], want[[1, 4, 9]], rtol=1e-5, atol=1e-6)
+    assert backed.isbacked
+    # training on a backed object: a clear error that says what to do
+    b2 = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    MCD.setup_anndata(b2, protein_obsm_key="hto_counts")
+    with pytest.raises(ValueError, match="in-memory AnnData.*backed.*to_memory"):
+        MCD(b2, n_genes=20, model_channels=8, heads=1)
+    b2.file.close()
+    backed.file.close()
+
+
+def _held_out_scores(model, train, test, rna=None):
+    """1-step posterior mean (the denoiser's estimate of E[protein | RNA]) on held-out cells,
+    normalised scale: RMSE, the per-protein training mean's RMSE, mean Pearson r."""
+    post = model.posterior(rna_only(test) if rna is None else rna, n_samples=1, steps=1, seed=0)
+    norm = ChannelNormalizer.from_dict(model.registry["normalizer"])
     y = norm.transform(test.obsm[KEY].to_numpy(float))
-    mean_pred = np.nanmean(norm.transform(train.obsm[KEY].to_numpy(float)[trained.train_indices]), axis=0)
-    rmse_mcd = np.sqrt(np.mean((post["mean_normalized"] - y) ** 2))
+    mean_pred = np.nanmean(norm.transform(train.obsm[KEY].to_numpy(float)[model.train_indices]), axis=0)
+    rmse = np.sqrt(np.mean((post["mean_normalized"] - y) ** 2))
     rmse_mean = np.sqrt(np.mean((mean_pred[None, :] - y) ** 2))
     r_p = np.nanmean(bd.metrics.pearson_per_channel(y, post["mean_normalized"]))
-    # Measured: RMSE 0.260 for MCD vs 0.258 for the mean (not yet better); checked loosely.
-    assert rmse_mcd < 1.2 * rmse_mean, (rmse_mcd, rmse_mean)
-    assert r_p > 0.1, r_p  # measured 0.17-0.19 on this split (see docs/benchmarks.md)
+    return rmse, rmse_mean, r_p
+
+
+def test_learns_proteins_from_rna_on_held_out_real_cells(trained, split) -> None:
+    """Held-out ECCITE-seq cells (100 of 500, seed 0). The conditional-mean estimate must beat
+    the per-protein training mean by a margin and correlate with the truth. Measured with the
+    trained fixture: RMSE ratio 0.93, r_p 0.36. Mutations that make it fail (run by hand):
+    lr=0 (ratio 1.19, r_p 0.00) and genes shuffled across the training cells (ratio 1.04,
+    r_p -0.02)."""
+    train, test = split
+    rmse, rmse_mean, r_p = _held_out_scores(trained, train, test)
+    assert rmse < 0.96 * rmse_mean, (rmse, rmse_mean)
+    assert r_p > 0.25, r_p
+
+
+def test_diverged_training_leaves_the_model_untrained(split) -> None:
+    from biodiffuse.train import TrainingDivergedError
+
+    a = split[0][:120].copy()
+    MCD.setup_anndata(a, protein_obsm_key=KEY)
+    model = MCD(a, n_genes=30, model_channels=8, heads=1, channel_mult=(1, 1))
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        model.train(lr=1e8, max_epochs=40, enable_progress_bar=False, accelerator="cpu")
+    assert not model.is_trained and len(model.history) == 0
+    for k, v in model.network.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.impute(rna_only(split[1][:5]))
 
 
 # --- save / load ---------------------------------------------------------------------------
@@ -238,6 +396,7 @@ def test_save_load_round_trip(trained, split, tmp_path) -> None:
     # plain tensors only: readable with weights_only=True
     state = torch.load(tmp_path / "mcd" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert all(k.startswith("net.") for k in state)  # the state-dict keys of earlier versions
     meta = json.loads((tmp_path / "mcd" / "model.json").read_text())
     assert meta["format_version"] == 1 and meta["model"] == "MCD"
     loaded = MCD.load(tmp_path / "mcd", q)

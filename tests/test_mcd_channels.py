@@ -110,3 +110,33 @@ def test_channel_specific_objective_hides_exactly_the_targets(data):
     with pytest.raises(ValueError, match="target_channels"):
         bd.models.MCD(ad, target_channels=PANEL)
     assert model.init_args["target_channels"] == ["CD4_PROT"]
+
+
+def test_query_sharing_no_channel_name_is_a_clear_error(trained, data):
+    """Names without the ``_PROT`` suffix used to give unconditional draws silently."""
+    _, test = data
+    q = test.copy()
+    q.var_names = [n.removesuffix("_PROT") for n in q.var_names]
+    before = set(q.obsm.keys()), set(q.uns.keys())
+    with pytest.raises(ValueError, match=r"adata.X.*shares no name.*'_PROT'"):
+        trained.impute(q, n_samples=1, steps=1)
+    with pytest.raises(ValueError, match="shares no name"):
+        trained.posterior(q, n_samples=1, steps=1)
+    assert (set(q.obsm.keys()), set(q.uns.keys())) == before
+
+
+def test_batch_size_and_subset_invariance_with_observed_channels(trained, data):
+    _, test = data
+    q = test[:60].copy()
+    kw = dict(missing=HELD_OUT, n_samples=2, steps=3, seed=4)
+    a = trained.posterior(q, batch_size=256, **kw)
+    b = trained.posterior(q, batch_size=9, **kw)
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5, atol=1e-6)
+    sub = [0, 7, 59]
+    c = trained.posterior(q[sub].copy(), batch_size=1, **kw)
+    np.testing.assert_allclose(c["mean"], a["mean"][sub], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c["variance"], a["variance"][sub], rtol=1e-5, atol=1e-6)
+    out = trained.impute(q, indices=sub, key_added="held", **kw)
+    assert set(q.obsm) >= {"held", "held_variance"} and q.uns["held"]["missing"] == HELD_OUT
+    np.testing.assert_allclose(out.to_numpy()[sub], a["mean"][sub], rtol=1e-5, atol=1e-6)
+    assert np.isnan(out.to_numpy()[1]).all()

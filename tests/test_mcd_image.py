@@ -80,8 +80,71 @@ def test_impute_writes_full_size_elements_and_cell_means(trained):
     cells = query.tables["table"].obsm["MCD_imputed"]
     assert list(cells.columns) == ["C"] and len(cells) == 16
     np.testing.assert_allclose(cells["C"].to_numpy(), aggregate_by_labels(np.asarray(el.data), np.asarray(query.labels["img_labels"].data), ["C"])["C"].to_numpy())
+    assert query.attrs["img_MCD_imputed"]["missing"] == ["C"] and query.attrs["img_MCD_imputed"]["imputed"] == ["C"]
+    before = np.asarray(query.images["img_MCD_imputed"].data).copy()
     with pytest.raises(KeyError, match="overwrite"):
         model.impute(query, missing=["C"], n_samples=1, steps=1)
+    np.testing.assert_array_equal(np.asarray(query.images["img_MCD_imputed"].data), before)
+
+
+def test_key_added_names_the_elements_and_the_table_keys(trained):
+    _, model = trained
+    query = _synthetic(seed=1)
+    model.impute(query, missing=["C"], n_samples=1, steps=2, key_added="virt")
+    assert set(query.images) == {"img", "virt", "virt_variance"}
+    assert set(query.tables["table"].obsm) == {"virt", "virt_variance"}
+    assert query.attrs["virt"]["variance_key_added"] == "virt_variance"
+    assert query.attrs["virt"]["table_obsm_keys"] == ["virt", "virt_variance"]
+    model.impute(query, missing=["C"], n_samples=1, steps=2, key_added="m", variance_key_added=False)
+    assert "m" in query.images and "m_variance" not in query.images
+    assert "m" in query.tables["table"].obsm and "m_variance" not in query.tables["table"].obsm
+    # a table key in use blocks the call before anything is written
+    q2 = _synthetic(seed=1)
+    q2.tables["table"].obsm["MCD_imputed"] = np.zeros((16, 1))
+    with pytest.raises(KeyError, match=r"obsm\['MCD_imputed'\] exists"):
+        model.impute(q2, missing=["C"], n_samples=1, steps=1)
+    assert set(q2.images) == {"img"}
+    with pytest.raises(ValueError, match="indices"):
+        model.impute(q2, indices=[0], missing=["C"])
+
+
+def test_image_posterior_does_not_depend_on_batch_size(trained):
+    _, model = trained
+    query = _synthetic(seed=5)
+    a = model.image_posterior(query, missing=["C"], n_samples=2, steps=3, seed=1, batch_size=64)
+    b = model.image_posterior(query, missing=["C"], n_samples=2, steps=3, seed=1, batch_size=1)
+    c = model.image_posterior(query, missing=["C"], n_samples=2, steps=3, seed=1, batch_size=5)
+    # Not bit-identical (tables are), and looser than the house's rtol 1e-5 / atol 1e-6: on the
+    # CPU, float32 kernels (mkldnn convolutions) on 16 x 16 tiles round differently with a
+    # tile's place in the network batch (~1e-8 per call, up to ~1e-5 after the sampler, at a
+    # handful of pixels); the inverse normaliser amplifies that in the original scale.
+    for other in (b, c):
+        for k in ("mean_normalized", "variance_normalized", "mean", "variance"):
+            np.testing.assert_allclose(other[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    d = model.image_posterior(query, missing=["C"], n_samples=2, steps=3, seed=2)
+    assert not np.allclose(d["mean"][2], a["mean"][2])
+    np.testing.assert_array_equal(d["mean"][:2], a["mean"][:2])  # observed channels: measured values
+
+
+def test_not_set_up_and_duplicate_channel_names_are_clear_errors(trained):
+    _, model = trained
+    sdata = _synthetic()
+    with pytest.raises(ValueError, match=r"not set up for MCD; call MCD.setup_spatialdata"):
+        bd.models.MCD(sdata)
+    assert "biodiffuse" not in sdata.attrs
+    img = np.asarray(sdata.images["img"].data)
+    dup = sd.SpatialData(images={"img": Image2DModel.parse(img, dims=("c", "y", "x"), c_coords=["A", "B", "A"])})
+    with pytest.raises(ValueError, match=r"images\['img'\] has 1 duplicated channel name"):
+        model.impute(dup, missing=["C"], n_samples=1, steps=1)
+    with pytest.raises(ValueError, match="duplicated channel name"):
+        model.image_posterior(dup, n_samples=1, steps=1)
+    assert set(dup.images) == {"img"}
+    with pytest.raises(ValueError, match="duplicated channel name"):
+        bd.models.MCD.setup_spatialdata(dup, image_key="img")
+    other = sd.SpatialData(images={"img": Image2DModel.parse(img, dims=("c", "y", "x"), c_coords=["X", "Y", "Z"])})
+    with pytest.raises(ValueError, match="shares no name"):
+        model.impute(other, n_samples=1, steps=1)
+    assert set(other.images) == {"img"}
 
 
 def test_imputation_learns_the_relation_and_never_reads_the_missing_channel(trained):
@@ -111,6 +174,8 @@ def test_absent_channel_is_imputed_and_errors(trained):
         model.image_posterior(sdata, missing=["Z"], n_samples=1, steps=1)
     with pytest.raises(TypeError, match="SpatialData"):
         model.impute(__import__("anndata").AnnData(np.ones((3, 3))))
+    with pytest.raises(TypeError):
+        model.image_posterior(sdata, None)  # keyword-only
 
 
 def test_save_load_round_trip_on_images(trained, tmp_path):

@@ -4,11 +4,13 @@ masking, the coherent consensus of several denoisers, and the one batched poster
 
 from .edm import EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evaluations
 from .ensemble import CoherentConsensus, coherent_sample, coherent_sampler
+from .flow import FLOW_METHODS, FlowLoss, flow_evaluations, flow_sampler, flow_solve
 from .masking import masked_condition, random_channel_mask
-from .posterior import Batch, Moments, RowNoise, edm_sampler, row_seeds, sample_rows
+from .posterior import Batch, FixedChunks, Moments, RowNoise, edm_sampler, row_seeds, sample_rows
 
 __all__ = [
     "Batch",
+    "FixedChunks",
     "Moments",
     "RowNoise",
     "edm_sampler",
@@ -24,4 +26,9 @@ __all__ = [
     "network_evaluations",
     "masked_condition",
     "random_channel_mask",
+    "FLOW_METHODS",
+    "FlowLoss",
+    "flow_evaluations",
+    "flow_sampler",
+    "flow_solve",
 ]

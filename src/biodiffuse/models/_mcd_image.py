@@ -16,6 +16,15 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.spatialdata import (  # noqa: F401 - re-exported: mcd.py reads them as img.<name>
+    SDATA_ATTRS_KEY,
+    _image_element,
+    image_array,
+    image_channels,
+    is_spatialdata,
+    read_image_setup,
+    write_image_setup,
+)
 from ..data.tiles import (
     TileAccumulator,
     crop_to_factor,
@@ -26,69 +35,11 @@ from ..data.tiles import (
     tiles_inside,
     upsample_to,
 )
+from ..diffusion import edm_sampler, row_seeds, sample_rows
+from ..module.mcd import make_prepare
 from .base import resolve_device
 
-__all__ = ["SDATA_ATTRS_KEY", "MCDImageMixin", "read_image_setup", "write_image_setup", "image_array", "image_channels", "region_tiles"]
-
-SDATA_ATTRS_KEY = "biodiffuse"
-
-
-def is_spatialdata(obj: Any) -> bool:
-    try:
-        from spatialdata import SpatialData
-    except ImportError:  # pragma: no cover - spatialdata is a dependency
-        return False
-    return isinstance(obj, SpatialData)
-
-
-def _image_element(sdata, image_key: str):
-    if image_key not in sdata.images:
-        raise KeyError(f"{image_key!r} is not an image element of this SpatialData (have {list(sdata.images.keys())}).")
-    elem = sdata.images[image_key]
-    if not hasattr(elem, "dims"):  # multiscale DataTree: use full resolution
-        elem = next(iter(elem["scale0"].values()))
-    if tuple(elem.dims) != ("c", "y", "x"):
-        raise ValueError(f"images[{image_key!r}] has dims {tuple(elem.dims)}; expected ('c', 'y', 'x').")
-    return elem
-
-
-def image_channels(sdata, image_key: str) -> list[str]:
-    """Channel names (the ``c`` coordinate) of an image element."""
-    return [str(c) for c in _image_element(sdata, image_key).coords["c"].values]
-
-
-def image_array(sdata, image_key: str, names: Sequence[str | None]) -> np.ndarray:
-    """``(len(names), H, W)`` float32 values by channel name; channels absent from the image
-    (or named None: not to be read, e.g. channels to impute) are NaN.
-
-    Raises on NaN / inf inside present channels (missing channels are declared by absence or
-    by ``missing=``, never by NaN pixels).
-    """
-    elem = _image_element(sdata, image_key)
-    have = image_channels(sdata, image_key)
-    pos = {n: i for i, n in enumerate(have)}
-    h, w = elem.shape[1:]
-    out = np.full((len(names), h, w), np.nan, dtype=np.float32)
-    for j, name in enumerate(names):
-        if name is not None and name in pos:
-            plane = np.asarray(elem.data[pos[name]], dtype=np.float32)
-            if not np.isfinite(plane).all():
-                raise ValueError(f"images[{image_key!r}] channel {name!r} holds NaN or inf.")
-            out[j] = plane
-    return out
-
-
-def write_image_setup(sdata, model_name: str, record: dict[str, Any]) -> None:
-    store = dict(sdata.attrs.get(SDATA_ATTRS_KEY, {}))
-    store[model_name] = {k: v for k, v in record.items() if v is not None}
-    sdata.attrs[SDATA_ATTRS_KEY] = store
-
-
-def read_image_setup(sdata, model_name: str) -> dict[str, Any] | None:
-    store = sdata.attrs.get(SDATA_ATTRS_KEY)
-    if not store or model_name not in store:
-        return None
-    return dict(store[model_name])
+__all__ = ["SDATA_ATTRS_KEY", "MCDImageMixin", "read_image_setup", "write_image_setup", "image_array", "image_channels", "region_tiles", "TileMoments"]
 
 
 def region_tiles(
@@ -130,13 +81,56 @@ def cell_means_frame(image: np.ndarray, labels: np.ndarray, names: Sequence[str]
     return out
 
 
+class TileMoments:
+    """Reducer of :func:`~biodiffuse.diffusion.sample_rows` for image tiles: per tile, the mean
+    and mean of squares of the draws in the normalised [0, 1] and the original scale, stitched
+    into a :class:`~biodiffuse.data.tiles.TileAccumulator` (Hann window) at the tiles' origins.
+
+    Parameters
+    ----------
+    origins
+        ``(n_tiles, 2)`` tile origins ``(y0, x0)`` at the model's resolution (rows of the loop).
+    shape
+        ``(C, h, w)`` of the stitched image.
+    tile
+        Tile side.
+    inverse
+        Normalised ``(n, C)`` -> original scale (the fitted normaliser's inverse).
+    """
+
+    def __init__(self, origins: np.ndarray, shape: tuple[int, int, int], tile: int, inverse) -> None:
+        c, h, w = shape
+        self.origins, self.c, self.tile, self.inverse = np.asarray(origins), c, tile, inverse
+        self.acc = TileAccumulator(4 * c, h, w, tile)
+
+    def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict) -> None:
+        c, t = self.c, self.tile
+        zz = (draws + 1.0) / 2.0  # (B, n_samples, C, t, t)
+        orig = self.inverse(np.moveaxis(zz, 2, -1).reshape(-1, c)).reshape(*zz.shape[:2], t, t, c)
+        orig = np.moveaxis(orig, -1, 2)
+        self.acc.add(np.concatenate([zz.mean(1), (zz**2).mean(1), orig.mean(1), (orig**2).mean(1)], axis=1), self.origins[rows])
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Stitched ``mean`` / ``variance`` (original scale) and ``mean_normalized`` /
+        ``variance_normalized``, each ``(C, h, w)``."""
+        mz, sz, mo, so = np.split(self.acc.result(), 4)
+        return {
+            "mean_normalized": mz, "variance_normalized": np.clip(sz - mz**2, 0, None),
+            "mean": mo, "variance": np.clip(so - mo**2, 0, None),
+        }
+
+
 class MCDImageMixin:
     """The SpatialData side of :class:`~biodiffuse.models.MCD` (set-up, training, imputation)."""
+
+    _inference_tiles = 64  # tiles per sampling batch
+    _tile_chunk = 16  # tile draws per network call (fixed, so results do not depend on batch_size)
 
     @classmethod
     def setup_spatialdata(
         cls,
         sdata,
+        *,
         image_key: str,
         tile_size: int = 64,
         downsample: int = 4,
@@ -150,7 +144,7 @@ class MCDImageMixin:
         sdata
             SpatialData holding the image element.
         image_key
-            Image element ``(c, y, x)`` with channel names as ``c`` coordinates.
+            Image element ``(c, y, x)`` with unique channel names as ``c`` coordinates.
         tile_size
             Tile size in full-resolution pixels (paper: 64).
         downsample
@@ -163,9 +157,7 @@ class MCDImageMixin:
         """
         if not is_spatialdata(sdata):
             raise TypeError(f"setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
-        names = image_channels(sdata, image_key)
-        if len(set(names)) != len(names):
-            raise ValueError(f"images[{image_key!r}] has duplicate channel names.")
+        image_channels(sdata, image_key)  # dims and unique channel names, or a clear error
         if downsample < 1 or tile_size < 4 or tile_size % downsample:
             raise ValueError(f"tile_size ({tile_size}) must be >= 4 and a multiple of downsample ({downsample}).")
         if (tile_size // downsample) % 4:
@@ -235,22 +227,15 @@ class MCDImageMixin:
 
     # --- inference --------------------------------------------------------------------------
     def _image_observed(self, sdata, image_key: str, observed: Sequence[str] | None, missing: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        from ..data.fields import ImageField
+
         names = self.registry["target_names"]
-        have = set(image_channels(sdata, image_key))
-        if observed is not None and missing is not None:
-            raise ValueError("Pass observed or missing, not both.")
+        # duplicated channel names, wrong dims or no shared channel: a clear error naming the image
+        have = set(ImageField(image_key).transfer(sdata, names).present)
         if observed is None and missing is None and self.init_args.get("target_channels"):
             missing = self.init_args["target_channels"]  # channel-specific model: impute its targets
-        for what, given in (("observed", observed), ("missing", missing)):
-            unknown = [n for n in (given or []) if n not in names]
-            if unknown:
-                raise ValueError(f"{what} names not among the model's channels: {unknown[:5]}.")
-        if observed is not None:
-            obs = np.isin(names, list(observed))
-        elif missing is not None:
-            obs = ~np.isin(names, list(missing))
-        else:
-            obs = np.ones(len(names), bool)
+        keep = self._observed_mask(observed, missing)
+        obs = np.ones(len(names), bool) if keep is None else keep
         absent = [n for n, o in zip(names, obs) if o and n not in have]
         if observed is not None and absent:
             raise ValueError(f"observed channels absent from images[{image_key!r}]: {absent[:5]}.")
@@ -264,36 +249,45 @@ class MCDImageMixin:
     def image_posterior(
         self,
         sdata=None,
-        image_key: str | None = None,
-        observed: Sequence[str] | None = None,
-        missing: Sequence[str] | None = None,
+        *,
+        batch_size: int | None = None,
         n_samples: int = 4,
         steps: int = 18,
-        batch_size: int = 64,
         seed: int = 0,
         device: str = "auto",
+        observed: Sequence[str] | None = None,
+        missing: Sequence[str] | None = None,
+        image_key: str | None = None,
     ) -> dict[str, Any]:
-        """Stitched posterior mean and variance of every channel at the model's resolution.
+        """Stitched posterior mean and variance of every channel at the model's resolution,
+        without writing anything.
 
-        Returns a dict: ``mean`` / ``variance`` (C, h, w) in the original scale,
-        ``mean_normalized`` / ``variance_normalized`` in the normaliser's [0, 1] scale,
-        ``observed`` (C,) booleans, ``names``, ``downsample``. Observed channels hold their
-        measured (block-averaged) values with variance 0. See :meth:`impute` for the arguments.
+        Parameters
+        ----------
+        sdata, batch_size, n_samples, steps, seed, device, observed, missing, image_key
+            As in :meth:`impute` (``batch_size``: tiles per batch, default 64). Every tile
+            draws from its own random stream keyed by its origin (full-resolution pixels), so
+            the result does not depend on ``batch_size``.
+
+        Returns
+        -------
+        dict
+            ``mean`` / ``variance`` (C, h, w) in the original scale, ``mean_normalized`` /
+            ``variance_normalized`` in the normaliser's [0, 1] scale, ``observed`` (C,)
+            booleans, ``names``, ``downsample``. Observed channels hold their measured
+            (block-averaged) values with variance 0.
         """
-        import torch
-
         from ..data import ChannelNormalizer
         from ..data.tiles import extract_tiles
-        from ..diffusion import heun_sampler, masked_condition
 
         self._require_trained()
+        if self.registry["mode"] != "image":
+            raise TypeError("Table models: use posterior(adata, ...) or impute(adata, ...).")
         sdata = self.adata if sdata is None else sdata
         if not is_spatialdata(sdata):
             raise TypeError(f"Expected a SpatialData, got {type(sdata).__name__}.")
         setup = self.registry["setup"]
         image_key = image_key or setup["image_key"]
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
         obs, _ = self._image_observed(sdata, image_key, observed, missing)
         names = self.registry["target_names"]
         f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
@@ -307,32 +301,19 @@ class MCDImageMixin:
         z = np.nan_to_num(self._normalize_image(small), nan=0.0)
         origins = tile_origins(h, w, tile, max(1, tile // 2))
         norm = ChannelNormalizer.from_dict(self.registry["normalizer"])
-        # one accumulator for [mean, mean of squares] in normalised and original scale
-        acc = TileAccumulator(4 * c, h, w, tile)
+
+        def read(rows: np.ndarray):
+            return extract_tiles(z, origins[rows], tile), np.broadcast_to(obs, (len(rows), c)), None
+
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
-        gen = torch.Generator(device=dev).manual_seed(seed)
-        mask_t = torch.from_numpy(obs).to(dev)
-        with torch.no_grad():
-            for start in range(0, len(origins), batch_size):
-                ob = origins[start : start + batch_size]
-                xb = torch.from_numpy(extract_tiles(z, ob, tile)).to(dev)
-                mb = mask_t[None, :].expand(len(ob), c)
-                feats = net.net.encode_condition(masked_condition(xb, mb))
-                feats = [t.repeat_interleave(n_samples, dim=0) for t in feats]
-                lat = torch.randn((len(ob) * n_samples, c, tile, tile), generator=gen, device=dev)
-                s = heun_sampler(net, lat, feats, steps=int(steps)).reshape(len(ob), n_samples, c, tile, tile)
-                s = torch.where(mb[:, None, :, None, None], xb[:, None], s)
-                zz = ((s + 1.0) / 2.0).double().cpu().numpy()
-                orig = norm.inverse_transform(np.moveaxis(zz, 2, -1).reshape(-1, c)).reshape(*zz.shape[:2], tile, tile, c)
-                orig = np.moveaxis(orig, -1, 2)
-                acc.add(np.concatenate([zz.mean(1), (zz**2).mean(1), orig.mean(1), (orig**2).mean(1)], axis=1), ob)
-        mz, sz, mo, so = np.split(acc.result(), 4)
-        out = {
-            "mean_normalized": mz, "variance_normalized": np.clip(sz - mz**2, 0, None),
-            "mean": mo, "variance": np.clip(so - mo**2, 0, None),
-            "observed": obs, "names": list(names), "downsample": f,
-        }
+        seeds = row_seeds(seed, [f"{y * f},{x * f}" for y, x in origins])
+        out = sample_rows(
+            make_prepare(net, read, self._tile_chunk), len(origins), (c, tile, tile), seeds=seeds, sampler=edm_sampler(steps),
+            n_samples=n_samples, batch_size=self._inference_tiles if batch_size is None else batch_size, device=dev,
+            reducer=TileMoments(origins, (c, h, w), tile, norm.inverse_transform),
+        )
+        out.update(observed=obs, names=list(names), downsample=f)
         out["mean"][obs] = small[obs]
         out["variance"][obs] = 0.0
         return out
@@ -340,36 +321,46 @@ class MCDImageMixin:
     def _impute_image(
         self,
         sdata,
+        *,
         image_key: str | None,
         observed: Sequence[str] | None,
         missing: Sequence[str] | None,
         n_samples: int,
         steps: int,
-        batch_size: int,
+        batch_size: int | None,
         seed: int,
         key_added: str | None,
-        variance_key_added: str | None,
+        variance_key_added: str | bool | None,
         overwrite: bool,
         device: str,
     ):
         from spatialdata.models import Image2DModel
         from spatialdata.transformations import get_transformation
 
+        self._require_trained()
+        sdata = self.adata if sdata is None else sdata
+        if not is_spatialdata(sdata):
+            raise TypeError(f"This MCD model was trained on images; pass a SpatialData, got {type(sdata).__name__}.")
         setup = self.registry["setup"]
         image_key = image_key or setup["image_key"]
-        key_added = key_added or f"{image_key}_MCD_imputed"
-        if variance_key_added == "MCD_variance":
-            variance_key_added = f"{image_key}_MCD_variance"
+        key = self._key(key_added, "imputed") if key_added is not None else f"{image_key}_MCD_imputed"
+        vkey = self._variance_key(key_added, variance_key_added, f"{image_key}_MCD_variance")
+        # per-cell means in the table: the same names as the elements when key_added is given
+        cell_key = key_added or "MCD_imputed"
+        cell_vkey = None if vkey is None else (vkey if key_added is not None or variance_key_added not in (None, True) else "MCD_variance")
         table_key = setup.get("table_key") if image_key == setup["image_key"] else None
         labels_key = setup.get("labels_key") if image_key == setup["image_key"] else None
-        for key in (key_added, variance_key_added):
-            if key is not None and key in sdata and not overwrite:
-                raise KeyError(f"sdata already holds an element {key!r}; pass overwrite=True or another key_added.")
-        if table_key is not None and table_key in sdata.tables and not overwrite:
-            for key in ("MCD_imputed", "MCD_variance"):
-                if key in sdata.tables[table_key].obsm:
-                    raise KeyError(f"sdata.tables[{table_key!r}].obsm[{key!r}] exists; pass overwrite=True.")
-        post = self.image_posterior(sdata, image_key, observed, missing, n_samples, steps, batch_size, seed, device)
+        for k in (key, vkey):
+            if k is not None and k in sdata and not overwrite:
+                raise KeyError(f"sdata already holds an element {k!r}; pass overwrite=True or another key_added.")
+        self._check_free(sdata.attrs, [key], "sdata.attrs", overwrite)
+        with_table = labels_key is not None and table_key is not None and table_key in sdata.tables
+        if with_table:
+            self._check_free(sdata.tables[table_key].obsm, [cell_key, cell_vkey], f"sdata.tables[{table_key!r}].obsm", overwrite)
+        post = self.image_posterior(
+            sdata, image_key=image_key, observed=observed, missing=missing, n_samples=n_samples, steps=steps,
+            batch_size=batch_size, seed=seed, device=device,
+        )
         miss = ~post["observed"]
         names = [n for n, m in zip(post["names"], miss) if m]
         elem = _image_element(sdata, image_key)
@@ -377,16 +368,19 @@ class MCDImageMixin:
         f = post["downsample"]
         transformations = get_transformation(elem, get_all=True)
         mean_full = upsample_to(post["mean"][miss], f, h, w).astype(np.float32)
-        sdata.images[key_added] = Image2DModel.parse(mean_full, dims=("c", "y", "x"), c_coords=names, transformations=transformations)
-        var_full = None
-        if variance_key_added is not None:
-            var_full = upsample_to(post["variance"][miss], f, h, w).astype(np.float32)
-            sdata.images[variance_key_added] = Image2DModel.parse(var_full, dims=("c", "y", "x"), c_coords=names, transformations=transformations)
-        if labels_key is not None and table_key is not None and table_key in sdata.tables:
+        var_full = None if vkey is None else upsample_to(post["variance"][miss], f, h, w).astype(np.float32)
+        sdata.images[key] = Image2DModel.parse(mean_full, dims=("c", "y", "x"), c_coords=names, transformations=transformations)
+        if var_full is not None:
+            sdata.images[vkey] = Image2DModel.parse(var_full, dims=("c", "y", "x"), c_coords=names, transformations=transformations)
+        if with_table:
             labels = np.asarray(sdata.labels[labels_key].data)
             table = sdata.tables[table_key]
-            table.obsm["MCD_imputed"] = cell_means_frame(mean_full, labels, names, table)
+            table.obsm[cell_key] = cell_means_frame(mean_full, labels, names, table)
             if var_full is not None:
-                table.obsm["MCD_variance"] = cell_means_frame(var_full, labels, names, table)
-        return sdata.images[key_added]
-
+                table.obsm[cell_vkey] = cell_means_frame(var_full, labels, names, table)
+        self._record_run(sdata, key, dict(
+            image_key=image_key, n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing,
+            imputed=names, variance_key_added=vkey, table_key=table_key if with_table else None,
+            table_obsm_keys=[cell_key, cell_vkey] if with_table else None,
+        ))
+        return sdata.images[key]

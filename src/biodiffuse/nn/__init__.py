@@ -5,6 +5,8 @@ from .dit import DiTBlock, GeneDiT, ReferenceAttention
 from .blocks import Downsample, ResBlock, UNetBlock, Upsample
 from .mlp import MLPDenoiser
 from .embeddings import NoiseEmbedding, PositionalEmbedding
+from .image_unet import ConditionalImageUNet
+from .rna_encoder import RNAEncoder
 from .unet import ConditionEncoder, MCDUNet
 
 __all__ = [
@@ -24,4 +26,6 @@ __all__ = [
     "MLPDenoiser",
     "ReferenceAttention",
     "MCDUNet",
+    "ConditionalImageUNet",
+    "RNAEncoder",
 ]

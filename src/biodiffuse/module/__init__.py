@@ -1,0 +1,6 @@
+"""Per-model maths without AnnData: network construction, objective, how the condition is
+built and the ``prepare`` function the shared sampling loop calls."""
+
+from .mcd import MCDNetwork, MCDObjective, build_condition  # noqa: F401  (MCD)
+from .modality import ModalityObjective  # noqa: F401  (MultiConditionDiffusion, CoherentDenoising)
+from .spadit import SpaDiTDenoiser, SpaDiTNetwork, SpaDiTObjective  # noqa: F401  (SpaDiT)

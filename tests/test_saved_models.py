@@ -1,0 +1,37 @@
+"""Saved models of every format this biodiffuse has written must keep loading and give the
+numbers they gave when they were saved (``tests/data/saved_models/make.py`` wrote them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biodiffuse.models import MCD, MultiConditionDiffusion, SpaDiT
+
+HERE = Path(__file__).resolve().parent / "data" / "saved_models"
+sys.path.insert(0, str(HERE))
+from make import outputs  # noqa: E402
+
+from _tiny import channels, mudata, spatial_pair  # noqa: E402
+
+CLASSES = {"mcd": (MCD, channels), "spadit": (SpaDiT, lambda: spatial_pair()[0]), "multicond": (MultiConditionDiffusion, mudata)}
+FOLDERS = sorted(p for p in HERE.iterdir() if p.is_dir())
+
+
+def test_there_are_stored_models() -> None:
+    assert {p.name.split("_v")[0] for p in FOLDERS} == set(CLASSES)
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_stored_model_loads_and_reproduces(folder: Path) -> None:
+    cls, make_query = CLASSES[folder.name.split("_v")[0]]
+    model = cls.load(folder)
+    assert model.is_trained and len(model.history) == 3
+    query = make_query()
+    got = outputs(folder.name.split("_v")[0], model, query)
+    want = json.loads((folder / "expected.json").read_text())
+    np.testing.assert_allclose(np.asarray(got["mean"]), np.asarray(want["mean"]), rtol=1e-4, atol=1e-5)
