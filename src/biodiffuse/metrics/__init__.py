@@ -1,7 +1,9 @@
 """Metrics for imputed / generated biological measurements."""
 
+from .images import feature_distance, fid, image_fid_kid, inception_features, kid, psnr, ssim
 from .imputation import as_float_2d, imputation_metrics, pearson_per_cell, pearson_per_channel, rmse
 from .modality import output_variance_fraction, r2_score_modality
+from .morphometry import MORPHOMETRY_FEATURES, morphometry_distance, nuclei_morphometry, tile_counts
 from .privacy import distance_to_closest_record, energy_distance, precision_recall_manifold
 from .spatial import (
     SPATIAL_METRICS,
@@ -14,21 +16,32 @@ from .spatial import (
 )
 
 __all__ = [
+    "MORPHOMETRY_FEATURES",
     "SPATIAL_METRICS",
     "accuracy_score",
     "as_float_2d",
     "distance_to_closest_record",
     "energy_distance",
+    "feature_distance",
+    "fid",
+    "image_fid_kid",
     "imputation_metrics",
+    "inception_features",
     "js_per_gene",
+    "kid",
+    "morphometry_distance",
+    "nuclei_morphometry",
     "output_variance_fraction",
     "pcc_per_gene",
     "pearson_per_cell",
     "pearson_per_channel",
     "precision_recall_manifold",
+    "psnr",
     "r2_score_modality",
     "rmse",
     "rmse_per_gene",
     "spatial_gene_metrics",
+    "ssim",
     "ssim_per_gene",
+    "tile_counts",
 ]
