@@ -441,7 +441,7 @@ def test_mcd_image_helpers_are_the_moved_ones():
     from biodiffuse.data import spatialdata as sdmod
     from biodiffuse.models import _mcd_image as img
 
-    for name in ("is_spatialdata", "_image_element", "image_channels", "image_array", "write_image_setup", "read_image_setup", "SDATA_ATTRS_KEY"):
+    for name in ("is_spatialdata", "image_element", "image_channels", "image_array", "write_image_setup", "read_image_setup", "SDATA_ATTRS_KEY"):
         assert getattr(img, name) is getattr(sdmod, name)
     with pytest.raises(ValueError, match="duplicated channel name"):
         img.image_array(_sdata(("A", "A")), "img", ["A"])

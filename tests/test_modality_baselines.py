@@ -50,7 +50,7 @@ def test_fit_predict_errors(rng):
         fit_predict_modality("knn", c, y, c[:, :1])
     bad = c.copy()
     bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="cond_train has NaN"):
+    with pytest.raises(ValueError, match="cond_train contains 1 NaN"):
         fit_predict_modality("mean", bad, y, c)
     with pytest.raises(ValueError, match="n_neighbors"):
         fit_predict_modality("knn", c, y, c, n_neighbors=0)

@@ -87,3 +87,45 @@ def test_nothing_imports_benchmarks() -> None:
     bad = [str(p) for p in src.rglob("*.py") if "benchmarks" in p.read_text() and "import" in p.read_text() and "from benchmarks" in p.read_text()]
     assert not bad
     assert not (src / "benchmarks").exists()
+
+
+def _folder_imports() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """Relative imports between the package's folders, and private names imported across them."""
+    import ast
+    import pathlib
+
+    src = pathlib.Path(bd.__file__).parent
+    edges: dict[str, set[str]] = {}
+    private = []
+    for path in src.rglob("*.py"):
+        rel = path.relative_to(src).parts
+        folder = rel[0] if len(rel) > 1 else "(top)"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+                continue
+            base = list(rel[:-1])
+            base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+            target = base + (node.module.split(".") if node.module else [])
+            tfolder = target[0] if target else "(top)"
+            if tfolder in (folder, "(top)"):
+                continue
+            edges.setdefault(folder, set()).add(tfolder)
+            private += [(str(path.relative_to(src)), a.name) for a in node.names if a.name.startswith("_")]
+            private += [(str(path.relative_to(src)), node.module) for m in target[1:] if m.startswith("_") and m != "__init__"]
+    return edges, private
+
+
+def test_no_import_circles_between_folders_and_no_private_names() -> None:
+    edges, private = _folder_imports()
+    assert not private, private
+
+    def reaches(a: str, b: str, seen: set[str]) -> bool:
+        for n in edges.get(a, ()):
+            if n == b or (n not in seen and reaches(n, b, seen | {n})):
+                return True
+        return False
+
+    circles = sorted(f for f in edges if reaches(f, f, set()))
+    assert not circles, {f: sorted(edges[f]) for f in circles}
+    # arrows run downward: nothing below the models imports them
+    assert not [f for f, to in edges.items() if "models" in to and f != "models"]

@@ -95,23 +95,11 @@ def modality_matrix(mdata: MuData, mod: str, layer: str | None = None) -> tuple[
 
 
 def _as_matrix(x: Any, name: str, n_cols: int | None = None) -> np.ndarray:
-    """A finite, non-empty 2-D float64 copy of ``x``; ValueError naming ``name`` otherwise."""
-    if isinstance(x, pd.DataFrame):
-        x = x.to_numpy()
-    x = x.toarray() if sparse.issparse(x) else np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (patients x features), got shape {x.shape}.")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {x.shape}).")
-    try:
-        x = x.astype(np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} is not numeric (dtype {x.dtype}).") from err
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        raise ValueError(
-            f"{name} has NaN / inf in {bad.size} rows (first: {bad[:5].tolist()}); pass present rows only."
-        )
+    """A finite, non-empty 2-D float64 array of ``x`` (:func:`~biodiffuse.metrics.as_float_2d`),
+    with ``n_cols`` columns when given; ValueError naming ``name`` otherwise."""
+    from ..metrics.imputation import as_float_2d
+
+    x = as_float_2d(x, name)
     if n_cols is not None and x.shape[1] != n_cols:
         raise ValueError(f"{name} has {x.shape[1]} columns, the encoder was fitted on {n_cols}.")
     return x

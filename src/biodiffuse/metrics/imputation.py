@@ -46,7 +46,10 @@ def _as_pair(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> tuple[np.ndarray, np.n
 
 
 def as_float_2d(x: ArrayLike2D, name: str) -> np.ndarray:
-    """``x`` (array or DataFrame) as a finite 2-D float64 array; ValueError naming ``name`` otherwise."""
+    """``x`` (array, sparse matrix or DataFrame) as a finite 2-D float64 array; ValueError naming
+    ``name`` otherwise. The one input check of tables for metrics, baselines and encoders."""
+    if hasattr(x, "toarray"):  # scipy sparse
+        x = x.toarray()
     arr = x.to_numpy() if isinstance(x, pd.DataFrame) else np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (cells x channels), got {arr.ndim}-D with shape {arr.shape}.")

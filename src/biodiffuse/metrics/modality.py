@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.modality import as_matrix
+from .imputation import as_float_2d as as_matrix
 
 __all__ = ["R2_KINDS", "output_variance_fraction", "r2_score_modality"]
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..data.spatialdata import (  # noqa: F401 - re-exported: mcd.py reads them as img.<name>
     SDATA_ATTRS_KEY,
-    _image_element,
+    image_element,
     image_array,
     image_channels,
     is_spatialdata,
@@ -162,7 +162,7 @@ class MCDImageMixin:
             raise ValueError(f"tile_size ({tile_size}) must be >= 4 and a multiple of downsample ({downsample}).")
         if (tile_size // downsample) % 4:
             raise ValueError(f"tile_size / downsample = {tile_size // downsample} must be a multiple of 4 (the UNet halves it twice).")
-        h, w = _image_element(sdata, image_key).shape[1:]
+        h, w = image_element(sdata, image_key).shape[1:]
         if min(h, w) < tile_size:
             raise ValueError(f"images[{image_key!r}] is {h} x {w}, smaller than tile_size {tile_size}.")
         if labels_key is None and f"{image_key}_labels" in sdata.labels:
@@ -196,7 +196,7 @@ class MCDImageMixin:
         hold = None
         if holdout is not None:
             holdout = np.asarray(holdout, bool)
-            if holdout.shape != tuple(_image_element(self.adata, setup["image_key"]).shape[1:]):
+            if holdout.shape != tuple(image_element(self.adata, setup["image_key"]).shape[1:]):
                 raise ValueError(f"holdout must be a boolean (H, W) mask of the image, got shape {holdout.shape}.")
             hold = downsample_mask(holdout, f) if f > 1 else holdout
         origins, train, val = region_tiles(small.shape[1:], tile, hold, train_size, seed)
@@ -363,7 +363,7 @@ class MCDImageMixin:
         )
         miss = ~post["observed"]
         names = [n for n, m in zip(post["names"], miss) if m]
-        elem = _image_element(sdata, image_key)
+        elem = image_element(sdata, image_key)
         h, w = elem.shape[1:]
         f = post["downsample"]
         transformations = get_transformation(elem, get_all=True)
