@@ -18,6 +18,16 @@ from .fields import (
     get_obsm_frame,
     log_normalize,
 )
+from .histology import (
+    WindowCells,
+    cell_tiles,
+    cpm_log1p,
+    overlapping_tiles,
+    region_split,
+    select_genes,
+    tile_scaling,
+    window_cells,
+)
 from .modality import ModalityEncoder, choose_encoder, modality_matrix
 from .normalize import ChannelNormalizer
 from .panels import (
@@ -90,4 +100,12 @@ __all__ = [
     "tile_window",
     "tiles_inside",
     "upsample_nearest",
+    "WindowCells",
+    "cell_tiles",
+    "cpm_log1p",
+    "overlapping_tiles",
+    "region_split",
+    "select_genes",
+    "tile_scaling",
+    "window_cells",
 ]

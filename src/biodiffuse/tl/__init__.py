@@ -2,6 +2,8 @@
 
 from .acquisition import acquisition_curve, area_under_curve, counterfactual_spread
 from .counterfactual import counterfactual_variance
+from .enrichment import enrichment
+from .importance import gene_importance, importance_stability, top_overlap, write_importance
 from .utility import (
     FittedPredictor,
     ablation_utility,
@@ -19,9 +21,14 @@ __all__ = [
     "area_under_curve",
     "counterfactual_spread",
     "counterfactual_variance",
+    "enrichment",
     "fit_predictor",
+    "gene_importance",
+    "importance_stability",
     "predict_output",
     "predictor_score",
     "survival_from_clinical",
+    "top_overlap",
     "utility_summary",
+    "write_importance",
 ]
