@@ -204,7 +204,9 @@ class BaseModel:
 
     # --- what every task verb shares -----------------------------------------------------------
     def _query(self, adata: Any, indices: Sequence[int] | np.ndarray | None) -> tuple[Any, np.ndarray]:
-        """The object to read (default: the attached one) and the row positions to use."""
+        """The object to read (default: the attached one) and the row positions to use: sorted,
+        without repeats, whatever order ``indices`` (positions, negative allowed, or a boolean
+        mask) gives them in."""
         self._require_trained()
         adata = self.adata if adata is None else adata
         if adata is None:
@@ -216,6 +218,8 @@ class BaseModel:
         if idx.dtype == bool:
             if idx.shape != (n,):
                 raise ValueError(f"A boolean indices mask needs {n} entries, got {idx.shape}.")
+            if not idx.any():
+                raise ValueError("indices selects no row.")
             return adata, np.flatnonzero(idx)
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError("indices must be a 1-D array of integer positions or a boolean mask.")
