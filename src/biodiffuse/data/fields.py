@@ -76,7 +76,7 @@ def get_obsm_frame(adata: AnnData, key: str, names: Sequence[str] | None = None)
     """``adata.obsm[key]`` as a DataFrame with channel names as columns (not copied if it is one).
 
     Names come from the DataFrame's columns, else ``names``, else ``adata.uns[f"{key}_names"]``
-    or ``adata.uns["protein_names"]``.
+    or ``adata.uns["protein_names"]`` (the rule of :class:`ObsmField`, which this calls).
     """
     if key not in adata.obsm:
         raise KeyError(f"{key!r} not in adata.obsm (have {list(adata.obsm.keys())}).")
@@ -86,19 +86,8 @@ def get_obsm_frame(adata: AnnData, key: str, names: Sequence[str] | None = None)
     arr = value.toarray() if sparse.issparse(value) else np.asarray(value)
     if arr.ndim != 2:
         raise ValueError(f"adata.obsm[{key!r}] must be 2-D, got shape {arr.shape}.")
-    if names is None:
-        for k in (f"{key}_names", "protein_names"):
-            if k in adata.uns:
-                names = list(np.asarray(adata.uns[k]).astype(str))
-                break
-    if names is None:
-        raise ValueError(
-            f"adata.obsm[{key!r}] is an array without channel names: store it as a DataFrame "
-            f"or pass the names (e.g. protein_names=...)."
-        )
-    if len(names) != arr.shape[1]:
-        raise ValueError(f"adata.obsm[{key!r}] has {arr.shape[1]} columns but {len(names)} names were given.")
-    return pd.DataFrame(arr, index=adata.obs_names, columns=pd.Index(names, dtype=str))
+    cols = ObsmField(key, names=names).names(adata)
+    return pd.DataFrame(arr, index=adata.obs_names, columns=pd.Index(cols, dtype=str))
 
 
 def columns_by_name(

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["EDMPrecond", "EDMLoss", "karras_sigmas", "heun_sampler", "network_evaluations"]
+__all__ = ["masked_mean", "EDMPrecond", "EDMLoss", "karras_sigmas", "heun_sampler", "network_evaluations"]
 
 
 def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,15 @@ def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def masked_mean(err: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``err`` over the entries where ``loss_mask`` (broadcastable 0/1) is set; the plain
+    mean without a mask. The one reduction of every objective (EDM, rectified flow)."""
+    if loss_mask is None:
+        return err.mean()
+    loss_mask = loss_mask.to(err.dtype).expand_as(err)
+    return (err * loss_mask).sum() / loss_mask.sum().clamp_min(1.0)
 
 
 class EDMPrecond(nn.Module):
@@ -117,10 +126,7 @@ class EDMLoss:
         sigma_b = _expand(sigma, x)
         denoised = denoiser(x + noise * sigma_b, sigma, cond)
         err = self.weight(sigma_b) * (denoised - x) ** 2
-        if loss_mask is None:
-            return err.mean()
-        loss_mask = loss_mask.to(err.dtype).expand_as(err)
-        return (err * loss_mask).sum() / loss_mask.sum().clamp_min(1.0)
+        return masked_mean(err, loss_mask)
 
 
 def karras_sigmas(

@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .edm import masked_mean
+
 __all__ = ["FlowLoss", "flow_solve", "flow_sampler", "flow_evaluations", "FLOW_METHODS"]
 
 FLOW_METHODS = ("euler", "heun", "dopri5")
@@ -123,10 +125,7 @@ class FlowLoss:
             eps = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
         v = velocity(self.path(x0, x, t, eps), t, cond)
         err = (v.to(x.dtype) - (x - x0)) ** 2
-        if loss_mask is None:
-            return err.mean()
-        loss_mask = loss_mask.to(err.dtype).expand_as(err)
-        return (err * loss_mask).sum() / loss_mask.sum().clamp_min(1.0)
+        return masked_mean(err, loss_mask)
 
 
 def _check(steps: int, method: str) -> None:
