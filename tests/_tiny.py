@@ -49,3 +49,33 @@ def mudata(n: int = 30, overlap: bool = True) -> MuData:
     return MuData(mods)
 
 
+
+
+def histology(side: int = 16, spacing: int = 16, seed: int = 0):
+    """A SpatialData of ``side x side`` cells on a grid (``spacing`` pixels apart) in one 8-bit
+    DAPI-like channel: each cell a Gaussian blob, bright (type 1) or dim (type 0); gene ``bright``
+    is high and gene ``dim`` low in type-1 cells, the rest are noise genes. Returns the
+    SpatialData and the (n,) types."""
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, TableModel
+
+    rng = np.random.default_rng(seed)
+    n = side * side
+    yy, xx = np.divmod(np.arange(n), side)
+    xy = np.column_stack([xx * spacing + spacing // 2, yy * spacing + spacing // 2]).astype(np.float64)
+    types = rng.integers(0, 2, n)
+    h = w = side * spacing
+    gy, gx = np.mgrid[0:h, 0:w]
+    image = np.zeros((h, w))
+    for (x, y), t in zip(xy, types):
+        r = 2.0 + 1.5 * t
+        image += (0.35 + 0.65 * t) * np.exp(-((gx - x) ** 2 + (gy - y) ** 2) / (2 * r**2))
+    image = np.clip(image * 230 + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    counts = rng.poisson(3.0, size=(n, 8)).astype(np.float32)
+    counts[:, 0] += rng.poisson(2 + 20 * types)
+    counts[:, 1] += rng.poisson(2 + 20 * (1 - types))
+    table = AnnData(counts, obs=pd.DataFrame(index=[f"cell{i}" for i in range(n)]))
+    table.var_names = ["bright", "dim"] + [f"noise{i}" for i in range(6)]
+    table.obsm["spatial"] = xy
+    img = Image2DModel.parse(image[None], dims=("c", "y", "x"), c_coords=["DAPI"])
+    return sd.SpatialData(images={"dapi": img}, tables={"table": TableModel.parse(table)}), types

@@ -17,10 +17,10 @@ import pytest
 from anndata import AnnData
 from mudata import MuData
 
-from biodiffuse.models import MCD, CoherentDenoising, MultiConditionDiffusion, SpaDiT
+from biodiffuse.models import MCD, CoherentDenoising, GeneFlow, MultiConditionDiffusion, SpaDiT
 from biodiffuse.train import TrainingDivergedError
 
-from _tiny import channels, citeseq, mudata, spatial_pair
+from _tiny import channels, citeseq, histology, mudata, spatial_pair
 
 QUIET = dict(enable_progress_bar=False, accelerator="cpu", devices=1)
 RNG = np.random.default_rng(0)
@@ -30,6 +30,9 @@ RNG = np.random.default_rng(0)
 
 
 def snapshot(obj: Any) -> Any:
+    if hasattr(obj, "images") and hasattr(obj, "tables"):  # SpatialData
+        return {"tables": {k: snapshot(v) for k, v in obj.tables.items()}, "images": sorted(obj.images.keys()),
+                "attrs": json.dumps({k: str(v) for k, v in obj.attrs.items()}, sort_keys=True)}
     if isinstance(obj, MuData):
         return {k: snapshot(v) for k, v in obj.mod.items()} | {"uns": sorted(obj.uns.keys()), "mod": sorted(obj.mod.keys())}
     x = obj.X.toarray() if hasattr(obj.X, "toarray") else np.asarray(obj.X)
@@ -153,6 +156,12 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
     ("MCD never set up", channels, lambda a, r: MCD(a), ValueError, r"not set up for MCD"),
     ("SpaDiT never set up", lambda: spatial_pair()[0], lambda a, r: SpaDiT(a), ValueError, r"not set up for SpaDiT"),
     ("MultiCond never set up", mudata, lambda m, r: MultiConditionDiffusion(m), ValueError, r"not set up for MultiConditionDiffusion"),
+    ("GeneFlow never set up", lambda: histology()[0], lambda s, r: GeneFlow(s), ValueError, r"not set up for GeneFlow"),
+    ("GeneFlow NaN counts", lambda: _sd_counts(np.nan), lambda s, r: GeneFlow.setup_spatialdata(s, image_key="dapi"), ValueError, r"NaN"),
+    ("GeneFlow negative counts", lambda: _sd_counts(-1.0), lambda s, r: GeneFlow.setup_spatialdata(s, image_key="dapi"), ValueError, r"negative"),
+    ("GeneFlow no such image", lambda: histology()[0], lambda s, r: GeneFlow.setup_spatialdata(s, image_key="he"), KeyError, r"he"),
+    ("GeneFlow not a SpatialData", lambda: histology()[0].tables["table"], lambda a, r: GeneFlow.setup_spatialdata(a, image_key="dapi"), TypeError, r"SpatialData"),
+    ("GeneFlow tile leaves the image", lambda: histology()[0], lambda s, r: GeneFlow.setup_spatialdata(s, image_key="dapi", tile_size=0), ValueError, r"tile_size"),
     ("Coherent never set up", mudata, lambda m, r: CoherentDenoising(m), ValueError, r"not set up for CoherentDenoising"),
     # queries against trained models
     ("MCD query shares no channel", lambda: _suffix(channels()), lambda a, r: _fx("mcd_channels")(r).impute(a), ValueError, r"(?i)no .*name|shares no|_PROT"),
@@ -169,6 +178,12 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
     ("Modality unknown target", mudata, lambda m, r: _fx("multicond")(r).synthesize(m, target="atac"), ValueError, r"atac"),
     ("Modality key exists", lambda: _with_mod(mudata(), "prot_MultiConditionDiffusion"), lambda m, r: _fx("multicond")(r).synthesize(m, target="prot", patients="all"), KeyError, r"prot_MultiConditionDiffusion.*overwrite"),
 ]
+
+
+def _sd_counts(value: float):
+    s = histology()[0]
+    s.tables["table"].X[3, 2] = value
+    return s
 
 
 def _obsm(a: AnnData, key: str) -> AnnData:
@@ -193,7 +208,7 @@ def _with_mod(md: MuData, key: str) -> MuData:
 @pytest.mark.parametrize("name,make,call,error,match", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_clear_error_and_object_unchanged(name, make, call, error, match, request) -> None:
     obj = make()
-    before = snapshot(obj) if isinstance(obj, (AnnData, MuData)) else None
+    before = snapshot(obj) if isinstance(obj, (AnnData, MuData)) or hasattr(obj, "tables") else None
     with pytest.raises(error, match=match):
         call(obj, request)
     if before is not None:

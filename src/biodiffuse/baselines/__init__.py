@@ -11,12 +11,15 @@
   ``biodiffuse[spatial-baselines]``);
 - :mod:`.modality`: a missing omics modality from the others (mean, kNN, ridge;
   :class:`ModalityRegressor`) and their cross-validation over patients;
+- :mod:`.histology`: histology tiles from expression: the training tile of the nearest
+  expression profile in PCA space (:class:`NearestTile`, GeneFlow's retrieval baseline);
 - :mod:`.totalvi`: totalVI gene -> protein imputation (optional extra ``biodiffuse[totalvi]``).
 
 The runnable comparisons are in the repository's ``benchmarks/`` folder (not installed).
 """
 
 from .channels import CHANNEL_METHODS, ChannelRegressor, MostCorrelatedChannel, fit_predict_channels, most_correlated_channel
+from .histology import NearestTile, fit_predict_nearest_tile
 from .external import EXTERNAL_SPATIAL_BASELINES, fit_predict_gimvi, fit_predict_stdiff, fit_predict_tangram
 from .modality import MODALITY_METHODS, ModalityRegressor, cross_validate_modality, fit_predict_modality, summarize_folds
 from .spatial import SPATIAL_BASELINES, fit_predict_knn, fit_predict_spage, shared_log_normalized
@@ -32,6 +35,7 @@ __all__ = [
     "BaselineRegressor",
     "ChannelRegressor",
     "ModalityRegressor",
+    "NearestTile",
     "MostCorrelatedChannel",
     "cross_validate_modality",
     "fit_predict",
@@ -39,6 +43,7 @@ __all__ = [
     "fit_predict_gimvi",
     "fit_predict_knn",
     "fit_predict_modality",
+    "fit_predict_nearest_tile",
     "fit_predict_spage",
     "fit_predict_stdiff",
     "fit_predict_tangram",

@@ -24,7 +24,9 @@ from .histology import (
     cpm_log1p,
     overlapping_tiles,
     region_split,
+    row_positions,
     select_genes,
+    tile_footprint,
     tile_scaling,
     window_cells,
 )
@@ -105,6 +107,8 @@ __all__ = [
     "cpm_log1p",
     "overlapping_tiles",
     "region_split",
+    "row_positions",
+    "tile_footprint",
     "select_genes",
     "tile_scaling",
     "window_cells",

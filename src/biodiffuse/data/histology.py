@@ -25,6 +25,8 @@ from scipy import sparse
 from .spatialdata import image_channels, image_element
 
 __all__ = [
+    "tile_footprint",
+    "row_positions",
     "tile_scaling",
     "cell_tiles",
     "WindowCells",
@@ -49,8 +51,20 @@ def _pixel(v: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(v, dtype=np.float64) + 0.5).astype(np.int64)
 
 
-def _footprint(tile_size: int, scale: float) -> tuple[int, int]:
-    """(pixels of the image a tile covers per side, downsampling factor k)."""
+def tile_footprint(tile_size: int, scale: float) -> tuple[int, int]:
+    """Image pixels a tile covers per side, and the downsampling factor ``k = 1 / scale``.
+
+    Parameters
+    ----------
+    tile_size
+        Side of the output tile.
+    scale
+        Output pixels per image pixel (``1 / k`` for a positive integer ``k``).
+
+    Returns
+    -------
+    (tile_size * k, k)
+    """
     if int(tile_size) != tile_size or tile_size < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}.")
     if not scale > 0:
@@ -86,8 +100,22 @@ def _coords(adata, spatial_key: str, pixels_per_unit: float = 1.0) -> np.ndarray
     return xy * float(pixels_per_unit)
 
 
-def _positions(adata, cells: Any) -> np.ndarray:
-    """Row positions from None / a boolean mask / integer positions / obs names."""
+def row_positions(adata: Any, cells: Any) -> np.ndarray:
+    """Row positions (int64) of ``adata`` from None (all rows), a boolean mask, integer positions
+    or obs names.
+
+    Parameters
+    ----------
+    adata
+        AnnData (``n_obs``, ``obs_names``).
+    cells
+        The selection.
+
+    Returns
+    -------
+    numpy.ndarray
+        Positions, in the order given.
+    """
     n = adata.n_obs
     if cells is None:
         return np.arange(n, dtype=np.int64)
@@ -241,10 +269,10 @@ def cell_tiles(
     """
     adata = _table(sdata, table_key)
     elem = image_element(sdata, image_key)
-    size, k = _footprint(tile_size, scale)
+    size, k = tile_footprint(tile_size, scale)
     if edge not in ("drop", "pad"):
         raise ValueError(f"edge must be 'drop' or 'pad', got {edge!r}.")
-    rows = _positions(adata, cells)
+    rows = row_positions(adata, cells)
     xy = _coords(adata, spatial_key, pixels_per_unit)[rows]
     if isinstance(scaling, str):
         lo, hi = tile_scaling(sdata, image_key=image_key, method=scaling)  # type: ignore[arg-type]
@@ -531,7 +559,7 @@ def region_split(
         )
     labels[:] = np.asarray(names)[split]
     if tile_size is not None:
-        size, _ = _footprint(tile_size, scale)
+        size, _ = tile_footprint(tile_size, scale)
         lo = pix - size // 2  # first pixel of the tile, (x, y)
         hi = lo + size - 1
         blo_x = np.clip(np.floor((lo[:, 0] - ox) / block_size).astype(np.int64) - bx0, 0, nbx - 1)
@@ -569,7 +597,7 @@ def overlapping_tiles(
     """
     from scipy.spatial import cKDTree
 
-    size, _ = _footprint(tile_size, scale)
+    size, _ = tile_footprint(tile_size, scale)
     a, b = (_pixel(np.asarray(c, dtype=np.float64).reshape(-1, 2)).astype(np.float64) for c in (coords_a, coords_b))
     if not len(a) or not len(b):
         return 0
@@ -681,7 +709,7 @@ def select_genes(
     import scanpy as sc
 
     adata = _table(adata, table_key)
-    rows = _positions(adata, train)
+    rows = row_positions(adata, train)
     if not len(rows):
         raise ValueError("select_genes: no training cells.")
     n_top = int(n_top)

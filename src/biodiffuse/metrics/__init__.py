@@ -1,5 +1,6 @@
 """Metrics for imputed / generated biological measurements."""
 
+from .conditioning import conditioning_fidelity, paired_difference, tile_features
 from .images import feature_distance, fid, image_fid_kid, inception_features, kid, psnr, ssim
 from .imputation import as_float_2d, imputation_metrics, pearson_per_cell, pearson_per_channel, rmse
 from .modality import output_variance_fraction, r2_score_modality
@@ -20,6 +21,9 @@ __all__ = [
     "SPATIAL_METRICS",
     "accuracy_score",
     "as_float_2d",
+    "conditioning_fidelity",
+    "paired_difference",
+    "tile_features",
     "distance_to_closest_record",
     "energy_distance",
     "feature_distance",

@@ -1,8 +1,9 @@
 """User-facing models, one file each."""
 
 from .base import BaseModel
+from .geneflow import GeneFlow
 from .mcd import MCD
 from .multimodal import CoherentDenoising, MultiConditionDiffusion
 from .spadit import SpaDiT
 
-__all__ = ["BaseModel", "CoherentDenoising", "MCD", "MultiConditionDiffusion", "SpaDiT"]
+__all__ = ["BaseModel", "CoherentDenoising", "GeneFlow", "MCD", "MultiConditionDiffusion", "SpaDiT"]

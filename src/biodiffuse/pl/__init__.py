@@ -1,5 +1,6 @@
 """Plotting: what a person would rather look at than read."""
 
+from .histology import enrichment_dotplot, importance_bars, tile_grid
 from .images import image_imputation_panels
 from .imputation import imputed_vs_measured, protein_correlation_bars, training_curve
 from .multimodal import acquisition_curves, r2_heatmap, real_vs_synthetic_umap
@@ -7,6 +8,9 @@ from .spatial import pcc_distribution, spatial_genes
 
 __all__ = [
     "acquisition_curves",
+    "enrichment_dotplot",
+    "importance_bars",
+    "tile_grid",
     "image_imputation_panels",
     "imputed_vs_measured",
     "pcc_distribution",

@@ -19,8 +19,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _tiny import channels, mudata, spatial_pair  # noqa: E402
-from biodiffuse.models import MCD, MultiConditionDiffusion, SpaDiT  # noqa: E402
+from _tiny import channels, histology, mudata, spatial_pair  # noqa: E402
+from biodiffuse.models import MCD, GeneFlow, MultiConditionDiffusion, SpaDiT  # noqa: E402
 from biodiffuse.models.base import SAVE_FORMAT_VERSION  # noqa: E402
 
 QUIET = dict(enable_progress_bar=False, accelerator="cpu", devices=1, max_epochs=3)
@@ -33,6 +33,9 @@ def outputs(name: str, model, query) -> dict:
     if name == "spadit":
         post = model.posterior(query, indices=np.arange(5), steps=1, n_samples=2)
         return {"mean": post["mean"].tolist()}
+    if name == "geneflow":
+        tiles = model.generate(query, indices=np.arange(5), n_samples=2, steps=2, key_added="stored")
+        return {"mean": tiles.values.mean(axis=1).tolist()}
     res = model.sample(query, target="prot", indices=np.arange(5), steps=1, n_samples=2)
     return {"mean": np.asarray(res["mean"]).tolist()}
 
@@ -50,6 +53,12 @@ def build(name: str):
         m = SpaDiT(sp, reference=ref, dim=16, depth=1, heads=2, ref_heads=1, bank_size=16)
         m.train(**QUIET)
         return m, sp
+    if name == "geneflow":
+        sdata = histology()[0]
+        GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=16)
+        m = GeneFlow(sdata, dim=16, rank=2, encoder_heads=2, model_channels=8, channel_mult=(1, 2), heads=2)
+        m.train(batch_size=64, **QUIET)
+        return m, histology()[0]
     md = mudata()
     MultiConditionDiffusion.setup_mudata(md, modalities=["rna", "prot"])
     m = MultiConditionDiffusion(md, latent_dim=3, hidden=16, layers=1, emb_dim=8)
@@ -59,7 +68,8 @@ def build(name: str):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    for name in ("mcd", "spadit", "multicond"):
+    # python tests/data/saved_models/make.py [names]: only the named models (default: all)
+    for name in sys.argv[1:] or ("mcd", "spadit", "multicond", "geneflow"):
         model, query = build(name)
         out = HERE / f"{name}_v{SAVE_FORMAT_VERSION}"
         model.save(out, overwrite=True)

@@ -1,0 +1,510 @@
+"""GeneFlow: histology tiles from expression by rectified flow, and the genes that drive them.
+
+Method (GeneFlow paper; ``docs/benchmarks.md`` for what we measured):
+
+* **Data** (:meth:`GeneFlow.setup_spatialdata`): a SpatialData with an image (DAPI or H&E) and
+  a table of cells or spots with ``obsm["spatial"]`` centroids. One tile of ``tile_size``
+  pixels is cut around every row, once per :meth:`~GeneFlow.train` call
+  (:func:`biodiffuse.data.histology.cell_tiles`; ``scale < 1`` averages a larger footprint
+  down, e.g. a 100 um ST spot). The row's expression of the registered genes becomes counts
+  per million **of those genes** + log1p (the paper's normalisation, on the panel, so a query
+  with more genes gets the same numbers).
+* **Split by region**: the validation rows are whole square blocks of the slide, and rows
+  whose tile would overlap a block of the other split are left out
+  (:func:`biodiffuse.data.histology.region_split`); ``cells=`` restricts training to the
+  user's training region.
+* **Network, objective, sampler** (:mod:`biodiffuse.module.geneflow`): the paper's RNA encoder
+  conditions a UNet; rectified flow with the small stochastic term (``sigma = 0.05``); Euler /
+  Heun steps or adaptive dopri5 through :func:`biodiffuse.diffusion.sample_rows` with one
+  random stream per cell (``obs_name``). ``objective="edm"`` / ``"mse"`` train the same
+  networks as the paper's diffusion and regression baselines.
+* **Gene importance** (:meth:`GeneFlow.gene_importance`): the mean absolute gradient of the
+  velocity's squared norm with respect to the input genes (:func:`biodiffuse.tl.gene_importance`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import write_setup_record
+from ..data.fields import MatrixField
+from ..data.histology import cell_tiles, cpm_log1p, region_split, row_positions, tile_footprint, tile_scaling
+from ..data.spatialdata import image_channels, is_spatialdata
+from ..diffusion import Moments, row_seeds, sample_rows
+from ..module.geneflow import OBJECTIVES, GeneFlowObjective, build_network, make_prepare, make_sampler, to_tiles
+from .base import BaseModel, resolve_device
+
+__all__ = ["GeneFlow"]
+
+logger = logging.getLogger("biodiffuse")
+
+_DEFAULT_STEPS = {"flow": 8, "edm": 18, "mse": 1}
+
+
+class GeneFlow(BaseModel):
+    """Rectified flow from the expression of a cell (or spot) to the image tile around it.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData registered with :meth:`setup_spatialdata`.
+    objective
+        ``"flow"`` (GeneFlow), or the paper's baselines on the same networks: ``"edm"`` (EDM
+        diffusion) and ``"mse"`` (the conditional UNet regressed on the tile).
+    sigma
+        Scale of the flow path's stochastic term, ``x_t = (1 - t) x0 + t x1 + (1 - t) sigma eps``
+        (GeneFlow eq. 8; 0 gives the plain linear path).
+    time_sampling
+        Flow training times: ``"uniform"`` or ``"logit_normal"``.
+    dim, rank, encoder_heads, encoder_layers, pool
+        The RNA encoder (:class:`~biodiffuse.nn.RNAEncoder`): embedding width, rank of the
+        gene-gene relation, pooling heads, residual MLP blocks, ``"attention"`` or ``"mean"``.
+    model_channels, channel_mult, num_blocks, attention_levels, heads
+        The UNet (:class:`~biodiffuse.nn.ConditionalImageUNet`); ``tile_size`` must be divisible
+        by ``2 ** (len(channel_mult) - 1)``.
+    dropout
+        Dropout in the encoder and the UNet.
+    gene_l1
+        Weight of the paper's L1 penalty on the encoder weights that read the genes.
+    augment
+        Random 90-degree rotations and flips of the training tiles.
+    seed
+        Seeds the initial weights.
+
+    Notes
+    -----
+    **Training** (:meth:`~biodiffuse.models.BaseModel.train`) defaults: ``batch_size=64``, AdamW
+    ``lr=2e-4``, ``weight_decay=0``, ``train_size=0.85`` (validation: whole blocks of the slide),
+    about 3,000 optimiser steps (between 5 and 2,000 epochs), EMA of the weights. Data options of
+    ``train``: ``cells`` (rows of the table to learn from: a boolean mask, positions or obs
+    names, e.g. the training region) and ``block_size`` (side of the validation blocks in
+    pixels; default 16 tile footprints, less where the slide holds fewer than 4 x 4 such
+    blocks). The first call fixes the image scaling (0.5-99.5
+    percentiles of the whole image for fluorescence, ``/ 255`` for RGB).
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.xenium_bone_marrow(crop=(0, 0, 4000, 4000))
+    >>> bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=32, scale=0.5)
+    >>> model = bd.models.GeneFlow(sdata)
+    >>> model.train(max_epochs=50)
+    >>> tiles = model.generate(n_samples=4, steps=8)      # DataArray (cell, sample, c, y, x)
+    >>> model.gene_importance()                           # table.var["GeneFlow_importance"]
+    """
+
+    _model_name = "GeneFlow"
+    _train_defaults = dict(
+        batch_size=64, lr=2e-4, weight_decay=0.0, train_size=0.85, max_epochs=None, steps=3000,
+        epochs=(5, 2000), early_stopping_patience=None, min_patience=10, ema_decay="auto", lr_warmup_steps=100,
+    )
+    _data_kwargs = ("cells", "block_size")
+    _default_steps = 8
+    _network_chunk = 32  # tile draws per network call (fixed, so results do not depend on batch_size)
+
+    # --- set-up --------------------------------------------------------------------------------
+    @classmethod
+    def setup_spatialdata(
+        cls,
+        sdata: Any,
+        *,
+        image_key: str,
+        table_key: str = "table",
+        mode: str = "single",
+        tile_size: int = 64,
+        scale: float = 1.0,
+        layer: str | None = None,
+        genes: Sequence[str] | None = None,
+        spatial_key: str = "spatial",
+        pixels_per_unit: float = 1.0,
+        scaling: str = "auto",
+    ) -> None:
+        """Register an image and the table of cells / spots; writes only
+        ``sdata.attrs["biodiffuse"]["GeneFlow"]``.
+
+        Parameters
+        ----------
+        sdata
+            SpatialData with the image element and the table.
+        image_key
+            Image element ``(c, y, x)`` (e.g. ``"dapi"``, ``"he"`` with ``c = R, G, B``).
+        table_key
+            Table of raw counts with ``obsm[spatial_key]``.
+        mode
+            ``"single"``: one tile per row of the table (a cell, or a spot of several cells).
+        tile_size
+            Side of the tiles in output pixels.
+        scale
+            Output pixels per image pixel (``1 / k``: ``k * tile_size`` image pixels averaged
+            down; e.g. 0.25 for 64-pixel tiles of HER2ST spots).
+        layer
+            Counts layer of the table (None: ``X``).
+        genes
+            Genes that condition the model (default: all of the table's). For whole
+            transcriptomes choose them first, on the training region, e.g.
+            :func:`biodiffuse.data.histology.select_genes`.
+        spatial_key, pixels_per_unit
+            Centroids ``(x, y)`` in ``obsm[spatial_key]``, times ``pixels_per_unit`` to get image
+            pixels (1 for the biodiffuse loaders).
+        scaling
+            ``"auto"``, ``"percentile"`` or ``"255"`` (:func:`biodiffuse.data.histology.tile_scaling`).
+
+        Raises
+        ------
+        TypeError
+            If ``sdata`` is not a SpatialData.
+        KeyError
+            For a missing image, table, ``obsm`` key or genes.
+        ValueError
+            On NaN / inf / negative counts, an empty table, bad centroids or arguments;
+            ``sdata`` is left unchanged.
+        """
+        if not is_spatialdata(sdata):
+            raise TypeError(f"GeneFlow.setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
+        if mode != "single":
+            raise ValueError(f"mode must be 'single' (one tile per cell or spot), got {mode!r}.")
+        if table_key not in sdata.tables:
+            raise KeyError(f"{table_key!r} is not a table of this SpatialData (have {list(sdata.tables.keys())}).")
+        table = sdata.tables[table_key]
+        if table.n_obs == 0:
+            raise ValueError(f"Table {table_key!r} has no rows.")
+        channels = image_channels(sdata, image_key)
+        tile_footprint(tile_size, scale)
+        if scaling not in ("auto", "percentile", "255"):
+            raise ValueError(f"scaling must be 'auto', 'percentile' or '255', got {scaling!r}.")
+        if spatial_key not in table.obsm:
+            raise KeyError(f"obsm[{spatial_key!r}] (centroids (x, y)) not in table {table_key!r}; have {list(table.obsm.keys())}.")
+        xy = np.asarray(table.obsm[spatial_key], dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
+            raise ValueError(f"obsm[{spatial_key!r}] must be a finite (n, 2) array of (x, y) centroids.")
+        if not (np.isfinite(pixels_per_unit) and pixels_per_unit > 0):
+            raise ValueError(f"pixels_per_unit must be > 0, got {pixels_per_unit!r}.")
+        names = MatrixField(layer, nonnegative=True).register(table)["names"]
+        if genes is None:
+            genes = names
+        genes = [str(g) for g in genes]
+        if not genes or len(set(genes)) != len(genes):
+            raise ValueError("genes must be a non-empty list of distinct gene names.")
+        lost = sorted(set(genes) - set(names))
+        if lost:
+            raise KeyError(f"{len(lost)} gene(s) not in table {table_key!r}: {lost[:5]}.")
+        write_setup_record(sdata, cls._model_name, dict(
+            image_key=image_key, table_key=table_key, mode=mode, tile_size=int(tile_size), scale=float(scale),
+            layer=layer, genes=genes, channels=channels, spatial_key=spatial_key,
+            pixels_per_unit=float(pixels_per_unit), scaling=scaling,
+        ))
+
+    def __init__(
+        self,
+        sdata: Any,
+        *,
+        objective: str = "flow",
+        sigma: float = 0.05,
+        time_sampling: str = "uniform",
+        dim: int = 128,
+        rank: int = 16,
+        encoder_heads: int = 4,
+        encoder_layers: int = 2,
+        pool: str = "attention",
+        model_channels: int = 32,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_blocks: int = 1,
+        attention_levels: Sequence[int] | None = None,
+        heads: int = 4,
+        dropout: float = 0.0,
+        gene_l1: float = 0.0,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        setup = self._setup_record(sdata, "setup_spatialdata")
+        factor = 2 ** (len(channel_mult) - 1)
+        if setup["tile_size"] % factor:
+            raise ValueError(
+                f"tile_size {setup['tile_size']} is not divisible by 2 ** (len(channel_mult) - 1) = {factor}; "
+                "change channel_mult or set up with another tile_size."
+            )
+        self.registry = {**setup, "scaling_lo": None, "scaling_hi": None}
+        self.init_args = dict(
+            objective=objective, sigma=float(sigma), time_sampling=time_sampling, dim=dim, rank=rank,
+            encoder_heads=encoder_heads, encoder_layers=encoder_layers, pool=pool, model_channels=model_channels,
+            channel_mult=list(channel_mult), num_blocks=num_blocks,
+            attention_levels=None if attention_levels is None else list(attention_levels), heads=heads,
+            dropout=float(dropout), gene_l1=float(gene_l1), augment=bool(augment), seed=int(seed),
+        )
+        self.objective = GeneFlowObjective(objective, sigma=sigma, time_sampling=time_sampling, gene_l1=gene_l1, augment=augment)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.network = self._build_network()
+        self.adata = sdata
+
+    def _build_network(self):
+        a = {k: v for k, v in self.init_args.items() if k not in ("objective", "sigma", "time_sampling", "gene_l1", "augment", "seed")}
+        return build_network(len(self.registry["genes"]), len(self.registry["channels"]), **a)
+
+    @property
+    def genes(self) -> list[str]:
+        """The registered genes, in the order the network reads them."""
+        return list(self.registry["genes"])
+
+    # --- reading -------------------------------------------------------------------------------
+    def _table(self, obj: Any) -> Any:
+        """The table of a SpatialData (the registered key), or an AnnData as is."""
+        if is_spatialdata(obj):
+            key = self.registry["table_key"]
+            if key not in obj.tables:
+                raise KeyError(f"{key!r} is not a table of this SpatialData (have {list(obj.tables.keys())}).")
+            return obj.tables[key]
+        from anndata import AnnData
+
+        if not isinstance(obj, AnnData):
+            raise TypeError(f"Pass a SpatialData or an AnnData of cells, got {type(obj).__name__}.")
+        return obj
+
+    def _expression(self, table: Any, rows: np.ndarray) -> np.ndarray:
+        """CPM (over the registered genes) + log1p of ``rows``, float32 (rows x genes)."""
+        try:
+            counts = MatrixField(self.registry.get("layer"), nonnegative=True).read(table, self.genes, rows=rows, dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"GeneFlow query: {err}") from None
+        return cpm_log1p(counts)
+
+    def _scaling(self, sdata: Any) -> tuple[np.ndarray, np.ndarray]:
+        if self.registry.get("scaling_lo") is None:
+            lo, hi = tile_scaling(sdata, image_key=self.registry["image_key"], method=self.registry["scaling"])
+            self.registry["scaling_lo"], self.registry["scaling_hi"] = lo.tolist(), hi.tolist()
+        return np.asarray(self.registry["scaling_lo"]), np.asarray(self.registry["scaling_hi"])
+
+    def _tiles(self, sdata: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles ``(n, C, T, T)`` in [0, 1] of the table rows whose tile lies inside the image,
+        and those rows."""
+        r = self.registry
+        return cell_tiles(
+            sdata, image_key=r["image_key"], table_key=r["table_key"], tile_size=r["tile_size"], cells=rows,
+            scale=r["scale"], spatial_key=r["spatial_key"], pixels_per_unit=r["pixels_per_unit"],
+            scaling=self._scaling(sdata),
+        )
+
+    def _validate_query(self, obj: Any) -> None:
+        table = self._table(obj)
+        missing = sorted(set(self.genes) - set(map(str, table.var_names)))
+        if missing:
+            raise ValueError(f"The query lacks {len(missing)} of the model's genes (e.g. {missing[:5]}).")
+        if is_spatialdata(obj):
+            channels = image_channels(obj, self.registry["image_key"])
+            if channels != self.registry["channels"]:
+                raise ValueError(f"Image channels {channels} differ from the model's {self.registry['channels']}.")
+
+    # --- training ------------------------------------------------------------------------------
+    def _training_data(self, train_size: float, seed: int, cells: Any = None, block_size: float | None = None):
+        sdata, r = self.adata, self.registry
+        if not is_spatialdata(sdata):
+            raise TypeError("GeneFlow trains on the SpatialData it was set up on.")
+        table = self._table(sdata)
+        rows = row_positions(table, cells)
+        if not len(rows):
+            raise ValueError("cells selects no row to train on.")
+        tiles, kept = self._tiles(sdata, rows)
+        if len(kept) < 2:
+            raise ValueError(f"Only {len(kept)} of the selected rows have a whole tile inside the image; need at least 2.")
+        genes = self._expression(table, kept)
+        size, _ = tile_footprint(r["tile_size"], r["scale"])
+        xy = np.asarray(table.obsm[r["spatial_key"]], dtype=np.float64)[kept] * r["pixels_per_unit"]
+        if train_size < 1:
+            if block_size is None:  # 16 tile footprints, or less so that the slide holds >= 4 x 4 blocks
+                block_size = max(float(size), min(16.0 * size, float(np.ptp(xy, axis=0).min()) / 4))
+            labels = region_split(
+                xy, block_size=float(block_size), fractions=(train_size, 1 - train_size),
+                names=("train", "val"), seed=seed, tile_size=r["tile_size"], scale=r["scale"],
+            )
+        else:
+            labels = np.full(len(kept), "train")
+        tr, va = labels == "train", labels == "val"
+        logger.info("GeneFlow: %d training and %d validation tiles (%d left out as a buffer between regions).",
+                    tr.sum(), va.sum(), (~tr & ~va).sum())
+
+        def part(m: np.ndarray) -> dict[str, torch.Tensor]:
+            return {"image": torch.from_numpy(np.ascontiguousarray(tiles[m])), "genes": torch.from_numpy(genes[m])}
+
+        return self.objective, part(tr), part(va) if va.any() else None
+
+    # --- task verbs ----------------------------------------------------------------------------
+    def generate(
+        self,
+        adata: Any = None,
+        *,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int | None = None,
+        n_samples: int = 1,
+        steps: int | None = None,
+        method: str = "euler",
+        seed: int = 0,
+        key_added: str | None = None,
+        overwrite: bool = False,
+        device: str = "auto",
+    ):
+        """Generate tiles for the expression of cells (or spots).
+
+        Parameters
+        ----------
+        adata
+            A SpatialData (its registered table) or an AnnData of cells with raw counts of the
+            model's genes (matched by name; no image needed: e.g. cells edited in silico, or
+            a scRNA-seq profile). Default: the attached object.
+        indices
+            Rows to generate for (positions or a boolean mask); default all.
+        batch_size
+            Rows per batch (``batch_size * n_samples`` tiles go through the network at once;
+            memory is flat in the number of rows). Default 64. The network always runs on
+            chunks of 32 draws, so a row's tiles are the same numbers for any ``batch_size``
+            (``"dopri5"`` shares its step size within a batch: equal within its tolerance).
+        n_samples
+            Tiles per row (independent draws).
+        steps
+            Solver steps (default 8 for the flow, 18 EDM Heun steps, 1 for ``"mse"``).
+        method
+            Flow solver: ``"euler"`` (``steps`` evaluations per tile), ``"heun"`` (``2 * steps``)
+            or ``"dopri5"`` (adaptive, evaluations counted).
+        seed
+            Seed of the per-row random streams (keyed by ``obs_name``): a row's tiles do not
+            depend on the batch or on the other rows.
+        key_added
+            ``obsm`` key of the table (default ``"GeneFlow_tiles"``): ``(n_obs, n_samples, C, T, T)``
+            float32 in [0, 1], NaN for rows not generated; run parameters in ``uns[key_added]``.
+        overwrite
+            Replace an existing ``obsm[key_added]`` / ``uns[key_added]``.
+        device
+            ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``.
+
+        Returns
+        -------
+        xarray.DataArray
+            ``(cell, sample, c, y, x)`` tiles in [0, 1] of the rows generated, with the obs
+            names on ``cell`` and the image's channel names on ``c``; ``attrs["nfe"]`` holds
+            the mean network evaluations per tile.
+        """
+        import xarray as xr
+
+        adata = self.adata if adata is None else adata
+        table = self._table(adata) if adata is not None else None
+        table, rows = self._query(table, indices)
+        kind = self.init_args["objective"]
+        steps = _DEFAULT_STEPS[kind] if steps is None else steps
+        key = self._key(key_added, "tiles")
+        self._check_free(table.obsm, [key], "obsm", overwrite)
+        self._check_free(table.uns, [key], "uns", overwrite)
+        genes = self._expression(table, rows)
+        r = self.registry
+        shape = (len(r["channels"]), r["tile_size"], r["tile_size"])
+        dev = resolve_device(device)
+        bs = int(batch_size or 64)
+        net = self.network.to(dev).eval()
+        try:
+            prepare = make_prepare(net, kind, lambda b: (genes[b], None), chunk=self._network_chunk)
+            red = Moments(len(rows), keep_draws=True)
+            out = sample_rows(
+                prepare, len(rows), shape, seeds=row_seeds(seed, self._row_keys(table.obs_names[rows])),
+                sampler=make_sampler(kind, steps=steps, method=method), n_samples=n_samples, batch_size=bs,
+                device=dev, reducer=red,
+            )
+        finally:
+            self.network.cpu()
+        tiles = to_tiles(out["draws"]).astype(np.float32)
+        nfe = float(out["nfe"].mean())
+        full = np.full((table.n_obs, *tiles.shape[1:]), np.nan, dtype=np.float32)
+        full[rows] = tiles
+        table.obsm[key] = full
+        self._record_run(table, key, dict(n_samples=n_samples, steps=steps, method=method, seed=seed,
+                                          objective=kind, nfe_per_tile=nfe, n_rows=len(rows)))
+        return xr.DataArray(
+            tiles, dims=("cell", "sample", "c", "y", "x"),
+            coords={"cell": np.asarray(table.obs_names[rows]), "c": list(r["channels"])}, attrs={"nfe": nfe},
+        )
+
+    def gene_importance(
+        self,
+        adata: Any = None,
+        *,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int | None = None,
+        n_t: int = 8,
+        n_noise: int = 4,
+        use_images: bool = True,
+        seed: int = 0,
+        key_added: str | None = None,
+        overwrite: bool = False,
+        device: str = "auto",
+    ) -> pd.Series:
+        """Which genes drive the generated morphology (GeneFlow section 4.3).
+
+        The mean absolute gradient of the velocity's squared norm with respect to each input
+        gene, over the rows, ``n_t`` stratified times and ``n_noise`` noise draws
+        (:func:`biodiffuse.tl.gene_importance`).
+
+        Parameters
+        ----------
+        adata
+            SpatialData or AnnData (as :meth:`generate`); default the attached object.
+        indices
+            Rows to average over (default all).
+        batch_size
+            Rows per gradient computation (default 32).
+        n_t, n_noise
+            Times and noise draws per row.
+        use_images
+            With a SpatialData, evaluate on the training path between noise and the row's real
+            tile (rows without a whole tile are left out); otherwise (or for an AnnData) at the
+            noise itself.
+        seed
+            Seed of the per-row streams.
+        key_added
+            Column of the table's ``var`` (default ``"GeneFlow_importance"``); genes outside the
+            model get NaN. Parameters in ``uns[key_added]``.
+        overwrite
+            Replace an existing column / ``uns`` entry.
+        device
+            Where to compute.
+
+        Returns
+        -------
+        pandas.Series
+            Importance per model gene (index: gene names), largest first.
+        """
+        from ..tl.importance import gene_importance, write_importance
+
+        if self.init_args["objective"] != "flow":
+            raise ValueError("gene_importance is defined for the flow's velocity (objective='flow').")
+        obj = self.adata if adata is None else adata
+        table = self._table(obj) if obj is not None else None
+        table, rows = self._query(table, indices)
+        key = self._key(key_added, "importance")
+        self._check_free(table.var, [key], "var", overwrite)
+        self._check_free(table.uns, [key], "uns", overwrite)
+        images = None
+        if use_images and is_spatialdata(obj):
+            tiles, kept = self._tiles(obj, rows)
+            if not len(kept):
+                raise ValueError("No selected row has a whole tile inside the image; pass use_images=False.")
+            rows, images = kept, tiles * 2.0 - 1.0
+        x = self._expression(table, rows)
+        dev = resolve_device(device)
+        net = self.network.to(dev)
+        r = self.registry
+        try:
+            scores = gene_importance(
+                net.velocity, x, image_shape=(len(r["channels"]), r["tile_size"], r["tile_size"]), encode=net.encode,
+                images=images, keys=self._row_keys(table.obs_names[rows]), n_t=n_t, n_noise=n_noise,
+                batch_size=int(batch_size or 32), seed=seed, device=dev,
+            )
+        finally:
+            self.network.cpu()
+        series = pd.Series(scores, index=pd.Index(self.genes), name=key)
+        write_importance(table, series, key_added=key, overwrite=overwrite)
+        self._record_run(table, key, dict(n_t=n_t, n_noise=n_noise, use_images=images is not None, seed=seed, n_rows=len(rows)))
+        return series.sort_values(ascending=False)

@@ -1,0 +1,165 @@
+"""GeneFlow model: set-up, training on region blocks, generation through the one sampler,
+conditioning that matters, query by gene name, gene importance, save / load, baselines on the
+same networks, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import biodiffuse as bd
+
+import _tiny
+
+SMALL = dict(dim=32, rank=4, model_channels=16, channel_mult=(1, 2), encoder_layers=1)
+
+
+def _setup():
+    sdata, types = _tiny.histology()
+    bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=16)
+    return sdata, types
+
+
+@pytest.fixture(scope="module")
+def trained(accelerator, devices):
+    sdata, types = _setup()
+    model = bd.models.GeneFlow(sdata, **SMALL)
+    model.train(max_epochs=18, batch_size=32, lr=1e-3, block_size=64, enable_progress_bar=False,
+                accelerator=accelerator, devices=devices)
+    return model, sdata, types
+
+
+def _centre(tiles) -> np.ndarray:
+    """Mean brightness of the central 4 x 4 pixels per row (over samples)."""
+    return np.asarray(tiles)[:, :, 0, 6:10, 6:10].mean(axis=(1, 2, 3))
+
+
+def test_setup_writes_only_the_record():
+    sdata, _ = _tiny.histology()
+    before = set(sdata.tables["table"].obs.columns), set(sdata.tables["table"].obsm.keys())
+    bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=16)
+    rec = sdata.attrs["biodiffuse"]["GeneFlow"]
+    assert rec["genes"] == list(sdata.tables["table"].var_names) and rec["channels"] == ["DAPI"]
+    assert (set(sdata.tables["table"].obs.columns), set(sdata.tables["table"].obsm.keys())) == before
+
+
+def test_training_splits_by_region_and_learns(trained):
+    model, _, _ = trained
+    h = model.history
+    assert {"train_loss", "val_loss"} <= set(h.columns)
+    assert h["val_loss"].iloc[-1] < 0.6 * h["val_loss"].iloc[0]
+
+
+def test_generation_follows_the_expression(trained):
+    """Bright-cell expression gives bright centres; the same cells' tiles from shuffled
+    expression lose the link (does the expression matter at all?)."""
+    model, sdata, types = trained
+    tiles = model.generate(n_samples=2, steps=8, key_added="gen")
+    assert tiles.dims == ("cell", "sample", "c", "y", "x") and tiles.shape == (256, 2, 1, 16, 16)
+    assert list(tiles.coords["c"].values) == ["DAPI"] and tiles.attrs["nfe"] == 8
+    centre = _centre(tiles)
+    gap = centre[types == 1].mean() - centre[types == 0].mean()
+    assert gap > 0.3
+    table = sdata.tables["table"].copy()
+    table.X = table.X[np.random.default_rng(0).permutation(table.n_obs)]
+    shuffled = _centre(model.generate(table, n_samples=2, steps=8))
+    assert abs(shuffled[types == 1].mean() - shuffled[types == 0].mean()) < gap / 2
+    t = sdata.tables["table"]
+    assert t.obsm["gen"].shape == (256, 2, 1, 16, 16) and t.uns["gen"]["steps"] == 8
+
+
+def test_rows_do_not_depend_on_the_batch(trained):
+    model, sdata, _ = trained
+    a = model.generate(indices=np.arange(10), batch_size=3, n_samples=2, seed=5, key_added="a")
+    b = model.generate(indices=np.arange(5, 10), batch_size=10, n_samples=2, seed=5, key_added="b")
+    np.testing.assert_array_equal(a.values[5:], b.values)
+    c = model.generate(indices=np.arange(5, 10), batch_size=10, n_samples=2, seed=6, key_added="c")
+    assert not np.allclose(b.values, c.values)
+    stored = sdata.tables["table"].obsm["b"]
+    assert np.isnan(stored[:5]).all() and np.isfinite(stored[5:10]).all()
+
+
+def test_query_matched_by_gene_name(trained):
+    """An AnnData of cells with the genes in another order and an extra gene gives the same
+    tiles (CPM over the model's genes); a missing gene is a clear error."""
+    model, sdata, _ = trained
+    table = sdata.tables["table"]
+    ref = model.generate(indices=np.arange(6), key_added="ref")
+    q = table[:6, ::-1].copy()
+    q.obsm.clear()
+    import anndata as ad
+
+    extra = ad.AnnData(np.full((6, 1), 50.0, np.float32), obs=q.obs[[]])
+    extra.var_names = ["extra_gene"]
+    q = ad.concat([q, extra], axis=1)
+    q.obs_names = table.obs_names[:6]
+    np.testing.assert_array_equal(model.generate(q).values, ref.values)
+    with pytest.raises(ValueError, match="missing"):
+        model.generate(q[:, [g for g in q.var_names if g != "bright"]].copy(), key_added="lacking")
+
+
+def test_existing_keys_need_overwrite(trained):
+    model, sdata, _ = trained
+    model.generate(indices=[0], key_added="once")
+    with pytest.raises(KeyError, match="overwrite"):
+        model.generate(indices=[0], key_added="once")
+    model.generate(indices=[0], key_added="once", overwrite=True)
+
+
+def test_gene_importance_ranks_the_informative_genes(trained):
+    model, sdata, _ = trained
+    s = model.gene_importance(n_t=4, n_noise=2)
+    var = sdata.tables["table"].var
+    assert "GeneFlow_importance" in var and np.isfinite(var["GeneFlow_importance"]).all()
+    informative = s[["bright", "dim"]].mean()
+    noise = s.drop(["bright", "dim"]).mean()
+    assert informative > 1.3 * noise
+    assert sdata.tables["table"].uns["GeneFlow_importance"]["use_images"] is True
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    model, sdata, _ = trained
+    model.save(tmp_path / "gf")
+    loaded = bd.models.GeneFlow.load(tmp_path / "gf", sdata)
+    a = model.generate(indices=np.arange(4), key_added="s1")
+    b = loaded.generate(indices=np.arange(4), key_added="s2")
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("objective", ["edm", "mse"])
+def test_baselines_on_the_same_networks(objective, accelerator, devices):
+    sdata, _ = _setup()
+    model = bd.models.GeneFlow(sdata, objective=objective, **SMALL)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False, accelerator=accelerator, devices=devices)
+    tiles = model.generate(indices=np.arange(4), n_samples=2, steps=2)
+    assert tiles.shape == (4, 2, 1, 16, 16) and np.isfinite(tiles.values).all()
+    assert tiles.attrs["nfe"] == (3 if objective == "edm" else 1)
+    if objective == "mse":  # deterministic: both draws the same tile
+        np.testing.assert_array_equal(tiles.values[:, 0], tiles.values[:, 1])
+        with pytest.raises(ValueError, match="flow"):
+            model.gene_importance()
+
+
+def test_bad_inputs():
+    sdata, _ = _tiny.histology()
+    with pytest.raises(TypeError, match="SpatialData"):
+        bd.models.GeneFlow.setup_spatialdata(sdata.tables["table"], image_key="dapi")
+    with pytest.raises(KeyError):
+        bd.models.GeneFlow.setup_spatialdata(sdata, image_key="he")
+    with pytest.raises(KeyError, match="not in table"):
+        bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", genes=["bright", "nope"])
+    with pytest.raises(ValueError, match="mode"):
+        bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", mode="window")
+    assert "biodiffuse" not in sdata.attrs
+    bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=18)
+    with pytest.raises(ValueError, match="divisible"):
+        bd.models.GeneFlow(sdata, channel_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="objective"):
+        bd.models.GeneFlow(sdata, objective="gan")
+    bad, _ = _tiny.histology()
+    bad.tables["table"].X[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        bd.models.GeneFlow.setup_spatialdata(bad, image_key="dapi")
+    with pytest.raises(RuntimeError, match="not trained"):
+        bd.models.GeneFlow(sdata, channel_mult=(1, 2)).generate()
