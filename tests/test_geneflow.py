@@ -150,7 +150,7 @@ def test_bad_inputs():
     with pytest.raises(KeyError, match="not in table"):
         bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", genes=["bright", "nope"])
     with pytest.raises(ValueError, match="mode"):
-        bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", mode="window")
+        bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", mode="grid")
     assert "biodiffuse" not in sdata.attrs
     bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=18)
     with pytest.raises(ValueError, match="divisible"):
@@ -163,3 +163,26 @@ def test_bad_inputs():
         bd.models.GeneFlow.setup_spatialdata(bad, image_key="dapi")
     with pytest.raises(RuntimeError, match="not trained"):
         bd.models.GeneFlow(sdata, channel_mult=(1, 2)).generate()
+
+
+def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
+    """Window mode: a tile per grid window (here 2 x 2 cells each), conditioned on its cells;
+    generation writes a new image element on the slide's grid and the importance reads the
+    windows with their padding masked."""
+    sdata, _ = _tiny.histology()
+    bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=16, scale=0.5, mode="window", max_cells=6)
+    model = bd.models.GeneFlow(sdata, **SMALL)
+    model.train(max_epochs=2, batch_size=16, enable_progress_bar=False, accelerator=accelerator, devices=devices)
+    tiles = model.generate(n_samples=2, key_added="virtual")
+    assert tiles.dims[0] == "window" and tiles.shape == (64, 2, 1, 16, 16)
+    img = sdata.images["virtual"]
+    assert img.shape == (1, 128, 128) and list(img.coords["c"].values) == ["DAPI"]
+    y0, x0 = int(tiles.coords["y0"][9]) // 2, int(tiles.coords["x0"][9]) // 2
+    np.testing.assert_allclose(np.asarray(img.data[0, y0 : y0 + 16, x0 : x0 + 16]), tiles.values[9, 0, 0], atol=1e-6)
+    assert sdata.attrs["virtual"]["n_rows"] == 64
+    part = model.generate(indices=[3, 9], key_added="two")
+    np.testing.assert_array_equal(part.values[1], tiles.values[9, :1])
+    s = model.gene_importance(n_t=2, n_noise=1)
+    assert len(s) == 8 and np.isfinite(s).all() and (s > 0).all()
+    with pytest.raises(TypeError, match="SpatialData"):
+        model.generate(sdata.tables["table"])

@@ -219,6 +219,7 @@ def cell_tiles(
     pad_value: float = 0.0,
     scaling: Literal["auto", "percentile", "255"] | tuple[Any, Any] = "auto",
     chunk_size: int = 4096,
+    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Square image tiles centred on cells (or spots), cut once into one array.
 
@@ -259,21 +260,32 @@ def cell_tiles(
     chunk_size
         Cells cut per vectorised step (bounds the temporary memory to about
         ``chunk_size * C * (kT)**2 * 5`` bytes).
+    centres
+        ``(n, 2)`` points ``(x, y)`` in image pixels to centre the tiles on instead of the
+        table's rows (e.g. the ``centres`` of :func:`window_cells`); ``table_key``, ``cells``,
+        ``spatial_key`` and ``pixels_per_unit`` are then not used.
 
     Returns
     -------
     tiles
         ``(N, C, T, T)`` float32 in ``[0, 1]``, channels in the image's order.
     kept
-        ``(N,)`` int64 positions (rows of the table) of the returned tiles, in the order asked.
+        ``(N,)`` int64 positions (rows of the table, or of ``centres``) of the returned tiles, in
+        the order asked.
     """
-    adata = _table(sdata, table_key)
     elem = image_element(sdata, image_key)
     size, k = tile_footprint(tile_size, scale)
     if edge not in ("drop", "pad"):
         raise ValueError(f"edge must be 'drop' or 'pad', got {edge!r}.")
-    rows = row_positions(adata, cells)
-    xy = _coords(adata, spatial_key, pixels_per_unit)[rows]
+    if centres is None:
+        adata = _table(sdata, table_key)
+        rows = row_positions(adata, cells)
+        xy = _coords(adata, spatial_key, pixels_per_unit)[rows]
+    else:
+        xy = np.asarray(centres, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
+            raise ValueError(f"centres must be a finite (n, 2) array of (x, y), got shape {xy.shape}.")
+        rows = np.arange(len(xy), dtype=np.int64)
     if isinstance(scaling, str):
         lo, hi = tile_scaling(sdata, image_key=image_key, method=scaling)  # type: ignore[arg-type]
     else:

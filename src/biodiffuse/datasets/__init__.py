@@ -9,10 +9,15 @@ from .genesets import GENE_SET_LIBRARIES, gene_sets, read_gmt
 from .histology import HER2ST_SECTIONS, her2st, xenium_bone_marrow
 from .imaging import MIBI_NON_PROTEIN, imc_pancreas, mibi_granuloma
 from .spatial import osmfish_allen_visp, starmap_915
+from .staining import DEEPLIIF_PANELS, HEMIT_STAINS, deepliif, hemit
 from .tcga import tcga_acc, tcga_brca
 
 __all__ = [
+    "DEEPLIIF_PANELS",
     "GENE_SET_LIBRARIES",
+    "HEMIT_STAINS",
+    "deepliif",
+    "hemit",
     "MIBI_NON_PROTEIN",
     "dsb_adt_pbmc",
     "eccite_pbmc",

@@ -33,8 +33,10 @@ import torch
 
 from ..data import write_setup_record
 from ..data.fields import MatrixField
-from ..data.histology import cell_tiles, cpm_log1p, region_split, row_positions, tile_footprint, tile_scaling
-from ..data.spatialdata import image_channels, is_spatialdata
+from ..data.histology import (
+    WindowCells, cell_tiles, cpm_log1p, region_split, row_positions, tile_footprint, tile_scaling, window_cells,
+)
+from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.geneflow import OBJECTIVES, GeneFlowObjective, build_network, make_prepare, make_sampler, to_tiles
 from .base import BaseModel, resolve_device
@@ -44,6 +46,13 @@ __all__ = ["GeneFlow"]
 logger = logging.getLogger("biodiffuse")
 
 _DEFAULT_STEPS = {"flow": 8, "edm": 18, "mse": 1}
+
+
+class _Rows:
+    """A stand-in with ``n_obs`` rows, so that windows take the one ``indices`` rule of every verb."""
+
+    def __init__(self, n: int) -> None:
+        self.n_obs = int(n)
 
 
 class GeneFlow(BaseModel):
@@ -122,6 +131,8 @@ class GeneFlow(BaseModel):
         spatial_key: str = "spatial",
         pixels_per_unit: float = 1.0,
         scaling: str = "auto",
+        max_cells: int | None = None,
+        min_cells: int = 1,
     ) -> None:
         """Register an image and the table of cells / spots; writes only
         ``sdata.attrs["biodiffuse"]["GeneFlow"]``.
@@ -135,7 +146,11 @@ class GeneFlow(BaseModel):
         table_key
             Table of raw counts with ``obsm[spatial_key]``.
         mode
-            ``"single"``: one tile per row of the table (a cell, or a spot of several cells).
+            ``"single"``: one tile per row of the table (a cell, or a spot of several cells),
+            centred on it. ``"window"``: the image is cut into a grid of square windows of the
+            tile's footprint (``tile_size / scale`` pixels, side by side); each window's tile is
+            conditioned on all the cells whose centroid lies in it (the RNA encoder pools them
+            with attention, padding masked).
         tile_size
             Side of the tiles in output pixels.
         scale
@@ -152,6 +167,9 @@ class GeneFlow(BaseModel):
             pixels (1 for the biodiffuse loaders).
         scaling
             ``"auto"``, ``"percentile"`` or ``"255"`` (:func:`biodiffuse.data.histology.tile_scaling`).
+        max_cells, min_cells
+            Window mode: at most ``max_cells`` cells per window (the nearest to its centre;
+            default all), windows with fewer than ``min_cells`` cells are not used.
 
         Raises
         ------
@@ -165,8 +183,12 @@ class GeneFlow(BaseModel):
         """
         if not is_spatialdata(sdata):
             raise TypeError(f"GeneFlow.setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
-        if mode != "single":
-            raise ValueError(f"mode must be 'single' (one tile per cell or spot), got {mode!r}.")
+        if mode not in ("single", "window"):
+            raise ValueError(f"mode must be 'single' (one tile per cell or spot) or 'window', got {mode!r}.")
+        if mode == "window" and pixels_per_unit != 1.0:
+            raise ValueError("Window mode needs centroids in image pixels (pixels_per_unit=1).")
+        if max_cells is not None and int(max_cells) < 1 or int(min_cells) < 1:
+            raise ValueError(f"max_cells (None or >= 1) and min_cells (>= 1) got {max_cells!r}, {min_cells!r}.")
         if table_key not in sdata.tables:
             raise KeyError(f"{table_key!r} is not a table of this SpatialData (have {list(sdata.tables.keys())}).")
         table = sdata.tables[table_key]
@@ -196,6 +218,7 @@ class GeneFlow(BaseModel):
             image_key=image_key, table_key=table_key, mode=mode, tile_size=int(tile_size), scale=float(scale),
             layer=layer, genes=genes, channels=channels, spatial_key=spatial_key,
             pixels_per_unit=float(pixels_per_unit), scaling=scaling,
+            max_cells=None if max_cells is None else int(max_cells), min_cells=int(min_cells),
         ))
 
     def __init__(
@@ -281,15 +304,28 @@ class GeneFlow(BaseModel):
             self.registry["scaling_lo"], self.registry["scaling_hi"] = lo.tolist(), hi.tolist()
         return np.asarray(self.registry["scaling_lo"]), np.asarray(self.registry["scaling_hi"])
 
-    def _tiles(self, sdata: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tiles ``(n, C, T, T)`` in [0, 1] of the table rows whose tile lies inside the image,
-        and those rows."""
+    def _tiles(self, sdata: Any, rows: np.ndarray | None, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles ``(n, C, T, T)`` in [0, 1] of the table rows (or around ``centres``) whose tile
+        lies inside the image, and those rows (positions in ``centres``)."""
         r = self.registry
         return cell_tiles(
             sdata, image_key=r["image_key"], table_key=r["table_key"], tile_size=r["tile_size"], cells=rows,
             scale=r["scale"], spatial_key=r["spatial_key"], pixels_per_unit=r["pixels_per_unit"],
-            scaling=self._scaling(sdata),
+            scaling=self._scaling(sdata), centres=centres,
         )
+
+    def _windows(self, sdata: Any) -> WindowCells:
+        """Window mode: the grid of windows holding cells, their cells' CPM + log1p expression
+        (``values`` (N, M, G), 0 where padded) and ``mask``."""
+        r = self.registry
+        _, height, width = image_element(sdata, r["image_key"]).shape
+        size, _ = tile_footprint(r["tile_size"], r["scale"])
+        wc = window_cells(
+            self._table(sdata), window_size=size, image_shape=(height, width), spatial_key=r["spatial_key"],
+            layer=r.get("layer"), genes=self.genes, max_cells=r.get("max_cells"), min_cells=r.get("min_cells", 1),
+        )
+        vals = cpm_log1p(wc.values.reshape(-1, wc.values.shape[-1]).astype(np.float64)).reshape(wc.values.shape)
+        return wc._replace(values=vals)
 
     def _validate_query(self, obj: Any) -> None:
         table = self._table(obj)
@@ -310,12 +346,22 @@ class GeneFlow(BaseModel):
         rows = row_positions(table, cells)
         if not len(rows):
             raise ValueError("cells selects no row to train on.")
-        tiles, kept = self._tiles(sdata, rows)
+        mask = None
+        if r["mode"] == "window":  # the windows whose cells are all selected
+            wc = self._windows(sdata)
+            chosen = np.zeros(table.n_obs, dtype=bool)
+            chosen[rows] = True
+            ok = np.flatnonzero(np.where(wc.mask, chosen[np.maximum(wc.index, 0)], True).all(axis=1))
+            tiles, kept = self._tiles(sdata, None, centres=wc.centres[ok])
+            kept = ok[kept]
+            genes, mask, xy = wc.values[kept].astype(np.float32), wc.mask[kept], wc.centres[kept]
+        else:
+            tiles, kept = self._tiles(sdata, rows)
+            genes = self._expression(table, kept)
+            xy = np.asarray(table.obsm[r["spatial_key"]], dtype=np.float64)[kept] * r["pixels_per_unit"]
         if len(kept) < 2:
-            raise ValueError(f"Only {len(kept)} of the selected rows have a whole tile inside the image; need at least 2.")
-        genes = self._expression(table, kept)
+            raise ValueError(f"Only {len(kept)} of the selected rows / windows have a whole tile inside the image; need at least 2.")
         size, _ = tile_footprint(r["tile_size"], r["scale"])
-        xy = np.asarray(table.obsm[r["spatial_key"]], dtype=np.float64)[kept] * r["pixels_per_unit"]
         if train_size < 1:
             if block_size is None:  # 16 tile footprints, or less so that the slide holds >= 4 x 4 blocks
                 block_size = max(float(size), min(16.0 * size, float(np.ptp(xy, axis=0).min()) / 4))
@@ -330,7 +376,10 @@ class GeneFlow(BaseModel):
                     tr.sum(), va.sum(), (~tr & ~va).sum())
 
         def part(m: np.ndarray) -> dict[str, torch.Tensor]:
-            return {"image": torch.from_numpy(np.ascontiguousarray(tiles[m])), "genes": torch.from_numpy(genes[m])}
+            out = {"image": torch.from_numpy(np.ascontiguousarray(tiles[m])), "genes": torch.from_numpy(genes[m])}
+            if mask is not None:
+                out["mask"] = torch.from_numpy(mask[m])
+            return out
 
         return self.objective, part(tr), part(va) if va.any() else None
 
@@ -349,16 +398,18 @@ class GeneFlow(BaseModel):
         overwrite: bool = False,
         device: str = "auto",
     ):
-        """Generate tiles for the expression of cells (or spots).
+        """Generate tiles for the expression of cells (or spots, or windows of cells).
 
         Parameters
         ----------
         adata
-            A SpatialData (its registered table) or an AnnData of cells with raw counts of the
-            model's genes (matched by name; no image needed: e.g. cells edited in silico, or
-            a scRNA-seq profile). Default: the attached object.
+            Single mode: a SpatialData (its registered table) or an AnnData of cells with raw
+            counts of the model's genes (matched by name; no image needed: e.g. cells edited in
+            silico, or a scRNA-seq profile). Window mode: a SpatialData whose table's cells are
+            gathered per window of the registered image's grid. Default: the attached object.
         indices
-            Rows to generate for (positions or a boolean mask); default all.
+            Rows (single mode) or windows (window mode, in the grid's row-major order) to
+            generate for (positions or a boolean mask); default all.
         batch_size
             Rows per batch (``batch_size * n_samples`` tiles go through the network at once;
             memory is flat in the number of rows). Default 64. The network always runs on
@@ -372,13 +423,17 @@ class GeneFlow(BaseModel):
             Flow solver: ``"euler"`` (``steps`` evaluations per tile), ``"heun"`` (``2 * steps``)
             or ``"dopri5"`` (adaptive, evaluations counted).
         seed
-            Seed of the per-row random streams (keyed by ``obs_name``): a row's tiles do not
-            depend on the batch or on the other rows.
+            Seed of the per-row random streams (keyed by ``obs_name``, or the window's origin):
+            a row's tiles do not depend on the batch or on the other rows.
         key_added
-            ``obsm`` key of the table (default ``"GeneFlow_tiles"``): ``(n_obs, n_samples, C, T, T)``
-            float32 in [0, 1], NaN for rows not generated; run parameters in ``uns[key_added]``.
+            Default ``"GeneFlow_tiles"``. Single mode: ``obsm`` key of the table,
+            ``(n_obs, n_samples, C, T, T)`` float32 in [0, 1], NaN for rows not generated; run
+            parameters in ``uns[key_added]``. Window mode: a new image element of the SpatialData
+            (the first draw of every window placed on the slide at the tiles' resolution, 0
+            where no window was generated, channel names on ``c``, transformations to the source
+            image's coordinate systems); run parameters in ``attrs[key_added]``.
         overwrite
-            Replace an existing ``obsm[key_added]`` / ``uns[key_added]``.
+            Replace an existing entry of that name.
         device
             ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``.
 
@@ -386,46 +441,82 @@ class GeneFlow(BaseModel):
         -------
         xarray.DataArray
             ``(cell, sample, c, y, x)`` tiles in [0, 1] of the rows generated, with the obs
-            names on ``cell`` and the image's channel names on ``c``; ``attrs["nfe"]`` holds
-            the mean network evaluations per tile.
+            names on ``cell`` (window mode: ``(window, sample, c, y, x)`` with the windows'
+            ``y0`` / ``x0`` in image pixels) and the image's channel names on ``c``;
+            ``attrs["nfe"]`` holds the mean network evaluations per tile.
         """
         import xarray as xr
 
-        adata = self.adata if adata is None else adata
-        table = self._table(adata) if adata is not None else None
-        table, rows = self._query(table, indices)
-        kind = self.init_args["objective"]
+        obj = self.adata if adata is None else adata
+        kind, r = self.init_args["objective"], self.registry
         steps = _DEFAULT_STEPS[kind] if steps is None else steps
         key = self._key(key_added, "tiles")
-        self._check_free(table.obsm, [key], "obsm", overwrite)
-        self._check_free(table.uns, [key], "uns", overwrite)
-        genes = self._expression(table, rows)
-        r = self.registry
+        if r["mode"] == "window":
+            if not is_spatialdata(obj):
+                raise TypeError("A window-mode GeneFlow generates from a SpatialData (its cells, gathered per window).")
+            self._require_trained()
+            wc = self._windows(obj)
+            _, rows = self._query(_Rows(len(wc.origins)), indices)
+            self._check_free(obj.images, [key], "images", overwrite)
+            self._check_free(obj.attrs, [key], "attrs", overwrite)
+            genes, mask = wc.values[rows].astype(np.float32), wc.mask[rows]
+            keys = [f"window {y}_{x}" for y, x in wc.origins[rows]]
+            read = lambda b: (genes[b], mask[b])  # noqa: E731
+        else:
+            table = self._table(obj) if obj is not None else None
+            table, rows = self._query(table, indices)
+            self._check_free(table.obsm, [key], "obsm", overwrite)
+            self._check_free(table.uns, [key], "uns", overwrite)
+            genes = self._expression(table, rows)
+            keys = self._row_keys(table.obs_names[rows])
+            read = lambda b: (genes[b], None)  # noqa: E731
         shape = (len(r["channels"]), r["tile_size"], r["tile_size"])
         dev = resolve_device(device)
-        bs = int(batch_size or 64)
         net = self.network.to(dev).eval()
         try:
-            prepare = make_prepare(net, kind, lambda b: (genes[b], None), chunk=self._network_chunk)
-            red = Moments(len(rows), keep_draws=True)
             out = sample_rows(
-                prepare, len(rows), shape, seeds=row_seeds(seed, self._row_keys(table.obs_names[rows])),
-                sampler=make_sampler(kind, steps=steps, method=method), n_samples=n_samples, batch_size=bs,
-                device=dev, reducer=red,
+                make_prepare(net, kind, read, chunk=self._network_chunk), len(rows), shape, seeds=row_seeds(seed, keys),
+                sampler=make_sampler(kind, steps=steps, method=method), n_samples=n_samples,
+                batch_size=int(batch_size or 64), device=dev, reducer=Moments(len(rows), keep_draws=True),
             )
         finally:
             self.network.cpu()
         tiles = to_tiles(out["draws"]).astype(np.float32)
         nfe = float(out["nfe"].mean())
+        params = dict(n_samples=n_samples, steps=steps, method=method, seed=seed, objective=kind, nfe_per_tile=nfe,
+                      n_rows=len(rows))
+        dims = ("sample", "c", "y", "x")
+        if r["mode"] == "window":
+            self._write_image(obj, key, tiles[:, 0], wc.origins[rows])
+            self._record_run(obj, key, params)
+            return xr.DataArray(tiles, dims=("window", *dims), attrs={"nfe": nfe}, coords={
+                "y0": ("window", wc.origins[rows, 0]), "x0": ("window", wc.origins[rows, 1]), "c": list(r["channels"])})
         full = np.full((table.n_obs, *tiles.shape[1:]), np.nan, dtype=np.float32)
         full[rows] = tiles
         table.obsm[key] = full
-        self._record_run(table, key, dict(n_samples=n_samples, steps=steps, method=method, seed=seed,
-                                          objective=kind, nfe_per_tile=nfe, n_rows=len(rows)))
-        return xr.DataArray(
-            tiles, dims=("cell", "sample", "c", "y", "x"),
-            coords={"cell": np.asarray(table.obs_names[rows]), "c": list(r["channels"])}, attrs={"nfe": nfe},
-        )
+        self._record_run(table, key, params)
+        return xr.DataArray(tiles, dims=("cell", *dims), attrs={"nfe": nfe},
+                            coords={"cell": np.asarray(table.obs_names[rows]), "c": list(r["channels"])})
+
+    def _write_image(self, sdata: Any, key: str, tiles: np.ndarray, origins: np.ndarray) -> None:
+        """Window mode: the first draw of every window placed on the slide, as a new image element
+        at the tiles' resolution (a scale transform back to the source image's pixels)."""
+        from spatialdata.models import Image2DModel
+        from spatialdata.transformations import Scale, Sequence as TSequence, get_transformation
+
+        from ..data.tiles import TileAccumulator
+
+        r, src = self.registry, image_element(sdata, self.registry["image_key"])
+        k = round(1.0 / r["scale"])
+        t = r["tile_size"]
+        height, width = src.shape[1] // k, src.shape[2] // k
+        acc = TileAccumulator(tiles.shape[1], height, width, t, "uniform")
+        acc.add(tiles.astype(np.float64), np.minimum(origins // k, [height - t, width - t]))
+        image = acc.result(0.0).astype(np.float32)
+        up = Scale([float(k), float(k)], axes=("y", "x"))
+        transforms = {cs: TSequence([up, tr]) for cs, tr in get_transformation(src, get_all=True).items()}
+        sdata.images[key] = Image2DModel.parse(image, dims=("c", "y", "x"), c_coords=list(r["channels"]),
+                                               transformations=transforms)
 
     def gene_importance(
         self,
@@ -482,24 +573,37 @@ class GeneFlow(BaseModel):
             raise ValueError("gene_importance is defined for the flow's velocity (objective='flow').")
         obj = self.adata if adata is None else adata
         table = self._table(obj) if obj is not None else None
-        table, rows = self._query(table, indices)
         key = self._key(key_added, "importance")
+        images, mask, r = None, None, self.registry
+        if r["mode"] == "window":
+            if not is_spatialdata(obj):
+                raise TypeError("A window-mode GeneFlow reads its windows from a SpatialData.")
+            self._require_trained()
+            wc = self._windows(obj)
+            _, rows = self._query(_Rows(len(wc.origins)), indices)
+            centres = wc.centres[rows]
+            keys = [f"window {y}_{x}" for y, x in wc.origins[rows]]
+        else:
+            table, rows = self._query(table, indices)
+            centres, keys = None, None
         self._check_free(table.var, [key], "var", overwrite)
         self._check_free(table.uns, [key], "uns", overwrite)
-        images = None
         if use_images and is_spatialdata(obj):
-            tiles, kept = self._tiles(obj, rows)
+            tiles, kept = self._tiles(obj, None if centres is not None else rows, centres=centres)
             if not len(kept):
                 raise ValueError("No selected row has a whole tile inside the image; pass use_images=False.")
-            rows, images = kept, tiles * 2.0 - 1.0
-        x = self._expression(table, rows)
+            rows, images = (rows[kept] if centres is not None else kept), tiles * 2.0 - 1.0
+            keys = None if keys is None else [keys[i] for i in kept]
+        if r["mode"] == "window":
+            x, mask = wc.values[rows].astype(np.float32), wc.mask[rows]
+        else:
+            x, keys = self._expression(table, rows), self._row_keys(table.obs_names[rows])
         dev = resolve_device(device)
         net = self.network.to(dev)
-        r = self.registry
         try:
             scores = gene_importance(
                 net.velocity, x, image_shape=(len(r["channels"]), r["tile_size"], r["tile_size"]), encode=net.encode,
-                images=images, keys=self._row_keys(table.obs_names[rows]), n_t=n_t, n_noise=n_noise,
+                images=images, mask=mask, keys=keys, n_t=n_t, n_noise=n_noise,
                 batch_size=int(batch_size or 32), seed=seed, device=dev,
             )
         finally:
