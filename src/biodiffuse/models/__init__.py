@@ -5,5 +5,6 @@ from .geneflow import GeneFlow
 from .mcd import MCD
 from .multimodal import CoherentDenoising, MultiConditionDiffusion
 from .spadit import SpaDiT
+from .staindiffuser import StainDiffuser
 
-__all__ = ["BaseModel", "CoherentDenoising", "GeneFlow", "MCD", "MultiConditionDiffusion", "SpaDiT"]
+__all__ = ["BaseModel", "CoherentDenoising", "GeneFlow", "MCD", "MultiConditionDiffusion", "SpaDiT", "StainDiffuser"]

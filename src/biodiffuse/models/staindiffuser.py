@@ -1,0 +1,553 @@
+"""StainDiffuser: virtual (multiplex) staining of H&E by a multi-task diffusion model.
+
+Method (StainDiffuser paper, section 4):
+
+* **Data** (:meth:`StainDiffuser.setup_spatialdata`): a SpatialData with two registered image
+  elements of the same size, the source (H&E, ``c = R, G, B``) and the target stains (e.g.
+  HEMIT's DAPI + mIHC markers), both uint8. Training tiles are the rows of a tiles table
+  (``obs`` ``y0``, ``x0``, ``tile_size``: the mosaics of :func:`biodiffuse.datasets.hemit`) or,
+  without one, a grid over the whole image (:func:`biodiffuse.data.tiles.tile_origins`).
+* **Segmentation labels, made automatically**: one threshold per stain (Otsu by default,
+  :func:`biodiffuse.metrics.stain_masks`) fitted ONCE on the training tiles, kept in the
+  registry; the masks are used in training only.
+* **Network, objective** (:mod:`biodiffuse.module.staindiffuser`): one conditional UNet reads
+  the H&E crop with the noisy targets. ``multiplex="joint"`` diffuses ``[stains, masks]``
+  together (the staining and segmentation processes share the H&E encoder and attend to each
+  other in its attention layers) with ``L = L_gen + seg_weight * L_seg``;
+  ``multiplex="token"`` is the paper's Multi-StainDiffuser: one stain (+ its mask) per call,
+  chosen by a one-hot stain id, one random stain per training tile.
+* **Split by region**: validation tiles are whole regions (``obs["region"]``) when the table
+  has them, else random tiles.
+* **Prediction** (:meth:`StainDiffuser.predict`): EDM Heun sampling of ``crop_size`` crops with
+  ``overlap``, stitched with a Hann window inside every tile (or over the whole image), through
+  :func:`biodiffuse.diffusion.sample_rows` with one random stream per crop origin.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data import write_setup_record
+from ..data.histology import row_positions
+from ..data.spatialdata import image_channels, image_element, is_spatialdata
+from ..data.tiles import TileAccumulator, extract_tiles, tile_origins
+from ..diffusion import edm_sampler, row_seeds, sample_rows
+from ..metrics.staining import stain_masks
+from ..module.staindiffuser import MULTIPLEX, StainDiffuserObjective, build_network, make_prepare, to_unit
+from .base import BaseModel, resolve_device
+
+__all__ = ["StainDiffuser"]
+
+logger = logging.getLogger("biodiffuse")
+
+_THRESHOLDS = ("otsu", "mean_sd")
+
+
+def _uint8_element(sdata: Any, key: str) -> Any:
+    elem = image_element(sdata, key)
+    if elem.dtype != np.uint8:
+        raise ValueError(f"images[{key!r}] has dtype {elem.dtype}; StainDiffuser reads uint8 images (0..255).")
+    return elem
+
+
+def _tile_table(table: Any, height: int, width: int, key: str) -> tuple[np.ndarray, int]:
+    """``(n, 2)`` int64 origins and the one tile size of a tiles table, checked against the image."""
+    obs = table.obs
+    missing = [c for c in ("y0", "x0", "tile_size") if c not in obs.columns]
+    if missing:
+        raise KeyError(f"Table {key!r} lacks obs column(s) {missing} (tile origins y0, x0 and tile_size).")
+    if table.n_obs == 0:
+        raise ValueError(f"Table {key!r} has no tiles.")
+    vals = obs[["y0", "x0", "tile_size"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(vals).all() or (vals != np.round(vals)).any():
+        raise ValueError(f"Table {key!r}: y0, x0 and tile_size must be finite integers.")
+    vals = vals.astype(np.int64)
+    sizes = np.unique(vals[:, 2])
+    if len(sizes) != 1 or sizes[0] < 1:
+        raise ValueError(f"Table {key!r}: all tiles must have one positive tile_size, got {sizes[:5].tolist()}.")
+    t = int(sizes[0])
+    y, x = vals[:, 0], vals[:, 1]
+    if y.min() < 0 or x.min() < 0 or (y + t).max() > height or (x + t).max() > width:
+        raise ValueError(f"Table {key!r}: some tiles of size {t} fall outside the {height} x {width} images.")
+    return vals[:, :2], t
+
+
+class _Stitcher:
+    """Reducer of :func:`~biodiffuse.diffusion.sample_rows`: crops (mean over the draws) are
+    stitched with a Hann window inside their tile (a rectangle ``y0, x0, h, w``; the whole
+    image is one); a finished tile is written into the float32 output planes, so memory is the
+    output plus one tile's accumulators."""
+
+    def __init__(self, out_stain: np.ndarray, out_seg: np.ndarray, tiles: np.ndarray, crops: np.ndarray,
+                 crop_tile: np.ndarray, crop_size: int, row_crop: np.ndarray, row_stain: np.ndarray | None) -> None:
+        self.out_stain, self.out_seg = out_stain, out_seg
+        self.tiles, self.crops, self.crop_tile = tiles, crops, crop_tile
+        self.crop_size, self.row_crop, self.row_stain = crop_size, row_crop, row_stain
+        self.current: int | None = None
+        self.acc: list[TileAccumulator] = []
+
+    def _flush(self) -> None:
+        if self.current is None:
+            return
+        y, x, h, w = self.tiles[self.current]
+        n = self.out_stain.shape[0]
+        if self.row_stain is None:
+            res = self.acc[0].result(0.0)
+            self.out_stain[:, y : y + h, x : x + w], self.out_seg[:, y : y + h, x : x + w] = res[:n], res[n:]
+        else:
+            for s, acc in enumerate(self.acc):
+                res = acc.result(0.0)
+                self.out_stain[s, y : y + h, x : x + w], self.out_seg[s, y : y + h, x : x + w] = res[0], res[1]
+        self.current = None
+
+    def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict) -> None:
+        unit = to_unit(draws).mean(axis=1)  # (B, channels, c, c): mean over the draws
+        n = self.out_stain.shape[0]
+        for j, row in enumerate(rows):
+            crop = self.row_crop[row]
+            tile = int(self.crop_tile[crop])
+            if tile != self.current:
+                self._flush()
+                _, _, h, w = self.tiles[tile]
+                groups = [2 * n] if self.row_stain is None else [2] * n
+                self.acc = [TileAccumulator(g, int(h), int(w), self.crop_size, "hann") for g in groups]
+                self.current = tile
+            local = (self.crops[crop] - self.tiles[tile, :2])[None]
+            self.acc[0 if self.row_stain is None else int(self.row_stain[row])].add(unit[j : j + 1], local)
+
+    def result(self) -> "_Stitcher":
+        self._flush()
+        return self
+
+
+class StainDiffuser(BaseModel):
+    """Multi-task diffusion from H&E to (multiplex) stains and their segmentation.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData registered with :meth:`setup_spatialdata`.
+    multiplex
+        ``"joint"``: one diffusion over all stains and their masks at once; ``"token"``: one
+        stain (+ mask) per network call, chosen by a one-hot stain id (the paper's
+        Multi-StainDiffuser; one random stain per training tile).
+    seg_weight
+        The paper's ``lambda``: ``L = L_gen + lambda L_seg`` (0 switches the segmentation task off).
+    crop_size
+        Side of the training and prediction crops; divisible by ``2 ** (len(channel_mult) - 1)``
+        and at most the tile size.
+    model_channels, channel_mult, num_blocks, heads, dropout
+        The UNet (:class:`~biodiffuse.nn.ConditionalImageUNet`, attention at its lowest level).
+    seed
+        Seeds the initial weights.
+
+    Notes
+    -----
+    **Training** (:meth:`~biodiffuse.models.BaseModel.train`) defaults: ``batch_size=16``, AdamW
+    ``lr=2e-4``, ``weight_decay=0``, ``train_size=0.85`` (validation: whole regions of
+    ``obs["region"]`` when present, else random tiles), about 3,000 optimiser steps (between 5
+    and 2,000 epochs), EMA of the weights. Data option of ``train``: ``tiles`` (rows of the
+    tiles table to learn from: a boolean mask, positions or obs names). The first call fits the
+    stain thresholds on its training tiles; later calls reuse them. Without a tiles table the
+    image is cut into a grid of tiles of ``min(2 * crop_size, height, width)`` pixels.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.hemit("train", tiles=200)
+    >>> bd.models.StainDiffuser.setup_spatialdata(sdata, source_key="he", target_key="mihc")
+    >>> model = bd.models.StainDiffuser(sdata, crop_size=64)
+    >>> model.train()
+    >>> test = bd.datasets.hemit("test", tiles=20)
+    >>> out = model.predict(test)        # images "mihc_StainDiffuser" and "mihc_StainDiffuser_seg"
+    """
+
+    _model_name = "StainDiffuser"
+    _train_defaults = dict(
+        batch_size=16, lr=2e-4, weight_decay=0.0, train_size=0.85, max_epochs=None, steps=3000,
+        epochs=(5, 2000), early_stopping_patience=None, min_patience=10, ema_decay="auto", lr_warmup_steps=100,
+    )
+    _data_kwargs = ("tiles",)
+    _default_steps = 18
+    _network_chunk = 32  # crops per network call (fixed, so results do not depend on batch_size)
+
+    # --- set-up --------------------------------------------------------------------------------
+    @classmethod
+    def setup_spatialdata(
+        cls,
+        sdata: Any,
+        *,
+        source_key: str = "he",
+        target_key: str = "mihc",
+        stains: Sequence[str] | None = None,
+        tiles_key: str | None = "tiles",
+        threshold: str = "otsu",
+        k: float = 1.0,
+    ) -> None:
+        """Register the source (H&E) and target (stains) images; writes only
+        ``sdata.attrs["biodiffuse"]["StainDiffuser"]``.
+
+        Parameters
+        ----------
+        sdata
+            SpatialData holding both image elements (same ``y`` / ``x`` size, uint8).
+        source_key
+            Image element the model reads (e.g. ``"he"``, ``c = R, G, B``).
+        target_key
+            Image element of the stains to learn (e.g. ``"mihc"``).
+        stains
+            Channel names of the target to learn, in output order (default all).
+        tiles_key
+            Table whose ``obs`` ``y0``, ``x0``, ``tile_size`` (one size) give the training tiles
+            (and optionally ``region``, for the validation split); if absent from ``sdata``
+            (or None), the whole image is tiled.
+        threshold
+            How the stains' segmentation labels are made: ``"otsu"`` or ``"mean_sd"`` (mean +
+            ``k`` standard deviations) over the training tiles' pixels.
+        k
+            Standard deviations for ``"mean_sd"``.
+
+        Raises
+        ------
+        TypeError
+            If ``sdata`` is not a SpatialData.
+        KeyError
+            For a missing image element, stain or tile column.
+        ValueError
+            For images of different sizes, non-uint8 images, repeated / empty stains, bad tiles
+            or a bad threshold; ``sdata`` is left unchanged.
+        """
+        if not is_spatialdata(sdata):
+            raise TypeError(f"StainDiffuser.setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
+        if threshold not in _THRESHOLDS:
+            raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}.")
+        if not (np.isfinite(k) and k >= 0):
+            raise ValueError(f"k must be finite and >= 0, got {k!r}.")
+        if source_key == target_key:
+            raise ValueError(f"source_key and target_key are both {source_key!r}; they must be two image elements.")
+        src, tgt = _uint8_element(sdata, source_key), _uint8_element(sdata, target_key)
+        if src.shape[1:] != tgt.shape[1:]:
+            raise ValueError(
+                f"images[{source_key!r}] is {src.shape[1]} x {src.shape[2]} but images[{target_key!r}] is "
+                f"{tgt.shape[1]} x {tgt.shape[2]} (y x x); the two must be registered pixel to pixel."
+            )
+        source_channels, target_channels = image_channels(sdata, source_key), image_channels(sdata, target_key)
+        stains = list(target_channels) if stains is None else [str(s) for s in stains]
+        if not stains or len(set(stains)) != len(stains):
+            raise ValueError(f"stains must be a non-empty list of distinct channel names, got {stains}.")
+        lost = [s for s in stains if s not in target_channels]
+        if lost:
+            raise KeyError(f"Stain(s) {lost} not in images[{target_key!r}] (channels {target_channels}).")
+        height, width = int(src.shape[1]), int(src.shape[2])
+        tile_size = None
+        if tiles_key is not None and tiles_key in sdata.tables:
+            _, tile_size = _tile_table(sdata.tables[tiles_key], height, width, tiles_key)
+        else:
+            tiles_key = None
+        write_setup_record(sdata, cls._model_name, dict(
+            source_key=source_key, target_key=target_key, source_channels=source_channels, stains=stains,
+            tiles_key=tiles_key, tile_size=tile_size, height=height, width=width, threshold=threshold, k=float(k),
+        ))
+
+    def __init__(
+        self,
+        sdata: Any,
+        *,
+        multiplex: str = "joint",
+        seg_weight: float = 1.0,
+        crop_size: int = 64,
+        model_channels: int = 32,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_blocks: int = 1,
+        heads: int = 4,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if multiplex not in MULTIPLEX:
+            raise ValueError(f"multiplex must be one of {MULTIPLEX}, got {multiplex!r}.")
+        if not (np.isfinite(seg_weight) and seg_weight >= 0):
+            raise ValueError(f"seg_weight must be finite and >= 0, got {seg_weight!r}.")
+        setup = self._setup_record(sdata, "setup_spatialdata")
+        crop_size = int(crop_size)
+        factor = 2 ** (len(channel_mult) - 1)
+        if crop_size < 1 or crop_size % factor:
+            raise ValueError(f"crop_size {crop_size} must be a positive multiple of 2 ** (len(channel_mult) - 1) = {factor}.")
+        largest = setup.get("tile_size") or min(setup["height"], setup["width"])
+        if crop_size > largest:
+            raise ValueError(f"crop_size {crop_size} is larger than the tiles ({largest} pixels).")
+        self.registry = {**setup, "thresholds": None}
+        self.init_args = dict(
+            multiplex=multiplex, seg_weight=float(seg_weight), crop_size=crop_size, model_channels=int(model_channels),
+            channel_mult=[int(m) for m in channel_mult], num_blocks=int(num_blocks), heads=int(heads),
+            dropout=float(dropout), seed=int(seed),
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.network = self._build_network()
+        self.adata = sdata
+
+    def _build_network(self):
+        a = self.init_args
+        return build_network(
+            len(self.registry["stains"]), len(self.registry["source_channels"]), multiplex=a["multiplex"],
+            model_channels=a["model_channels"], channel_mult=tuple(a["channel_mult"]), num_blocks=a["num_blocks"],
+            heads=a["heads"], dropout=a["dropout"],
+        )
+
+    @property
+    def stains(self) -> list[str]:
+        """The stains the model generates, in output order."""
+        return list(self.registry["stains"])
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """The stains' segmentation thresholds (0..255), fitted on the first training tiles."""
+        t = self.registry.get("thresholds")
+        return None if t is None else dict(zip(self.stains, t))
+
+    def _source(self, sdata: Any, key: str) -> Any:
+        """The registered source channels of ``images[key]`` (by name, lazily)."""
+        elem = _uint8_element(sdata, key)
+        have = image_channels(sdata, key)
+        missing = [c for c in self.registry["source_channels"] if c not in have]
+        if missing:
+            raise ValueError(f"images[{key!r}] lacks the model's source channel(s) {missing} (has {have}).")
+        return elem.sel(c=list(self.registry["source_channels"]))
+
+    def _validate_query(self, sdata: Any) -> None:
+        if not is_spatialdata(sdata):
+            raise TypeError(f"StainDiffuser works on a SpatialData, got {type(sdata).__name__}.")
+        self._source(sdata, self.registry["source_key"])
+
+    # --- training ------------------------------------------------------------------------------
+    def _training_data(self, train_size: float, seed: int, tiles: Any = None):
+        sdata, r = self.adata, self.registry
+        if not is_spatialdata(sdata):
+            raise TypeError("StainDiffuser trains on the SpatialData it was set up on.")
+        src = self._source(sdata, r["source_key"])
+        tgt = _uint8_element(sdata, r["target_key"])
+        if src.shape[1:] != tgt.shape[1:]:
+            raise ValueError(f"images[{r['source_key']!r}] and images[{r['target_key']!r}] differ in size.")
+        height, width = int(src.shape[1]), int(src.shape[2])
+        groups = None
+        if r.get("tiles_key"):
+            table = sdata.tables[r["tiles_key"]]
+            origins, size = _tile_table(table, height, width, r["tiles_key"])
+            rows = row_positions(table, tiles)
+            origins = origins[rows]
+            if "region" in table.obs.columns:
+                groups = table.obs["region"].astype(str).to_numpy()[rows]
+        else:
+            if tiles is not None:
+                raise ValueError("tiles= selects rows of a tiles table; this model was set up without one.")
+            size = min(height, width, 2 * self.init_args["crop_size"])
+            origins = tile_origins(height, width, size)
+        if len(origins) < 2:
+            raise ValueError(f"{len(origins)} training tile(s) selected; need at least 2.")
+        if size < self.init_args["crop_size"]:
+            raise ValueError(f"Tiles of {size} pixels are smaller than crop_size {self.init_args['crop_size']}.")
+        source = extract_tiles(src.data, origins, size)
+        target = extract_tiles(tgt.sel(c=self.stains).data, origins, size)
+        tr = self._split_tiles(len(origins), groups, train_size, seed)
+        if r.get("thresholds") is None:  # fitted once, on the training tiles only
+            _, thr = stain_masks(target[tr], method=r["threshold"], k=r["k"])
+            r["thresholds"] = [float(t) for t in thr]
+        masks, _ = stain_masks(target, thresholds=r["thresholds"])
+        logger.info("StainDiffuser: %d training and %d validation tiles of %d pixels.", tr.sum(), (~tr).sum(), size)
+
+        def part(m: np.ndarray) -> dict[str, torch.Tensor]:
+            return {"source": torch.from_numpy(np.ascontiguousarray(source[m])),
+                    "target": torch.from_numpy(np.ascontiguousarray(target[m])),
+                    "mask": torch.from_numpy(masks[m].astype(np.uint8))}
+
+        a = self.init_args
+        objective = StainDiffuserObjective(
+            a["multiplex"], len(self.stains), seg_weight=a["seg_weight"], crop_size=a["crop_size"])
+        return objective, part(tr), part(~tr) if (~tr).any() else None
+
+    def _split_tiles(self, n: int, groups: np.ndarray | None, train_size: float, seed: int) -> np.ndarray:
+        """Boolean mask of the training tiles: whole regions go to validation (those that bring
+        the validation share closest to ``1 - train_size``, at least the smallest region, never
+        all), else random tiles."""
+        train = np.ones(n, dtype=bool)
+        if train_size >= 1:
+            return train
+        rng = np.random.default_rng(seed)
+        names = None if groups is None else np.unique(groups)
+        if names is None or len(names) < 2:
+            _, val = self._split(n, train_size, rng)
+            train[val] = False
+            return train
+        goal, count, chosen = (1.0 - train_size) * n, 0, []
+        sizes = {g: int((groups == g).sum()) for g in names}
+        for g in rng.permutation(names):
+            if len(chosen) < len(names) - 1 and abs(count + sizes[g] - goal) < abs(count - goal):
+                chosen.append(g)
+                count += sizes[g]
+        if not chosen:
+            chosen = [min(names, key=lambda g: (sizes[g], g))]
+        return ~np.isin(groups, chosen)
+
+    # --- task verb -----------------------------------------------------------------------------
+    def predict(
+        self,
+        sdata: Any = None,
+        *,
+        image_key: str | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int | None = None,
+        n_samples: int = 1,
+        steps: int = 18,
+        seed: int = 0,
+        key_added: str | None = None,
+        overwrite: bool = False,
+        overlap: float = 0.25,
+        device: str = "auto",
+    ) -> dict[str, Any]:
+        """Virtually stain H&E: the stains and their segmentation as new image elements.
+
+        Parameters
+        ----------
+        sdata
+            SpatialData with the source image (default the attached one).
+        image_key
+            Source image element (default the registered one). With the registered key and the
+            registered tiles table present, prediction runs tile by tile at the table's origins;
+            otherwise the whole element is tiled.
+        indices
+            Rows of the tiles table to predict (positions or a boolean mask; default all).
+            Pixels outside them are 0 in the outputs.
+        batch_size
+            Crops per batch (default 64; ``batch_size * n_samples`` draws in flight). Results do
+            not depend on it: the network always runs on chunks of 32 draws and every crop has
+            its own random stream.
+        n_samples
+            Independent draws per crop, averaged.
+        steps
+            EDM Heun steps (``2 * steps - 1`` network evaluations per crop).
+        seed
+            Seed of the per-crop random streams (keyed by the crop's origin and, in token mode,
+            the stain).
+        key_added
+            Name of the stain element (default ``"<target_key>_StainDiffuser"``); the
+            segmentation goes to ``"<key_added>_seg"``, run parameters to ``sdata.attrs[key_added]``.
+        overwrite
+            Replace existing elements / attrs of those names.
+        overlap
+            Fraction in ``[0, 1)`` by which neighbouring crops overlap; the crops are stitched
+            with a Hann window (crops never cross a tile's border).
+        device
+            ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``.
+
+        Returns
+        -------
+        dict
+            ``{key_added: DataArray, key_added + "_seg": DataArray}``: the elements written,
+            ``(c, y, x)`` float32 with the stain names on ``c``: stain intensity in ``[0, 1]``
+            (the target's uint8 / 255; mean over the draws) and mask probability in ``[0, 1]``.
+
+        Raises
+        ------
+        TypeError
+            If the object is not a SpatialData.
+        KeyError
+            For a missing element, or existing keys without ``overwrite``.
+        ValueError
+            For bad arguments or a source without the model's channels; nothing is written.
+
+        Notes
+        -----
+        Memory: the two float32 output planes (the source's size) plus the draws of one batch
+        and the float64 accumulators of one tile (of the whole image when it is tiled as one).
+        """
+        from spatialdata.models import Image2DModel
+        from spatialdata.transformations import get_transformation
+
+        self._require_trained()
+        obj = self.adata if sdata is None else sdata
+        if obj is None:
+            raise ValueError("Pass the SpatialData to predict on (no object is attached to this model).")
+        if not is_spatialdata(obj):
+            raise TypeError(f"StainDiffuser predicts on a SpatialData, got {type(obj).__name__}.")
+        r, c = self.registry, self.init_args["crop_size"]
+        if not (0 <= float(overlap) < 1):
+            raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}.")
+        if int(steps) != steps or steps < 1 or int(n_samples) != n_samples or n_samples < 1:
+            raise ValueError(f"steps and n_samples must be positive integers, got {steps!r}, {n_samples!r}.")
+        image_key = r["source_key"] if image_key is None else image_key
+        src = self._source(obj, image_key)
+        height, width = int(src.shape[1]), int(src.shape[2])
+        tiles_key = r.get("tiles_key")
+        use_table = image_key == r["source_key"] and tiles_key is not None and tiles_key in obj.tables
+        if use_table:
+            table, rows = self._query(obj.tables[tiles_key], indices)
+            origins, size = _tile_table(table, height, width, tiles_key)
+            if size < c:
+                raise ValueError(f"Tiles of {size} pixels are smaller than crop_size {c}.")
+            tiles = np.column_stack([origins[rows], np.full((len(rows), 2), size)])
+            names = [str(n) for n in table.obs_names[rows]]
+        else:
+            if indices is not None:
+                raise ValueError("indices select rows of the tiles table; this prediction tiles the whole image.")
+            if c > min(height, width):
+                raise ValueError(f"images[{image_key!r}] ({height} x {width}) is smaller than crop_size {c}.")
+            tiles, names = np.array([[0, 0, height, width]], dtype=np.int64), None
+        stride = max(1, int(round(c * (1.0 - float(overlap)))))
+        key = f"{r['target_key']}_StainDiffuser" if key_added is None else self._key(key_added, "")
+        seg_key = f"{key}_seg"
+        self._check_free(obj.images, [key, seg_key], "images", overwrite)
+        self._check_free(obj.attrs, [key], "attrs", overwrite)
+
+        # every crop: its origin in the image and its tile (crops never cross a tile's border)
+        parts = [tile_origins(int(h), int(w), c, stride) + [y, x] for y, x, h, w in tiles]
+        crops = np.concatenate(parts).astype(np.int64)
+        crop_tile = np.repeat(np.arange(len(tiles)), [len(p) for p in parts])
+        n_stains, token = len(self.stains), self.init_args["multiplex"] == "token"
+        if token:  # one row per (crop, stain)
+            row_crop, row_stain = np.repeat(np.arange(len(crops)), n_stains), np.tile(np.arange(n_stains), len(crops))
+            keys = [f"{y}_{x}|{self.stains[s]}" for (y, x), s in zip(crops[row_crop], row_stain)]
+        else:
+            row_crop, row_stain = np.arange(len(crops)), None
+            keys = [f"{y}_{x}" for y, x in crops]
+        data = src.data
+
+        def read(b: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            sel, owner = crops[row_crop[b]], crop_tile[row_crop[b]]
+            out = np.empty((len(b), data.shape[0], c, c), dtype=np.uint8)
+            for t in np.unique(owner):  # one read per tile of the batch
+                m = owner == t
+                (y0, x0), (y1, x1) = sel[m].min(axis=0), sel[m].max(axis=0) + c
+                window = np.asarray(data[:, y0:y1, x0:x1])
+                out[m] = extract_tiles(window, sel[m] - [y0, x0], c)
+            return out, None if row_stain is None else row_stain[b]
+
+        out_stain = np.zeros((n_stains, height, width), dtype=np.float32)
+        out_seg = np.zeros((n_stains, height, width), dtype=np.float32)
+        stitcher = _Stitcher(out_stain, out_seg, tiles, crops, crop_tile, c, row_crop, row_stain)
+        channels = 2 if token else 2 * n_stains
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        try:
+            sample_rows(
+                make_prepare(net, read, n_stains=n_stains, chunk=self._network_chunk), len(row_crop), (channels, c, c),
+                seeds=row_seeds(seed, keys), sampler=edm_sampler(int(steps)), n_samples=int(n_samples),
+                batch_size=int(batch_size or 64), device=dev, reducer=stitcher,
+            )
+        finally:
+            self.network.cpu()
+        transforms = {cs: copy.deepcopy(tr) for cs, tr in get_transformation(src, get_all=True).items()}
+        for k, arr in ((key, out_stain), (seg_key, out_seg)):
+            obj.images[k] = Image2DModel.parse(arr, dims=("c", "y", "x"), c_coords=self.stains,
+                                               transformations=copy.deepcopy(transforms))
+        self._record_run(obj, key, dict(
+            image_key=image_key, n_samples=int(n_samples), steps=int(steps), seed=int(seed), overlap=float(overlap),
+            crop_size=c, stride=stride, multiplex=self.init_args["multiplex"], n_crops=len(crops),
+            tiles=names, seg_key=seg_key, nfe_per_crop=2 * int(steps) - 1,
+        ))
+        return {key: obj.images[key], seg_key: obj.images[seg_key]}
+

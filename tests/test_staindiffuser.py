@@ -1,0 +1,236 @@
+"""StainDiffuser: set-up record, multi-task training on region splits (joint and token
+multiplexing), thresholds fitted on training tiles only, prediction that follows the H&E,
+batch-size independence, whole-image tiling, save / load, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from biodiffuse.models.staindiffuser import StainDiffuser
+
+T = 32  # tile side of the synthetic mosaic
+SMALL = dict(crop_size=16, model_channels=8, channel_mult=(1, 2))
+
+
+def _sdata(n_tiles: int = 32, columns: int = 8, n_val: int = 8, seed: int = 0, table: bool = True):
+    """H&E-like mosaic (pink background, dark purple round "cells") and a 2-stain target:
+    stain A bright inside the cells, stain B noise. Tiles table with regions r0 / r1 (the last
+    ``n_val`` tiles). Returns the SpatialData and the boolean cell mask."""
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, TableModel
+
+    rng = np.random.default_rng(seed)
+    rows = -(-n_tiles // columns)
+    h, w = rows * T, columns * T
+    yy, xx = np.mgrid[:h, :w]
+    inside = np.zeros((h, w), bool)
+    origins = np.array([((i // columns) * T, (i % columns) * T) for i in range(n_tiles)])
+    for y0, x0 in origins:
+        for _ in range(3):
+            cy, cx = y0 + rng.integers(5, T - 5), x0 + rng.integers(5, T - 5)
+            inside |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+    he = np.where(inside, np.array([90, 50, 140])[:, None, None], np.array([235, 190, 215])[:, None, None])
+    he = np.clip(he + rng.normal(0, 8, he.shape), 0, 255).astype(np.uint8)
+    a = np.clip(np.where(inside, 210, 20) + rng.normal(0, 8, (h, w)), 0, 255)
+    b = np.clip(60 + rng.normal(0, 15, (h, w)), 0, 255)
+    images = {"he": Image2DModel.parse(he, dims=("c", "y", "x"), c_coords=["R", "G", "B"]),
+              "mihc": Image2DModel.parse(np.stack([a, b]).astype(np.uint8), dims=("c", "y", "x"), c_coords=["A", "B"])}
+    tables = {}
+    if table:
+        obs = pd.DataFrame({"y0": origins[:, 0], "x0": origins[:, 1], "tile_size": T,
+                            "region": pd.Categorical(["r0"] * (n_tiles - n_val) + ["r1"] * n_val)},
+                           index=[f"t{i}" for i in range(n_tiles)])
+        tables["tiles"] = TableModel.parse(ad.AnnData(np.zeros((n_tiles, 0), np.float32), obs=obs))
+    return SpatialData(images=images, tables=tables), inside
+
+
+def _replace(sdata, key: str, array: np.ndarray) -> None:
+    from spatialdata.models import Image2DModel
+
+    c = list(sdata.images[key].coords["c"].values)
+    sdata.images[key] = Image2DModel.parse(array, dims=("c", "y", "x"), c_coords=c)
+
+
+def _fit(sdata, epochs: int, accelerator, devices, **kwargs):
+    model = StainDiffuser(sdata, **{**SMALL, **kwargs})
+    model.train(max_epochs=epochs, batch_size=8, lr=2e-3, enable_progress_bar=False,
+                accelerator=accelerator, devices=devices)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(accelerator, devices):
+    sdata, inside = _sdata()
+    StainDiffuser.setup_spatialdata(sdata)
+    return _fit(sdata, 30, accelerator, devices), sdata, inside
+
+
+def _val_mask(sdata) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of region r1 and the pixels of their tiles."""
+    obs = sdata.tables["tiles"].obs
+    val = (obs["region"] == "r1").to_numpy()
+    pix = np.zeros(sdata.images["he"].shape[1:], bool)
+    for y0, x0 in obs.loc[val, ["y0", "x0"]].to_numpy():
+        pix[y0 : y0 + T, x0 : x0 + T] = True
+    return val, pix
+
+
+def test_setup_writes_only_the_record():
+    sdata, _ = _sdata()
+    images, tables = set(sdata.images), set(sdata.tables)
+    StainDiffuser.setup_spatialdata(sdata, stains=["A"], threshold="mean_sd", k=0.5)
+    rec = sdata.attrs["biodiffuse"]["StainDiffuser"]
+    assert rec["stains"] == ["A"] and rec["source_channels"] == ["R", "G", "B"] and rec["tile_size"] == T
+    assert rec["tiles_key"] == "tiles" and rec["threshold"] == "mean_sd" and rec["k"] == 0.5
+    assert (set(sdata.images), set(sdata.tables)) == (images, tables)
+
+
+def test_training_splits_by_region_and_learns(trained, device):
+    """Validation is region r1; the prediction of stain A on r1 is bright inside the cells and
+    dark outside (the training mean would be flat), and so is the segmentation."""
+    model, sdata, inside = trained
+    h = model.history
+    assert {"train_loss", "val_loss"} <= set(h.columns) and h["val_loss"].iloc[-1] < 0.8 * h["val_loss"].iloc[0]
+    val, pix = _val_mask(sdata)
+    out = model.predict(indices=val, steps=8, device=device)
+    key = "mihc_StainDiffuser"
+    assert set(out) == {key, f"{key}_seg"} and set(out) <= set(sdata.images)
+    stain, seg = out[key], out[f"{key}_seg"]
+    assert stain.dims == ("c", "y", "x") and stain.shape == (2, 128, 256) and seg.shape == (2, 128, 256)
+    assert list(stain.coords["c"].values) == ["A", "B"] and list(seg.coords["c"].values) == ["A", "B"]
+    a, s = stain.sel(c="A").values, seg.sel(c="A").values
+    assert 0 <= a.min() and a.max() <= 1 and 0 <= s.min() and s.max() <= 1
+    assert a[pix & inside].mean() - a[pix & ~inside].mean() > 0.3
+    assert s[pix & inside].mean() - s[pix & ~inside].mean() > 0.3
+    assert (a[~pix] == 0).all()  # tiles not asked for stay empty
+    rec = sdata.attrs[key]
+    assert rec["steps"] == 8 and rec["tiles"] == list(sdata.tables["tiles"].obs_names[val])
+
+
+def test_thresholds_are_fitted_on_training_tiles_only(accelerator, devices):
+    """Changing a validation tile (region r1) leaves the thresholds as they are; changing a
+    training tile moves them."""
+    fitted = []
+    for change in (None, 31, 0):  # tile 31 is in r1 (validation), tile 0 in r0 (training)
+        sdata, _ = _sdata()
+        if change is not None:
+            arr = np.asarray(sdata.images["mihc"].values).copy()
+            y0, x0 = (change // 8) * T, (change % 8) * T
+            arr[:, y0 : y0 + T, x0 : x0 + T] = 255
+            _replace(sdata, "mihc", arr)
+        StainDiffuser.setup_spatialdata(sdata, threshold="mean_sd")
+        model = _fit(sdata, 1, accelerator, devices)
+        fitted.append(model.registry["thresholds"])
+    assert fitted[1] == fitted[0]
+    assert fitted[2] != fitted[0]
+    assert set(model.thresholds) == {"A", "B"}
+
+
+def test_results_do_not_depend_on_the_batch(trained, device):
+    model, sdata, _ = trained
+    a = model.predict(indices=[30, 31], batch_size=1, n_samples=2, steps=2, seed=4, key_added="a", device=device)["a"]
+    b = model.predict(indices=[31, 30], batch_size=4, n_samples=2, steps=2, seed=4, key_added="b", device=device)["b"]
+    np.testing.assert_array_equal(a.values, b.values)
+    c = model.predict(indices=[30, 31], batch_size=4, n_samples=2, steps=2, seed=5, key_added="c", device=device)["c"]
+    assert not np.allclose(a.values, c.values)
+
+
+def test_whole_image_without_table(trained, device):
+    """Without a tiles table the whole image is cut into overlapping crops and stitched."""
+    model, _, _ = trained
+    query, inside = _sdata(n_tiles=4, columns=2, seed=3, table=False)
+    out = model.predict(query, steps=4, overlap=0.5, device=device)["mihc_StainDiffuser"]
+    assert out.shape == (2, 64, 64) and np.isfinite(out.values).all()
+    a = out.sel(c="A").values
+    blocks = out.sel(c="B").values.reshape(4, 16, 4, 16).mean(axis=(1, 3))
+    assert blocks.min() > 0.05  # every part of the image was generated (stain B is ~0.24 everywhere)
+    assert a[inside].mean() > a[~inside].mean() + 0.2
+    assert query.attrs["mihc_StainDiffuser"]["stride"] == 8
+
+
+def test_token_multiplexing_predicts_every_stain(accelerator, devices, device):
+    sdata, _ = _sdata()
+    StainDiffuser.setup_spatialdata(sdata)
+    model = _fit(sdata, 1, accelerator, devices, multiplex="token")
+    assert model.network.cond_dim == 2 and model.network.in_channels == 2
+    out = model.predict(indices=[31], steps=2, device=device)
+    stain = out["mihc_StainDiffuser"]
+    assert list(stain.coords["c"].values) == ["A", "B"]
+    tile = stain.values[:, 96:128, 224:256]
+    assert np.isfinite(tile).all() and (tile.reshape(2, -1).mean(axis=1) > 0.02).all()  # both stains generated
+    assert stain.values[:, :96].max() == 0
+
+
+def test_save_load_round_trip(trained, tmp_path, device):
+    model, sdata, _ = trained
+    ref = model.predict(indices=[30], steps=3, key_added="ref", device=device)["ref"]
+    model.save(tmp_path / "m")
+    loaded = StainDiffuser.load(tmp_path / "m", sdata)
+    assert loaded.registry == model.registry and loaded.thresholds == model.thresholds
+    again = loaded.predict(indices=[30], steps=3, key_added="again", device=device)["again"]
+    np.testing.assert_array_equal(ref.values, again.values)
+
+
+def test_bad_inputs_leave_objects_unchanged(trained):
+    model, sdata, _ = trained
+    fresh, _ = _sdata()
+    with pytest.raises(TypeError, match="SpatialData"):
+        StainDiffuser.setup_spatialdata({"he": None})
+    with pytest.raises(KeyError, match="'C'"):
+        StainDiffuser.setup_spatialdata(fresh, stains=["A", "C"])
+    with pytest.raises(KeyError, match="nope"):
+        StainDiffuser.setup_spatialdata(fresh, source_key="nope")
+    _replace(fresh, "mihc", np.asarray(fresh.images["mihc"].values)[:, :64, :])
+    with pytest.raises(ValueError, match="registered pixel to pixel"):
+        StainDiffuser.setup_spatialdata(fresh)
+    assert "biodiffuse" not in fresh.attrs
+    with pytest.raises(ValueError, match="not set up"):
+        StainDiffuser(fresh)
+    with pytest.raises(ValueError, match="multiple"):
+        StainDiffuser(sdata, crop_size=15, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="multiplex"):
+        StainDiffuser(sdata, multiplex="pairs")
+    with pytest.raises(TypeError, match="SpatialData"):
+        model.predict(np.zeros((3, 8, 8)))
+    model.predict(indices=[0], steps=1, key_added="once")
+    before = sdata.images["once"].values.copy()
+    images = set(sdata.images)
+    with pytest.raises(KeyError, match="overwrite"):
+        model.predict(indices=[1], steps=1, key_added="once")
+    with pytest.raises(ValueError, match="overlap"):
+        model.predict(indices=[1], steps=1, overlap=1.0, key_added="x")
+    with pytest.raises(ValueError, match="source channel"):
+        model.predict(indices=[1], steps=1, image_key="mihc", key_added="x")
+    assert set(sdata.images) == images and "x" not in sdata.attrs
+    np.testing.assert_array_equal(sdata.images["once"].values, before)
+    model.predict(indices=[1], steps=1, key_added="once", overwrite=True)
+    assert not np.array_equal(sdata.images["once"].values, before)
+
+
+def test_objective_is_gen_plus_lambda_seg():
+    """One forward, two terms: the loss is linear in lambda, and at lambda = 0 the masks do not count."""
+    import torch
+
+    from biodiffuse.module.staindiffuser import StainDiffuserObjective, build_network
+
+    rng = np.random.default_rng(0)
+    batch = {"source": torch.from_numpy(rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)),
+             "target": torch.from_numpy(rng.integers(0, 256, (4, 2, 32, 32), dtype=np.uint8)),
+             "mask": torch.from_numpy(rng.integers(0, 2, (4, 2, 32, 32), dtype=np.uint8))}
+    flipped = {**batch, "mask": 1 - batch["mask"]}
+
+    def loss(lam: float, b=batch, multiplex: str = "joint") -> float:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            net = build_network(2, 3, multiplex=multiplex, model_channels=8, channel_mult=(1, 2))
+        objective = StainDiffuserObjective(multiplex, 2, seg_weight=lam, crop_size=16)
+        return float(objective(net, b, torch.Generator().manual_seed(0)))
+
+    l0, l1, l2 = loss(0.0), loss(1.0), loss(2.0)
+    assert l1 > l0 and abs((l2 - l0) - 2 * (l1 - l0)) < 1e-5 * l2
+    assert loss(0.0, flipped) == pytest.approx(l0, rel=1e-6)
+    assert loss(1.0, flipped) != pytest.approx(l1, rel=1e-3)
+    assert np.isfinite(loss(1.0, multiplex="token"))
