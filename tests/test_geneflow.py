@@ -125,6 +125,8 @@ def test_save_load_round_trip(trained, tmp_path):
     a = model.generate(indices=np.arange(4), key_added="s1")
     b = loaded.generate(indices=np.arange(4), key_added="s2")
     np.testing.assert_array_equal(a.values, b.values)
+    loaded.train(max_epochs=1, batch_size=64, enable_progress_bar=False)  # a loaded model trains again
+    assert len(loaded.history) == len(model.history) + 1
 
 
 @pytest.mark.parametrize("objective", ["edm", "mse"])

@@ -38,7 +38,7 @@ from ..data.histology import (
 )
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..diffusion import Moments, row_seeds, sample_rows
-from ..module.geneflow import OBJECTIVES, GeneFlowObjective, build_network, make_prepare, make_sampler, to_tiles
+from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, make_sampler, to_tiles
 from .base import BaseModel, resolve_device
 
 __all__ = ["GeneFlow"]
@@ -261,13 +261,19 @@ class GeneFlow(BaseModel):
             attention_levels=None if attention_levels is None else list(attention_levels), heads=heads,
             dropout=float(dropout), gene_l1=float(gene_l1), augment=bool(augment), seed=int(seed),
         )
-        self.objective = GeneFlowObjective(objective, sigma=sigma, time_sampling=time_sampling, gene_l1=gene_l1, augment=augment)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             self.network = self._build_network()
         self.adata = sdata
 
-    def _build_network(self):
+    @property
+    def objective(self) -> GeneFlowObjective:
+        """The training loss, rebuilt from the init arguments (so a loaded model trains again)."""
+        a = self.init_args
+        return GeneFlowObjective(a["objective"], sigma=a["sigma"], time_sampling=a["time_sampling"],
+                                 gene_l1=a["gene_l1"], augment=a["augment"])
+
+    def _build_network(self) -> GeneFlowNetwork:
         a = {k: v for k, v in self.init_args.items() if k not in ("objective", "sigma", "time_sampling", "gene_l1", "augment", "seed")}
         return build_network(len(self.registry["genes"]), len(self.registry["channels"]), **a)
 
