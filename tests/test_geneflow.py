@@ -188,3 +188,22 @@ def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
     assert len(s) == 8 and np.isfinite(s).all() and (s > 0).all()
     with pytest.raises(TypeError, match="SpatialData"):
         model.generate(sdata.tables["table"])
+
+
+def test_validation_is_whole_regions_without_shared_pixels():
+    """The model's own split: validation tiles come from blocks of the slide, and no validation
+    tile shares a pixel with a training tile (the cells in between are left out)."""
+    sdata, _ = _setup()
+    model = bd.models.GeneFlow(sdata, **SMALL)
+    _, train_t, val_t = model._training_data(0.7, 0, block_size=64)
+    table = sdata.tables["table"]
+    tiles, kept = bd.data.cell_tiles(sdata, image_key="dapi", tile_size=16, scaling=model._scaling(sdata))
+    index = {t.tobytes(): i for t, i in zip(tiles, kept)}
+    xy = np.asarray(table.obsm["spatial"])
+    tr = xy[[index[t.numpy().tobytes()] for t in train_t["image"]]]
+    va = xy[[index[t.numpy().tobytes()] for t in val_t["image"]]]
+    assert len(va) > 10 and len(tr) > len(va)
+    assert bd.data.overlapping_tiles(tr, va, tile_size=16) == 0
+    # whole 64-px blocks: every block is all validation or holds no validation cell
+    block = lambda p: set(map(tuple, (p // 64).astype(int)))  # noqa: E731
+    assert not block(tr) & block(va)
