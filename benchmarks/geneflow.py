@@ -250,21 +250,26 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def common_arguments(p: argparse.ArgumentParser) -> None:
+    """Data, split and training options shared with ``geneflow_importance.py`` (same tasks, same settings)."""
     p.add_argument("--dataset", choices=["xenium", "her2st", "both"], default="both")
     p.add_argument("--tile-size", type=int, default=32)
     p.add_argument("--train-steps", type=int, default=800, help="optimiser steps of the flow / EDM models (MSE: half)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--model-channels", type=int, default=16)
-    p.add_argument("--n-test", type=int, default=250, help="held-out tiles scored (a random subset)")
-    p.add_argument("--kid-subset", type=int, default=200, help="rows per KID subset (at most half the held-out set)")
     p.add_argument("--xenium-crop", type=int, nargs=4, default=[4000, 2000, 7000, 5000])
     p.add_argument("--her2st-sections", nargs="+", default=["C2", "C3", "C4", "C5", "C6"])
     p.add_argument("--her2st-genes", type=int, default=1000)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--threads", type=int, default=2)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(p)
+    p.add_argument("--n-test", type=int, default=250, help="held-out tiles scored (a random subset)")
+    p.add_argument("--kid-subset", type=int, default=200, help="rows per KID subset (at most half the held-out set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 60 test tiles, a small crop")
     p.add_argument("--out", default="results/geneflow")
