@@ -263,3 +263,26 @@ def test_rna_encoder_bad_arguments() -> None:
         RNAEncoder(10, dim=10, heads=4)
     with pytest.raises(ValueError, match="pool"):
         RNAEncoder(10, dim=16, pool="max")
+
+
+def test_patch_discriminator_scores_local_patches():
+    """One logit per patch: a change in one corner moves the logits there far more than those of
+    the far corner (which it reaches only through the instance norm's statistics), and the map
+    shrinks with the stride-2 layers (pix2pix's 70-px PatchGAN at layers=3)."""
+    import torch
+
+    from biodiffuse.nn import PatchDiscriminator
+
+    torch.manual_seed(0)
+    d = PatchDiscriminator(5, base_channels=8, layers=3).eval()
+    cond, img = torch.randn(2, 3, 64, 64), torch.randn(2, 2, 64, 64)
+    out = d(cond, img)
+    assert out.shape == (2, 1, 6, 6)
+    img2 = img.clone()
+    img2[:, :, :8, :8] += 5.0
+    out2 = d(cond, img2)
+    change = (out - out2).abs()[:, 0]
+    assert change[:, :3, :3].mean() > 2.5 * change[:, 3:, 3:].mean()
+    assert PatchDiscriminator(5, base_channels=8, layers=1)(cond, img).shape == (2, 1, 30, 30)
+    with pytest.raises(ValueError, match="share"):
+        d(cond[:1], img)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from biodiffuse.models.staindiffuser import StainDiffuser
 
@@ -234,3 +235,46 @@ def test_objective_is_gen_plus_lambda_seg():
     assert loss(0.0, flipped) == pytest.approx(l0, rel=1e-6)
     assert loss(1.0, flipped) != pytest.approx(l1, rel=1e-3)
     assert np.isfinite(loss(1.0, multiplex="token"))
+
+
+@pytest.mark.parametrize("objective", ["l1", "pix2pix"])
+def test_point_baselines_learn_the_stain_in_one_evaluation(objective, accelerator, devices, device):
+    """The L1 U-Net and Pix2Pix (single-task) on the same data path: stain A on the held-out
+    region is bright inside the cells; one network evaluation per crop, no segmentation element;
+    Pix2Pix's critic trained but is not part of the saved network."""
+    sdata, inside = _sdata()
+    StainDiffuser.setup_spatialdata(sdata)
+    model = _fit(sdata, 30, accelerator, devices, objective=objective, segmentation=False)
+    assert model.network.in_channels == 2 and model.kind == objective
+    val, pix = _val_mask(sdata)
+    out = model.predict(indices=val, steps=8, device=device)
+    assert set(out) == {"mihc_StainDiffuser"} and "mihc_StainDiffuser_seg" not in sdata.images
+    a = out["mihc_StainDiffuser"].sel(c="A").values
+    assert a[pix & inside].mean() - a[pix & ~inside].mean() > 0.3
+    real = np.asarray(sdata.images["mihc"].sel(c="A").values, dtype=np.float32) / 255.0
+    assert np.abs(a - real)[pix].mean() < 0.075  # the point estimate itself (noise sd 8 / 255 ~ 0.03)
+    rec = sdata.attrs["mihc_StainDiffuser"]
+    assert rec["nfe_per_crop"] == 1 and rec["objective"] == objective and "seg_key" not in rec
+    if objective == "pix2pix":
+        critic = model._adversary_net
+        fresh = type(critic)(critic.net[0].in_channels, base_channels=32, layers=1)
+        assert critic.net[0].in_channels == 3 + 2
+        assert not all(torch.equal(p, q) for p, q in zip(critic.state_dict().values(), fresh.state_dict().values()))
+        assert not any("adversary" in k for k in model.network.state_dict())
+
+
+def test_objective_and_multiplex_are_checked(trained):
+    _, sdata, _ = trained
+    with pytest.raises(ValueError, match="objective"):
+        StainDiffuser(sdata, **SMALL, objective="gan")
+    with pytest.raises(ValueError, match="multiplex='joint'"):
+        StainDiffuser(sdata, **SMALL, objective="pix2pix", multiplex="token")
+
+
+def test_single_task_token_model_has_one_channel(accelerator, devices, device):
+    sdata, _ = _sdata()
+    StainDiffuser.setup_spatialdata(sdata)
+    model = _fit(sdata, 1, accelerator, devices, multiplex="token", segmentation=False)
+    assert model.network.in_channels == 1 and model.network.cond_dim == 2
+    out = model.predict(indices=[31], steps=2, device=device)
+    assert set(out) == {"mihc_StainDiffuser"} and out["mihc_StainDiffuser"].shape == (2, 128, 256)

@@ -312,3 +312,62 @@ def test_keyboard_interrupt_leaves_a_usable_model(where):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # and the model trains on, numbering epochs after the kept ones
     assert list(model.run(max_epochs=1).index) == [epoch]
+
+
+class _ToyAdversarial:
+    """Regression plus a GAN term against a linear critic of (x, y) pairs."""
+
+    def __init__(self) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            self.adversary = nn.Linear(D + 1, 1)
+
+    def __call__(self, net, batch, gen):  # the validation loss
+        return ((net(batch["x"]) - batch["y"]) ** 2).mean()
+
+    def adversarial_losses(self, net, batch, gen):
+        bce = nn.functional.binary_cross_entropy_with_logits
+        x, y = batch["x"], batch["y"]
+        fake = net(x)
+        fooled = self.adversary(torch.cat([x, fake], 1))
+        net_loss = ((fake - y) ** 2).mean() + bce(fooled, torch.ones_like(fooled))
+        real, faked = self.adversary(torch.cat([x, y], 1)), self.adversary(torch.cat([x, fake.detach()], 1))
+        return net_loss, 0.5 * (bce(real, torch.ones_like(real)) + bce(faked, torch.zeros_like(faked)))
+
+
+def test_adversarial_objective_alternates_two_optimisers_like_the_hand_written_step():
+    """One full-batch epoch of the shared trainer equals pix2pix's step written out by hand: the
+    network's Adam step on its loss, then the critic's on its own (gradients of the network's
+    loss wiped from the critic first); validation reads the objective itself."""
+    import copy
+
+    net, objective = _net(), _ToyAdversarial()
+    ref_net, ref_adv = copy.deepcopy(net), copy.deepcopy(objective.adversary)
+    module = GenerativeModule(net, objective, lr=1e-2)
+    assert module.adversary is objective.adversary and not module.automatic_optimization
+    hist = fit(module, _data(), _data(64, seed=1), max_epochs=1, batch_size=N, accelerator=_ACC["accelerator"],
+               devices=1, early_stopping=False, ema_decay=None, enable_progress_bar=False, seed=0)
+
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0, betas=(0.5, 0.999)) for m in (ref_net, ref_adv)]
+    ref = _ToyAdversarial()
+    ref.adversary = ref_adv
+    net_loss, adv_loss = ref.adversarial_losses(ref_net, _data(), None)
+    opts[0].zero_grad()
+    net_loss.backward()
+    opts[0].step()
+    opts[1].zero_grad()
+    adv_loss.backward()
+    opts[1].step()
+    for a, b in zip(list(module.network.parameters()) + list(module.adversary.parameters()),
+                    list(ref_net.parameters()) + list(ref_adv.parameters())):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-5, atol=1e-6)
+    assert hist["train_loss"].iloc[0] == pytest.approx(float(net_loss.detach()), rel=1e-5)
+    val = _data(64, seed=1)
+    assert hist["val_loss"].iloc[0] == pytest.approx(float(ref(ref_net, val, None)), rel=1e-5)
+
+
+def test_adversary_must_be_a_module():
+    objective = _ToyAdversarial()
+    objective.adversary = "critic"
+    with pytest.raises(TypeError, match="nn.Module"):
+        GenerativeModule(_net(), objective)

@@ -6,7 +6,7 @@ from .edm import EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evalu
 from .ensemble import CoherentConsensus, coherent_sample, coherent_sampler
 from .flow import FLOW_METHODS, FlowLoss, flow_evaluations, flow_sampler, flow_solve
 from .masking import masked_condition, random_channel_mask
-from .posterior import Batch, FixedChunks, Moments, RowNoise, edm_sampler, row_seeds, sample_rows
+from .posterior import Batch, FixedChunks, Moments, RowNoise, edm_sampler, point_sampler, row_seeds, sample_rows
 
 __all__ = [
     "Batch",
@@ -14,6 +14,7 @@ __all__ = [
     "Moments",
     "RowNoise",
     "edm_sampler",
+    "point_sampler",
     "row_seeds",
     "sample_rows",
     "CoherentConsensus",

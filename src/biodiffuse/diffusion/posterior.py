@@ -168,6 +168,15 @@ def edm_sampler(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, r
     return sampler
 
 
+def point_sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
+    """A deterministic regression network as a loop sampler: one evaluation at ``x = 0``,
+    ``t = 0`` (the latents only give the shape; no noise is used). The point models (GeneFlow's
+    ``"mse"``, StainDiffuser's ``"l1"`` / ``"pix2pix"``) are trained with the same inputs."""
+    zero = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
+    out = denoiser(torch.zeros_like(latents), zero, cond)
+    return out, {"nfe": torch.ones(latents.shape[0], dtype=torch.int64)}
+
+
 @dataclass
 class Moments:
     """Default reducer: per row, the mean and variance over the draws, in one or more scales.

@@ -36,9 +36,20 @@ from ..data import write_setup_record
 from ..data.histology import row_positions
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..data.tiles import TileAccumulator, extract_tiles, tile_origins
-from ..diffusion import edm_sampler, row_seeds, sample_rows
+from ..diffusion import row_seeds, sample_rows
 from ..metrics.staining import stain_masks
-from ..module.staindiffuser import MULTIPLEX, StainDiffuserObjective, build_network, make_prepare, to_unit
+from ..module.staindiffuser import (
+    KINDS,
+    MULTIPLEX,
+    Pix2PixObjective,
+    StainDiffuserObjective,
+    build_adversary,
+    build_network,
+    make_prepare,
+    make_sampler,
+    network_evaluations,
+    to_unit,
+)
 from .base import BaseModel, resolve_device
 
 __all__ = ["StainDiffuser"]
@@ -83,7 +94,7 @@ class _Stitcher:
     image is one); a finished tile is written into the float32 output planes, so memory is the
     output plus one tile's accumulators."""
 
-    def __init__(self, out_stain: np.ndarray, out_seg: np.ndarray, tiles: np.ndarray, crops: np.ndarray,
+    def __init__(self, out_stain: np.ndarray, out_seg: np.ndarray | None, tiles: np.ndarray, crops: np.ndarray,
                  crop_tile: np.ndarray, crop_size: int, row_crop: np.ndarray, row_stain: np.ndarray | None) -> None:
         self.out_stain, self.out_seg = out_stain, out_seg
         self.tiles, self.crops, self.crop_tile = tiles, crops, crop_tile
@@ -98,11 +109,15 @@ class _Stitcher:
         n = self.out_stain.shape[0]
         if self.row_stain is None:
             res = self.acc[0].result(0.0)
-            self.out_stain[:, y : y + h, x : x + w], self.out_seg[:, y : y + h, x : x + w] = res[:n], res[n:]
+            self.out_stain[:, y : y + h, x : x + w] = res[:n]
+            if self.out_seg is not None:
+                self.out_seg[:, y : y + h, x : x + w] = res[n:]
         else:
             for s, acc in enumerate(self.acc):
                 res = acc.result(0.0)
-                self.out_stain[s, y : y + h, x : x + w], self.out_seg[s, y : y + h, x : x + w] = res[0], res[1]
+                self.out_stain[s, y : y + h, x : x + w] = res[0]
+                if self.out_seg is not None:
+                    self.out_seg[s, y : y + h, x : x + w] = res[1]
         self.current = None
 
     def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict) -> None:
@@ -114,7 +129,8 @@ class _Stitcher:
             if tile != self.current:
                 self._flush()
                 _, _, h, w = self.tiles[tile]
-                groups = [2 * n] if self.row_stain is None else [2] * n
+                per = 1 if self.out_seg is None else 2  # channels per stain: stain [, mask]
+                groups = [per * n] if self.row_stain is None else [per] * n
                 self.acc = [TileAccumulator(g, int(h), int(w), self.crop_size, "hann") for g in groups]
                 self.current = tile
             local = (self.crops[crop] - self.tiles[tile, :2])[None]
@@ -136,8 +152,16 @@ class StainDiffuser(BaseModel):
         ``"joint"``: one diffusion over all stains and their masks at once; ``"token"``: one
         stain (+ mask) per network call, chosen by a one-hot stain id (the paper's
         Multi-StainDiffuser; one random stain per training tile).
+    objective
+        ``"edm"``: StainDiffuser (diffusion, sampled with EDM Heun). The baselines on the same
+        UNet, data and trainer: ``"l1"`` (a U-Net regressing the stains with an L1 loss) and
+        ``"pix2pix"`` (the same with pix2pix's ``100 L1 + GAN`` loss against a PatchGAN
+        discriminator; joint multiplexing only). The point models predict with one evaluation.
+    segmentation
+        Learn the stains' masks as a second task (the paper's multi-task model); ``False`` is
+        the single-task model (no ``_seg`` element is predicted).
     seg_weight
-        The paper's ``lambda``: ``L = L_gen + lambda L_seg`` (0 switches the segmentation task off).
+        The paper's ``lambda``: ``L = L_gen + lambda L_seg``.
     crop_size
         Side of the training and prediction crops; divisible by ``2 ** (len(channel_mult) - 1)``
         and at most the tile size.
@@ -258,6 +282,8 @@ class StainDiffuser(BaseModel):
         sdata: Any,
         *,
         multiplex: str = "joint",
+        objective: str = "edm",
+        segmentation: bool = True,
         seg_weight: float = 1.0,
         crop_size: int = 64,
         model_channels: int = 32,
@@ -270,6 +296,10 @@ class StainDiffuser(BaseModel):
         super().__init__()
         if multiplex not in MULTIPLEX:
             raise ValueError(f"multiplex must be one of {MULTIPLEX}, got {multiplex!r}.")
+        if objective not in KINDS:
+            raise ValueError(f"objective must be one of {KINDS}, got {objective!r}.")
+        if objective == "pix2pix" and multiplex != "joint":
+            raise ValueError("objective='pix2pix' generates all stains at once: use multiplex='joint'.")
         if not (np.isfinite(seg_weight) and seg_weight >= 0):
             raise ValueError(f"seg_weight must be finite and >= 0, got {seg_weight!r}.")
         setup = self._setup_record(sdata, "setup_spatialdata")
@@ -282,7 +312,8 @@ class StainDiffuser(BaseModel):
             raise ValueError(f"crop_size {crop_size} is larger than the tiles ({largest} pixels).")
         self.registry = {**setup, "thresholds": None}
         self.init_args = dict(
-            multiplex=multiplex, seg_weight=float(seg_weight), crop_size=crop_size, model_channels=int(model_channels),
+            multiplex=multiplex, objective=objective, segmentation=bool(segmentation),
+            seg_weight=float(seg_weight), crop_size=crop_size, model_channels=int(model_channels),
             channel_mult=[int(m) for m in channel_mult], num_blocks=int(num_blocks), heads=int(heads),
             dropout=float(dropout), seed=int(seed),
         )
@@ -296,8 +327,29 @@ class StainDiffuser(BaseModel):
         return build_network(
             len(self.registry["stains"]), len(self.registry["source_channels"]), multiplex=a["multiplex"],
             model_channels=a["model_channels"], channel_mult=tuple(a["channel_mult"]), num_blocks=a["num_blocks"],
-            heads=a["heads"], dropout=a["dropout"],
+            heads=a["heads"], dropout=a["dropout"], segmentation=self.segmentation,
         )
+
+    @property
+    def kind(self) -> str:
+        """The objective: ``"edm"`` (StainDiffuser), ``"l1"`` or ``"pix2pix"``."""
+        return self.init_args.get("objective", "edm")
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether the model learns (and predicts) the stains' masks."""
+        return bool(self.init_args.get("segmentation", True))
+
+    def _adversary(self) -> torch.nn.Module:
+        """pix2pix's discriminator: built (seeded) on the first ``train()``, kept for later calls;
+        a training-time object, not saved with the model."""
+        if getattr(self, "_adversary_net", None) is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.init_args["seed"]) + 1)
+                self._adversary_net = build_adversary(
+                    len(self.stains), len(self.registry["source_channels"]), crop_size=self.init_args["crop_size"],
+                    segmentation=self.segmentation)
+        return self._adversary_net
 
     @property
     def stains(self) -> list[str]:
@@ -366,8 +418,11 @@ class StainDiffuser(BaseModel):
                     "mask": torch.from_numpy(masks[m].astype(np.uint8))}
 
         a = self.init_args
-        objective = StainDiffuserObjective(
-            a["multiplex"], len(self.stains), seg_weight=a["seg_weight"], crop_size=a["crop_size"])
+        common = dict(segmentation=self.segmentation, seg_weight=a["seg_weight"], crop_size=a["crop_size"])
+        if self.kind == "pix2pix":
+            objective = Pix2PixObjective(len(self.stains), adversary=self._adversary(), **common)
+        else:
+            objective = StainDiffuserObjective(a["multiplex"], len(self.stains), kind=self.kind, **common)
         return objective, part(tr), part(~tr) if (~tr).any() else None
 
     def _split_tiles(self, n: int, groups: np.ndarray | None, train_size: float, seed: int) -> np.ndarray:
@@ -429,13 +484,14 @@ class StainDiffuser(BaseModel):
         n_samples
             Independent draws per crop, averaged.
         steps
-            EDM Heun steps (``2 * steps - 1`` network evaluations per crop).
+            EDM Heun steps (``2 * steps - 1`` network evaluations per crop); ignored by the point
+            models (``"l1"``, ``"pix2pix"``: one evaluation).
         seed
             Seed of the per-crop random streams (keyed by the crop's origin and, in token mode,
             the stain).
         key_added
             Name of the stain element (default ``"<target_key>_StainDiffuser"``); the
-            segmentation goes to ``"<key_added>_seg"``, run parameters to ``sdata.attrs[key_added]``.
+            segmentation goes to ``"<key_added>_seg"`` (multi-task models only), run parameters to ``sdata.attrs[key_added]``.
         overwrite
             Replace existing elements / attrs of those names.
         overlap
@@ -449,7 +505,8 @@ class StainDiffuser(BaseModel):
         dict
             ``{key_added: DataArray, key_added + "_seg": DataArray}``: the elements written,
             ``(c, y, x)`` float32 with the stain names on ``c``: stain intensity in ``[0, 1]``
-            (the target's uint8 / 255; mean over the draws) and mask probability in ``[0, 1]``.
+            (the target's uint8 / 255; mean over the draws) and mask probability in ``[0, 1]``
+            (no ``_seg`` entry for a single-task model).
 
         Raises
         ------
@@ -499,8 +556,8 @@ class StainDiffuser(BaseModel):
             tiles, names = np.array([[0, 0, height, width]], dtype=np.int64), None
         stride = max(1, int(round(c * (1.0 - float(overlap)))))
         key = f"{r['target_key']}_StainDiffuser" if key_added is None else self._key(key_added, "")
-        seg_key = f"{key}_seg"
-        self._check_free(obj.images, [key, seg_key], "images", overwrite)
+        seg_key = f"{key}_seg" if self.segmentation else None
+        self._check_free(obj.images, [k for k in (key, seg_key) if k], "images", overwrite)
         self._check_free(obj.attrs, [key], "attrs", overwrite)
 
         # every crop: its origin in the image and its tile (crops never cross a tile's border)
@@ -527,27 +584,28 @@ class StainDiffuser(BaseModel):
             return out, None if row_stain is None else row_stain[b]
 
         out_stain = np.zeros((n_stains, height, width), dtype=np.float32)
-        out_seg = np.zeros((n_stains, height, width), dtype=np.float32)
+        out_seg = np.zeros((n_stains, height, width), dtype=np.float32) if self.segmentation else None
         stitcher = _Stitcher(out_stain, out_seg, tiles, crops, crop_tile, c, row_crop, row_stain)
-        channels = 2 if token else 2 * n_stains
+        channels = (1 if token else n_stains) * (2 if self.segmentation else 1)
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
         try:
             sample_rows(
-                make_prepare(net, read, n_stains=n_stains, chunk=self._network_chunk), len(row_crop), (channels, c, c),
-                seeds=row_seeds(seed, keys), sampler=edm_sampler(int(steps)), n_samples=int(n_samples),
+                make_prepare(net, read, n_stains=n_stains, chunk=self._network_chunk, kind=self.kind), len(row_crop), (channels, c, c),
+                seeds=row_seeds(seed, keys), sampler=make_sampler(self.kind, int(steps)), n_samples=int(n_samples),
                 batch_size=int(batch_size or 64), device=dev, reducer=stitcher,
             )
         finally:
             self.network.cpu()
         transforms = {cs: copy.deepcopy(tr) for cs, tr in get_transformation(src, get_all=True).items()}
-        for k, arr in ((key, out_stain), (seg_key, out_seg)):
+        written = {key: out_stain} if seg_key is None else {key: out_stain, seg_key: out_seg}
+        for k, arr in written.items():
             obj.images[k] = Image2DModel.parse(arr, dims=("c", "y", "x"), c_coords=self.stains,
                                                transformations=copy.deepcopy(transforms))
         self._record_run(obj, key, dict(
             image_key=image_key, n_samples=int(n_samples), steps=int(steps), seed=int(seed), overlap=float(overlap),
             crop_size=c, stride=stride, multiplex=self.init_args["multiplex"], n_crops=len(crops),
-            tiles=names, seg_key=seg_key, nfe_per_crop=2 * int(steps) - 1,
+            tiles=names, seg_key=seg_key, nfe_per_crop=network_evaluations(self.kind, int(steps)), objective=self.kind,
         ))
-        return {key: obj.images[key], seg_key: obj.images[seg_key]}
+        return {k: obj.images[k] for k in written}
 

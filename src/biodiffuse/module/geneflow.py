@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, FlowLoss, edm_sampler, flow_sampler
+from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, FlowLoss, edm_sampler, flow_sampler, point_sampler
 from ..nn import ConditionalImageUNet, RNAEncoder
 
 __all__ = [
@@ -158,20 +158,12 @@ class GeneFlowObjective:
         elif self.kind == "edm":
             loss = self.edm(EDMPrecond(network, SIGMA_DATA), x, cond, generator=generator)
         else:
-            zero = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-            loss = ((network(torch.zeros_like(x), zero, cond) - x) ** 2).mean()
+            loss = ((point_sampler(network, x, cond, None)[0] - x) ** 2).mean()
         if self.gene_l1 > 0:
             enc = network.encoder
             n = enc.relation_net[0].weight.numel() + enc.in_proj.weight.numel()
             loss = loss + self.gene_l1 * enc.gene_l1() / n
         return loss
-
-
-def _point_sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
-    """The ``"mse"`` model as a loop sampler: one evaluation at ``x = 0, t = 0`` (no noise used)."""
-    zero = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
-    out = denoiser(torch.zeros_like(latents), zero, cond)
-    return out, {"nfe": torch.ones(latents.shape[0], dtype=torch.int64)}
 
 
 def make_sampler(kind: str, *, steps: int, method: str = "euler", sigma_max: float = 80.0) -> Callable:
@@ -189,7 +181,7 @@ def make_sampler(kind: str, *, steps: int, method: str = "euler", sigma_max: flo
 
         return sampler
     if kind == "mse":
-        return _point_sampler
+        return point_sampler
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {kind!r}.")
 
 

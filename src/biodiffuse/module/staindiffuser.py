@@ -18,9 +18,16 @@
 * **Objective** (:class:`StainDiffuserObjective`): EDM (:class:`~biodiffuse.diffusion.EDMLoss`
   around :class:`~biodiffuse.diffusion.EDMPrecond`) on a random ``crop_size`` crop of every
   tile (the same crop for H&E and targets) with one random rotation / flip per batch.
-* **Sampling** (:func:`make_prepare`): EDM Heun through
-  :func:`~biodiffuse.diffusion.sample_rows`, one row per crop (``"joint"``) or per (crop,
-  stain) pair (``"token"``).
+  ``segmentation=False`` drops the mask channels (the single-task model).
+* **Baselines on the same network and data path**: ``kind="l1"`` (the UNet regressing the
+  stains from the H&E with an L1 loss: one evaluation at ``x = 0``, as
+  :func:`~biodiffuse.diffusion.point_sampler` samples it) and :class:`Pix2PixObjective`
+  (``kind="pix2pix"``: the same regression with pix2pix's loss ``100 L1 + GAN`` against a
+  :class:`~biodiffuse.nn.PatchDiscriminator`, optimised by the shared trainer's adversarial
+  step).
+* **Sampling** (:func:`make_prepare`, :func:`make_sampler`): EDM Heun (or one evaluation for the
+  point models) through :func:`~biodiffuse.diffusion.sample_rows`, one row per crop
+  (``"joint"``) or per (crop, stain) pair (``"token"``).
 """
 
 from __future__ import annotations
@@ -31,20 +38,28 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks
-from ..nn import ConditionalImageUNet
+from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, edm_sampler, point_sampler
+from ..diffusion.edm import masked_mean
+from ..nn import ConditionalImageUNet, PatchDiscriminator
 
 __all__ = [
+    "KINDS",
     "MULTIPLEX",
+    "Pix2PixObjective",
     "SIGMA_DATA",
     "StainDiffuserObjective",
+    "build_adversary",
     "build_network",
+    "network_evaluations",
     "make_prepare",
+    "make_sampler",
     "to_model",
     "to_unit",
 ]
 
 MULTIPLEX = ("joint", "token")
+#: Objectives: the diffusion model and the two point baselines on the same UNet.
+KINDS = ("edm", "l1", "pix2pix")
 #: EDM's data standard deviation for images in [-1, 1] (Karras et al.).
 SIGMA_DATA = 0.5
 
@@ -70,12 +85,14 @@ def build_network(
     num_blocks: int = 1,
     heads: int = 4,
     dropout: float = 0.0,
+    segmentation: bool = True,
 ) -> ConditionalImageUNet:
-    """The UNet of ``multiplex`` mode: ``2 n_stains`` channels (``"joint"``) or 2 channels with a
-    ``n_stains``-wide stain id (``"token"``), conditioned on ``source_channels`` H&E channels."""
+    """The UNet of ``multiplex`` mode: ``n_stains`` stain channels (``"joint"``) or one with a
+    ``n_stains``-wide stain id (``"token"``), each followed by its mask channel when
+    ``segmentation``, conditioned on ``source_channels`` H&E channels."""
     if multiplex not in MULTIPLEX:
         raise ValueError(f"multiplex must be one of {MULTIPLEX}, got {multiplex!r}.")
-    channels = 2 * int(n_stains) if multiplex == "joint" else 2
+    channels = (int(n_stains) if multiplex == "joint" else 1) * (2 if segmentation else 1)
     return ConditionalImageUNet(
         channels, channels, model_channels=int(model_channels), channel_mult=tuple(channel_mult),
         num_blocks=int(num_blocks), heads=int(heads), dropout=float(dropout),
@@ -89,25 +106,30 @@ def _randint(high: int, n: int, generator: torch.Generator | None, device: torch
 
 
 class StainDiffuserObjective:
-    """The multi-task EDM loss ``L_gen + seg_weight * L_seg`` of one network.
+    """The multi-task loss ``L_gen + seg_weight * L_seg`` of one network.
 
     Batches hold ``source`` (B, S, T, T) and ``target`` (B, C, T, T) uint8 tiles and ``mask``
     (B, C, T, T) 0/1 segmentation labels. Each tile gets its own random ``crop_size`` crop (the
     same window in all three), then the batch one random rotation by a multiple of 90 degrees
     and a random flip.
 
-    ``L_gen`` and ``L_seg`` are the EDM losses (mean weighted squared error) on the stain and the
-    mask channels of ONE forward pass: :class:`~biodiffuse.diffusion.EDMLoss`'s masked mean
-    with the per-channel weights ``(1, ..., 1, lambda, ..., lambda)`` times ``1 + lambda`` is
-    exactly ``mean_stains + lambda * mean_masks``.
+    ``L_gen`` and ``L_seg`` are the losses on the stain and the mask channels of ONE forward
+    pass: the masked mean (:func:`~biodiffuse.diffusion.edm.masked_mean`) with the per-channel
+    weights ``(1, ..., 1, lambda, ..., lambda)`` times ``1 + lambda`` is exactly
+    ``mean_stains + lambda * mean_masks``.
 
     Parameters
     ----------
     multiplex
-        ``"joint"`` (all stains and masks at once) or ``"token"`` (one random stain per tile,
+        ``"joint"`` (all stains [and masks] at once) or ``"token"`` (one random stain per tile,
         its one-hot id as the vector condition).
     n_stains
         Stains ``C``.
+    kind
+        ``"edm"`` (the EDM denoising loss: StainDiffuser) or ``"l1"`` (mean absolute error of the
+        network's one evaluation at ``x = 0``: the L1 U-Net baseline).
+    segmentation
+        Learn the masks too (multi-task); ``False`` is the single-task model.
     seg_weight
         The paper's ``lambda`` (>= 0).
     crop_size
@@ -116,16 +138,19 @@ class StainDiffuserObjective:
         Random rotations / flips.
     """
 
-    def __init__(self, multiplex: str, n_stains: int, *, seg_weight: float = 1.0, crop_size: int = 64,
-                 augment: bool = True) -> None:
+    def __init__(self, multiplex: str, n_stains: int, *, kind: str = "edm", segmentation: bool = True,
+                 seg_weight: float = 1.0, crop_size: int = 64, augment: bool = True) -> None:
         if multiplex not in MULTIPLEX:
             raise ValueError(f"multiplex must be one of {MULTIPLEX}, got {multiplex!r}.")
-        self.multiplex, self.n_stains = multiplex, int(n_stains)
+        if kind not in KINDS:
+            raise ValueError(f"objective must be one of {KINDS}, got {kind!r}.")
+        self.multiplex, self.n_stains, self.kind = multiplex, int(n_stains), kind
+        self.segmentation = bool(segmentation)
         self.seg_weight, self.crop_size, self.augment = float(seg_weight), int(crop_size), bool(augment)
         self.edm = EDMLoss(sigma_data=SIGMA_DATA)
 
     def inputs(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
-        """The clean diffused crops ``x`` and the condition ``{"image"[, "vector"]}`` of a batch."""
+        """The clean crops ``x`` (stains, then their masks) and the condition ``{"image"[, "vector"]}``."""
         src, tgt, msk = batch["source"], batch["target"], batch["mask"]
         b, _, h, w = src.shape
         c = self.crop_size
@@ -136,13 +161,12 @@ class StainDiffuserObjective:
 
         src, tgt, msk = to_model(crop(src)), to_model(crop(tgt)), to_model(crop(msk), mask=True)
         cond: dict[str, torch.Tensor] = {}
-        if self.multiplex == "joint":
-            x = torch.cat([tgt, msk], dim=1)
-        else:
+        if self.multiplex == "token":
             stain = torch.as_tensor(_randint(self.n_stains, b, generator, src.device), device=src.device)
             rows = torch.arange(b, device=src.device)
-            x = torch.stack([tgt[rows, stain], msk[rows, stain]], dim=1)
-            cond["vector"] = F.one_hot(stain, self.n_stains).to(x.dtype)
+            tgt, msk = tgt[rows, stain][:, None], msk[rows, stain][:, None]
+            cond["vector"] = F.one_hot(stain, self.n_stains).to(tgt.dtype)
+        x = torch.cat([tgt, msk], dim=1) if self.segmentation else tgt
         if self.augment:
             k, flip = _randint(4, 2, generator, src.device)
             x, src = (torch.rot90(t, k, dims=(-2, -1)) for t in (x, src))
@@ -151,12 +175,88 @@ class StainDiffuserObjective:
         cond["image"] = src
         return x, cond
 
+    def weights(self, x: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+        """Per-channel loss weights of ``x`` and the factor that turns their masked mean into
+        ``L_gen + lambda L_seg`` (no weights, factor 1, without segmentation)."""
+        if not self.segmentation:
+            return None, 1.0
+        half, lam = x.shape[1] // 2, self.seg_weight
+        w = torch.tensor([1.0] * half + [lam] * half, device=x.device, dtype=x.dtype).reshape(1, -1, 1, 1)
+        return w, 1.0 + lam
+
+    def l1(self, network: torch.nn.Module, x: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The point prediction of ``x`` and its weighted L1 loss."""
+        fake = point_sampler(network, x, cond, None)[0]
+        w, factor = self.weights(x)
+        return fake, factor * masked_mean((fake - x).abs(), w)
+
     def __call__(self, network: torch.nn.Module, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
         x, cond = self.inputs(batch, generator)
-        half = x.shape[1] // 2  # stains first, then their masks
-        lam = self.seg_weight
-        weights = torch.tensor([1.0] * half + [lam] * half, device=x.device, dtype=x.dtype).reshape(1, -1, 1, 1)
-        return (1.0 + lam) * self.edm(EDMPrecond(network, SIGMA_DATA), x, cond, loss_mask=weights, generator=generator)
+        if self.kind == "edm":
+            w, factor = self.weights(x)
+            return factor * self.edm(EDMPrecond(network, SIGMA_DATA), x, cond, loss_mask=w, generator=generator)
+        return self.l1(network, x, cond)[1]
+
+
+class Pix2PixObjective(StainDiffuserObjective):
+    """Pix2Pix (Isola et al.): the UNet as a point generator, ``l1_weight * L1 + GAN`` against a
+    conditional :class:`~biodiffuse.nn.PatchDiscriminator` that reads ``(H&E, stains [+ masks])``.
+
+    Calling the objective gives the L1 loss (the validation loss); the shared trainer
+    (:class:`~biodiffuse.train.module.GenerativeModule`) optimises :meth:`adversarial_losses`
+    with alternating steps. Joint multiplexing only.
+
+    Parameters
+    ----------
+    n_stains, segmentation, seg_weight, crop_size, augment
+        As :class:`StainDiffuserObjective`.
+    adversary
+        The discriminator (kept by the model across ``train()`` calls).
+    l1_weight
+        pix2pix's ``lambda`` (100).
+    """
+
+    def __init__(self, n_stains: int, *, adversary: torch.nn.Module, l1_weight: float = 100.0, **kwargs) -> None:
+        super().__init__("joint", n_stains, kind="l1", **kwargs)
+        self.kind = "pix2pix"
+        self.adversary = adversary
+        self.l1_weight = float(l1_weight)
+
+    def adversarial_losses(self, network: torch.nn.Module, batch: Mapping[str, torch.Tensor],
+                           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(generator loss, discriminator loss)`` of one forward pass (the discriminator's
+        reads the generated images detached)."""
+        x, cond = self.inputs(batch, generator)
+        fake, l1 = self.l1(network, x, cond)
+        src = cond["image"]
+        bce = F.binary_cross_entropy_with_logits
+        fooled = self.adversary(src, fake)
+        net_loss = self.l1_weight * l1 + bce(fooled, torch.ones_like(fooled))
+        real, faked = self.adversary(src, x), self.adversary(src, fake.detach())
+        adv_loss = 0.5 * (bce(real, torch.ones_like(real)) + bce(faked, torch.zeros_like(faked)))
+        return net_loss, adv_loss
+
+
+def build_adversary(n_stains: int, source_channels: int, *, crop_size: int, segmentation: bool = True,
+                    base_channels: int = 32) -> PatchDiscriminator:
+    """The PatchGAN of :class:`Pix2PixObjective` for ``n_stains`` (+ masks) on ``source_channels``:
+    pix2pix's 3 stride-2 layers (70-pixel patches), fewer for crops under 64 pixels (so that
+    the last feature map keeps at least 8 x 8 positions)."""
+    layers = int(np.clip(int(np.log2(max(int(crop_size), 2))) - 3, 1, 3))
+    return PatchDiscriminator(int(source_channels) + int(n_stains) * (2 if segmentation else 1),
+                              base_channels=int(base_channels), layers=layers)
+
+
+def make_sampler(kind: str, steps: int) -> Callable:
+    """EDM Heun with ``steps`` steps (``2 steps - 1`` evaluations) or one evaluation for the point models."""
+    if kind not in KINDS:
+        raise ValueError(f"objective must be one of {KINDS}, got {kind!r}.")
+    return edm_sampler(int(steps)) if kind == "edm" else point_sampler
+
+
+def network_evaluations(kind: str, steps: int) -> int:
+    """Network evaluations per crop of :func:`make_sampler`."""
+    return 2 * int(steps) - 1 if kind == "edm" else 1
 
 
 def make_prepare(
@@ -165,6 +265,7 @@ def make_prepare(
     *,
     n_stains: int,
     chunk: int,
+    kind: str = "edm",
 ) -> Callable[[np.ndarray, torch.device], Batch]:
     """The ``prepare(rows, device)`` of :func:`~biodiffuse.diffusion.sample_rows`.
 
@@ -180,8 +281,10 @@ def make_prepare(
     chunk
         Evaluate on chunks of exactly this many draws (:class:`~biodiffuse.diffusion.FixedChunks`),
         so that a row's draws are bit-identical whatever the batch size.
+    kind
+        The objective the network was trained with (``"edm"`` wraps it in EDM preconditioning).
     """
-    denoiser = FixedChunks(EDMPrecond(network, SIGMA_DATA), chunk)
+    denoiser = FixedChunks(EDMPrecond(network, SIGMA_DATA) if kind == "edm" else network, chunk)
 
     def prepare(rows: np.ndarray, device: torch.device) -> Batch:
         source, stain = read(rows)

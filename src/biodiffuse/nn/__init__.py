@@ -4,6 +4,7 @@ from .attention import ChannelAttention, OutputRecalibration, SpatialAttention, 
 from .dit import DiTBlock, GeneDiT, ReferenceAttention
 from .blocks import Downsample, ResBlock, UNetBlock, Upsample
 from .mlp import MLPDenoiser
+from .patchgan import PatchDiscriminator
 from .embeddings import NoiseEmbedding, PositionalEmbedding
 from .image_unet import ConditionalImageUNet
 from .rna_encoder import RNAEncoder
@@ -24,6 +25,7 @@ __all__ = [
     "DiTBlock",
     "GeneDiT",
     "MLPDenoiser",
+    "PatchDiscriminator",
     "ReferenceAttention",
     "MCDUNet",
     "ConditionalImageUNet",

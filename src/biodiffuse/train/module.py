@@ -5,6 +5,15 @@ A model file supplies a network and an *objective*: a picklable callable
 ``train_loss`` / ``val_loss``, makes validation deterministic (fixed noise per batch), so
 that early stopping compares like with like across epochs, and stops a diverged run with
 :class:`TrainingDivergedError` instead of training on NaN.
+
+**Adversarial objectives** (pix2pix) use the same module: an objective with an ``adversary``
+(an ``nn.Module``, e.g. :class:`~biodiffuse.nn.PatchDiscriminator`) and a method
+``adversarial_losses(network, batch, generator) -> (generator_loss, adversary_loss)`` is
+optimised by alternating steps, the network's then the adversary's, each with its own Adam
+(betas 0.5, 0.999, as pix2pix) on one forward pass per batch; ``objective(network, batch,
+generator)`` itself is then the validation loss (e.g. L1 to the real image). The adversary is
+part of this module (moved to the device, checked for finite weights) but not of the model's
+saved network.
 """
 
 from __future__ import annotations
@@ -74,12 +83,38 @@ class GenerativeModule(pl.LightningModule):
         self.val_repeats = val_repeats
         self.check_finite = check_finite
         self._last_loss: torch.Tensor | None = None
+        adversary = getattr(objective, "adversary", None)
+        if adversary is not None and not isinstance(adversary, nn.Module):
+            raise TypeError(f"objective.adversary must be an nn.Module, got {type(adversary).__name__}.")
+        self.adversary = adversary
+        self.automatic_optimization = adversary is None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.objective(self.network, batch, None)
+        if self.adversary is not None:
+            loss = self._adversarial_step(batch)
+        else:
+            loss = self.objective(self.network, batch, None)
         self._last_loss = loss.detach()
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=self._bs(batch))
         return loss
+
+    def _adversarial_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One step of the network, then one of the adversary. The adversary's loss reads the
+        generated images detached, so the network's step (which changes only the network's
+        weights) leaves its graph valid."""
+        opt_net, opt_adv = self.optimizers()
+        net_loss, adv_loss = self.objective.adversarial_losses(self.network, batch, None)
+        opt_net.zero_grad()
+        self.manual_backward(net_loss)
+        opt_net.step()
+        opt_adv.zero_grad()  # drops the adversary gradients of the network's loss
+        self.manual_backward(adv_loss)
+        opt_adv.step()
+        schedulers = self.lr_schedulers()
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers is not None else []:
+            sched.step()
+        self.log("adversary_loss", adv_loss.detach(), on_step=False, on_epoch=True, batch_size=self._bs(batch))
+        return net_loss.detach()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Runs after the optimiser step: one check (one sync) covers a non-finite loss of this
@@ -139,9 +174,16 @@ class GenerativeModule(pl.LightningModule):
         return len(next(iter(batch.values())))
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if self.lr_warmup_steps <= 0:
-            return opt
         warm = self.lr_warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+        def warmup(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+
+        if self.adversary is not None:
+            opts = [torch.optim.AdamW(m.parameters(), lr=self.lr, weight_decay=self.weight_decay, betas=(0.5, 0.999))
+                    for m in (self.network, self.adversary)]
+            return (opts, [warmup(o) for o in opts]) if warm > 0 else opts
+        opt = torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if warm <= 0:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup(opt), "interval": "step"}}

