@@ -139,6 +139,27 @@ def score(name: str, fake: np.ndarray, seg: np.ndarray | None, data, real_feats:
     return {"method": name, "per_stain": per.reset_index().to_dict(orient="records")}
 
 
+def figures(data, fakes: dict[str, np.ndarray], real_pos: pd.DataFrame, labels: np.ndarray, out: Path) -> None:
+    """H&E | real | virtual panels of 3 held-out tiles, and the positivity scatter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import biodiffuse as bd
+
+    if not fakes:
+        return
+    fakes = {k.replace("StainDiffuser ", "SD ").replace(" s0", "").replace(" NFE", ""): v for k, v in fakes.items()}
+    fig = bd.pl.stain_panels(data["he"], data["real"], fakes, stains=data["stains"], rows=[0, 1, 2],
+                             tile_names=list(data["windows"].index))
+    fig.savefig(f"{out}_panels.png", dpi=80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pos = {k: bd.metrics.nuclei_positivity(np.round(v * 255).astype(np.uint8), thresholds=data["thresholds"],
+                                               labels=labels, stains=data["stains"]) for k, v in fakes.items()}
+    fig = bd.pl.positivity_scatter(real_pos, pos)
+    fig.savefig(f"{out}_positivity.png", dpi=80)
+
+
 def format_table(rows: list[dict]) -> str:
     frame = pd.DataFrame([r for res in rows for r in res["per_stain"]])
     cols = ["method", "stain", "psnr", "ssim", "pearson", "kid_x1e3", "kid_sd_x1e3", "dice", "dice_seg_head",
@@ -185,7 +206,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     real_feats = {s: bd.metrics.inception_features(real[:, c : c + 1]) for c, s in enumerate(stains)}
     labels = bd.metrics.nuclei_labels(real, nuclear_channel=0)
     real_pos = bd.metrics.nuclei_positivity(real, thresholds=data["thresholds"], labels=labels, stains=stains)
-    results, timings = [], {}
+    results, timings, fakes = [], {}, {}
+    nfe = 2 * args.steps - 1
+    shown = {f"StainDiffuser multi-task s0 ({nfe} NFE)", f"StainDiffuser single-task s0 ({nfe} NFE)", "L1 U-Net",
+             "Pix2Pix"}  # the methods of the figures
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -195,24 +219,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = score(name, fake, seg, data, real_feats, real_pos, labels, args)
         res["predict_s"] = time.time() - t
         results.append(res)
+        if name in shown:
+            fakes[name] = fake
         _log(f"{name}: scored in {res['predict_s']:.0f} s")
         Path(f"{out}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "results": results},
                                                   indent=1, default=str))
+        Path(f"{out}.md").write_text(format_table(results) + "\n")  # so far
 
-    nfe = 2 * args.steps - 1
     seeds = [0] if "seeds" in args.skip else [0, 1]
-    for seed in seeds:
-        model, secs = train_model(data, args, seed=seed)
-        timings[f"multi_seed{seed}"] = secs
-        _log(f"multi-task seed {seed}: trained in {secs:.0f} s")
-        run(f"StainDiffuser multi-task s{seed} ({nfe} NFE)", model, args.steps)
-        if seed == 0 and "full" not in args.skip:
+
+    def diffusion(seed: int, **kwargs) -> None:
+        multi = kwargs.get("segmentation", True)
+        model, secs = train_model(data, args, seed=seed, **kwargs)
+        timings[f"{'multi' if multi else 'single'}_seed{seed}"] = secs
+        _log(f"{'multi' if multi else 'single'}-task seed {seed}: trained in {secs:.0f} s")
+        run(f"StainDiffuser {'multi' if multi else 'single'}-task s{seed} ({nfe} NFE)", model, args.steps)
+        if multi and seed == 0 and "full" not in args.skip:
             run(f"StainDiffuser multi-task s0 ({2 * args.full_steps - 1} NFE)", model, args.full_steps)
             run(f"StainDiffuser multi-task s0 mean of 4 ({nfe} NFE each)", model, args.steps, n_samples=4)
-    for seed in seeds:
-        model, secs = train_model(data, args, seed=seed, segmentation=False)
-        timings[f"single_seed{seed}"] = secs
-        run(f"StainDiffuser single-task s{seed} ({nfe} NFE)", model, args.steps)
+
+    # the main comparison first (seed 0, baselines), then the second seed, token and per-stain models
+    diffusion(0)
+    diffusion(0, segmentation=False)
+    for objective in ("l1", "pix2pix"):
+        model, secs = train_model(data, args, objective=objective, segmentation=False)
+        timings[objective] = secs
+        run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1)
+    for seed in seeds[1:]:
+        diffusion(seed)
+        diffusion(seed, segmentation=False)
     if "token" not in args.skip:
         model, secs = train_model(data, args, multiplex="token")
         timings["token"] = secs
@@ -225,15 +260,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fake, seg = predict(model, data, args, steps=args.steps)
             parts.append(fake)
             segs.append(seg)
-        t = time.time()
-        res = score(f"one model per stain ({nfe} NFE)", np.concatenate(parts, axis=1), np.concatenate(segs, axis=1),
-                    data, real_feats, real_pos, labels, args)
-        results.append(res)
-    for objective in ("l1", "pix2pix"):
-        model, secs = train_model(data, args, objective=objective, segmentation=False)
-        timings[objective] = secs
-        run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1)
+        results.append(score(f"one model per stain ({nfe} NFE)", np.concatenate(parts, axis=1),
+                             np.concatenate(segs, axis=1), data, real_feats, real_pos, labels, args))
 
+    figures(data, fakes, real_pos, labels, out)
     table = format_table(results)
     header = (f"HEMIT: {data['n_train']} training tiles ({data['n_train_regions']} regions) / {len(real)} scored "
               f"{args.window}-px windows of held-out regions; {args.crop}-px crops, UNet model_channels "

@@ -407,6 +407,19 @@ def test_accumulator_in_batches_equals_stitch_and_upsample_to_restores_size():
         acc.add(tiles[start : start + 7].astype(np.float64), origins[start : start + 7])
     np.testing.assert_allclose(acc.result(), stitch_tiles(tiles, origins, 30, 26), rtol=1e-6)
     np.testing.assert_allclose(acc.result(), image, rtol=1e-5)
+    # summed straight into a float32 view of a larger output (StainDiffuser's whole-slide path)
+    big = np.full((3, 2, 40, 40), 7.0, dtype=np.float32)
+    view = big[1, :, 5:35, 10:36]
+    inplace = TileAccumulator(2, 30, 26, 8, out=view)
+    assert inplace.norm.dtype == np.float32
+    for start in range(0, len(origins), 7):
+        inplace.add(tiles[start : start + 7], origins[start : start + 7])
+    res = inplace.result()
+    assert np.shares_memory(res, big)
+    np.testing.assert_allclose(big[1, :, 5:35, 10:36], image, rtol=1e-5)
+    assert (big[0] == 7).all() and (big[1, :, :5] == 7).all()  # nothing outside the view touched
+    with pytest.raises(ValueError, match="out must be"):
+        TileAccumulator(2, 30, 26, 8, out=np.zeros((2, 30, 25), np.float32))
     small = downsample_mean(crop_to_factor(image, 4), 4)
     assert small.shape == (2, 7, 6)
     up = upsample_to(small, 4, 30, 26)

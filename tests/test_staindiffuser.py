@@ -278,3 +278,37 @@ def test_single_task_token_model_has_one_channel(accelerator, devices, device):
     assert model.network.in_channels == 1 and model.network.cond_dim == 2
     out = model.predict(indices=[31], steps=2, device=device)
     assert set(out) == {"mihc_StainDiffuser"} and out["mihc_StainDiffuser"].shape == (2, 128, 256)
+
+
+def test_per_cell_positivity_table_from_labels(trained, device):
+    """With a nuclei labels element, predict writes a table of the cells wholly inside the
+    predicted tiles: their mean virtual stains and positivity, annotating the labels."""
+    from scipy import ndimage
+    from spatialdata.models import Labels2DModel
+
+    model, sdata, inside = trained
+    lab, n = ndimage.label(inside)
+    sdata.labels["nuclei"] = Labels2DModel.parse(lab.astype(np.int32), dims=("y", "x"))
+    val, pix = _val_mask(sdata)
+    out = model.predict(indices=val, steps=8, labels_key="nuclei", key_added="pos", device=device)
+    table = out["pos_cells"]
+    assert table is sdata.tables["pos_cells"] and list(table.var_names) == ["A", "B"]
+    attrs = table.uns["spatialdata_attrs"]
+    assert attrs["region"] == "nuclei" and attrs["instance_key"] == "cell_id"
+    # cells whose 2-px ring stays in predicted pixels
+    expected = {i for i in range(1, n + 1) if ndimage.binary_dilation(lab == i, iterations=2)[~pix].sum() == 0}
+    assert set(table.obs["cell_id"]) == expected and len(expected) > 5
+    assert table.obs["A_positive"].mean() > 0.9  # stain A is bright inside every cell
+    first = int(table.obs["cell_id"].iloc[0])  # X is the cell's mean over its nucleus grown by 2 px
+    ring = ndimage.binary_dilation(lab == first, iterations=2) & ~np.isin(lab, [0, first])  # never into a neighbour
+    region = ndimage.binary_dilation(lab == first, iterations=2) & ~ring
+    np.testing.assert_allclose(table.X[0], out["pos"].values[:, region].mean(axis=1), rtol=1e-4)
+    thr = np.array(model.registry["thresholds"]) / 255
+    np.testing.assert_array_equal(table.obs[["A_positive", "B_positive"]].to_numpy(), table.X > thr)
+    assert sdata.attrs["pos"]["cells_key"] == "pos_cells"
+    with pytest.raises(KeyError, match="labels element"):
+        model.predict(indices=[30], steps=1, labels_key="cells", key_added="bad")
+    sdata.labels["small"] = Labels2DModel.parse(lab[:64].astype(np.int32), dims=("y", "x"))
+    with pytest.raises(ValueError, match="grid"):
+        model.predict(indices=[30], steps=1, labels_key="small", key_added="bad")
+    assert "bad" not in sdata.images and "bad" not in sdata.attrs

@@ -284,13 +284,27 @@ class TileAccumulator:
         Side of the square tiles.
     window
         As in :func:`tile_window`.
+    out
+        A float ``(channels, height, width)`` array (e.g. a view into a larger output image) to
+        sum into and to divide in place by :meth:`result`; it is zeroed first. The weight plane
+        then has its dtype, so memory is ``out`` plus one ``(height, width)`` plane. Default: a
+        new float64 array.
     """
 
-    def __init__(self, channels: int, height: int, width: int, tile_size: int, window: Literal["hann", "uniform"] = "hann") -> None:
+    def __init__(self, channels: int, height: int, width: int, tile_size: int, window: Literal["hann", "uniform"] = "hann",
+                 *, out: np.ndarray | None = None) -> None:
         self.tile_size = _positive_int(tile_size, "tile_size")
         self.weights = tile_window(self.tile_size, window)
-        self.total = np.zeros((channels, height, width), dtype=np.float64)
-        self.norm = np.zeros((height, width), dtype=np.float64)
+        if out is None:
+            self.total = np.zeros((channels, height, width), dtype=np.float64)
+        else:
+            if out.shape != (channels, height, width) or not np.issubdtype(out.dtype, np.floating):
+                raise ValueError(f"out must be a float array of shape {(channels, height, width)}, "
+                                 f"got {out.dtype} {out.shape}.")
+            out[...] = 0
+            self.total = out
+        self.in_place = out is not None
+        self.norm = np.zeros((height, width), dtype=self.total.dtype)
 
     def add(self, tiles: np.ndarray, origins: np.ndarray) -> None:
         """Add ``(n, C, t, t)`` tiles at ``(n, 2)`` origins ``(y0, x0)``."""
@@ -300,8 +314,13 @@ class TileAccumulator:
             self.norm[y : y + t, x : x + t] += self.weights
 
     def result(self, fill_value: float = np.nan) -> np.ndarray:
-        """The stitched ``(C, H, W)`` float64 image; ``fill_value`` where no tile landed."""
+        """The stitched ``(C, H, W)`` image (float64, or ``out`` divided in place);
+        ``fill_value`` where no tile landed."""
         covered = self.norm > 0
+        if self.in_place:
+            np.divide(self.total, self.norm, out=self.total, where=covered)
+            self.total[:, ~covered] = fill_value
+            return self.total
         out = np.full_like(self.total, fill_value)
         np.divide(self.total, self.norm, out=out, where=covered)
         return out

@@ -6,7 +6,7 @@ from .imputation import as_float_2d, imputation_metrics, pearson_per_cell, pears
 from .modality import output_variance_fraction, r2_score_modality
 from .morphometry import MORPHOMETRY_FEATURES, morphometry_distance, nuclei_morphometry, tile_counts
 from .privacy import distance_to_closest_record, energy_distance, precision_recall_manifold
-from .staining import dice, iou, nuclei_labels, nuclei_positivity, per_stain_scores, positivity_agreement, stain_masks
+from .staining import cell_means, dice, iou, nuclei_labels, nuclei_positivity, per_stain_scores, positivity_agreement, stain_masks
 from .spatial import (
     SPATIAL_METRICS,
     accuracy_score,
@@ -23,6 +23,7 @@ __all__ = [
     "accuracy_score",
     "as_float_2d",
     "conditioning_fidelity",
+    "cell_means",
     "dice",
     "iou",
     "nuclei_labels",

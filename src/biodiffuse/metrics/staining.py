@@ -28,7 +28,7 @@ from .images import _as_batch, psnr, ssim
 from .imputation import _pearson_along
 from .morphometry import _segment
 
-__all__ = ["dice", "iou", "nuclei_labels", "nuclei_positivity", "per_stain_scores", "positivity_agreement",
+__all__ = ["cell_means", "dice", "iou", "nuclei_labels", "nuclei_positivity", "per_stain_scores", "positivity_agreement",
            "stain_masks"]
 
 RING_PX = 2  #: pixels by which each nucleus is grown (never into a neighbour) to read a marker
@@ -245,6 +245,45 @@ def nuclei_labels(images: object, *, nuclear_channel: int = 0, min_area: int = 1
                      for t in sig]).astype(np.int32)
 
 
+def cell_means(image: np.ndarray, labels: np.ndarray, *, ring: int = RING_PX) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of every channel over each labelled cell, grown by ``ring`` pixels.
+
+    The one definition of "a cell's marker intensity" (:func:`nuclei_positivity`, and the
+    per-cell table of :meth:`biodiffuse.models.StainDiffuser.predict`): each nucleus is grown
+    by ``ring`` pixels with :func:`skimage.segmentation.expand_labels` (never into a neighbour),
+    because membrane and cytoplasmic markers sit around the nucleus.
+
+    Parameters
+    ----------
+    image
+        ``(C, H, W)`` intensities (any numeric dtype).
+    labels
+        ``(H, W)`` non-negative integer labels, 0 = background.
+    ring
+        Pixels to grow each label by (0: the labels as they are).
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        ``(n,)`` the labels present, ascending.
+    means : numpy.ndarray
+        ``(n, C)`` float64 mean of each channel over each grown label.
+    """
+    img, lab = np.asarray(image), np.asarray(labels)
+    if img.ndim != 3 or lab.shape != img.shape[1:] or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"image must be (C, H, W) and labels integer (H, W) of the same size, "
+                         f"got {img.shape} and {lab.dtype} {lab.shape}.")
+    grown = (expand_labels(lab, distance=int(ring)) if ring > 0 else lab).ravel().astype(np.int64)
+    ids = np.unique(grown[grown > 0])
+    if ids.size == 0:
+        return ids, np.zeros((0, img.shape[0]))
+    size = int(ids.max()) + 1
+    area = np.bincount(grown, minlength=size)[ids]
+    means = np.stack([np.bincount(grown, weights=img[c].ravel().astype(np.float64), minlength=size)[ids] / area
+                      for c in range(img.shape[0])], axis=1)
+    return ids, means
+
+
 def nuclei_positivity(images: object, *, nuclear_channel: int = 0, marker_channels: Sequence[int] | None = None,
                       thresholds: object, min_area: int = 10, labels: object = None,
                       stains: Sequence[str] | None = None) -> pd.DataFrame:
@@ -303,15 +342,10 @@ def nuclei_positivity(images: object, *, nuclear_channel: int = 0, marker_channe
     rows = np.full((n, len(markers)), np.nan)
     counts = np.zeros(n, dtype=np.int64)
     for i in range(n):
-        grown = expand_labels(lab[i], distance=RING_PX).ravel()
-        ids = np.unique(grown[grown > 0])
+        ids, means = cell_means(arr[i, markers], lab[i])
         counts[i] = ids.size
-        if ids.size == 0:
-            continue
-        area = np.bincount(grown, minlength=ids.max() + 1)[ids]
-        for j, c in enumerate(markers):
-            mean = np.bincount(grown, weights=arr[i, c].ravel().astype(np.float64), minlength=ids.max() + 1)[ids] / area
-            rows[i, j] = float((mean > t[c]).mean())
+        if ids.size:
+            rows[i] = (means > t[markers][None, :]).mean(axis=0)
     out = pd.DataFrame(rows, columns=[f"frac_{names[c]}" for c in markers], index=pd.RangeIndex(n, name="tile"))
     out.insert(0, "n_nuclei", counts)
     return out

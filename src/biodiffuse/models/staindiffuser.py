@@ -91,48 +91,43 @@ def _tile_table(table: Any, height: int, width: int, key: str) -> tuple[np.ndarr
 class _Stitcher:
     """Reducer of :func:`~biodiffuse.diffusion.sample_rows`: crops (mean over the draws) are
     stitched with a Hann window inside their tile (a rectangle ``y0, x0, h, w``; the whole
-    image is one); a finished tile is written into the float32 output planes, so memory is the
-    output plus one tile's accumulators."""
+    image is one), summed straight into the float32 output planes ``out`` (``(per, C, H, W)``:
+    stains, then masks) and divided in place when the tile is finished. Memory: the outputs
+    plus one tile's weight plane."""
 
-    def __init__(self, out_stain: np.ndarray, out_seg: np.ndarray | None, tiles: np.ndarray, crops: np.ndarray,
-                 crop_tile: np.ndarray, crop_size: int, row_crop: np.ndarray, row_stain: np.ndarray | None) -> None:
-        self.out_stain, self.out_seg = out_stain, out_seg
-        self.tiles, self.crops, self.crop_tile = tiles, crops, crop_tile
+    def __init__(self, out: np.ndarray, tiles: np.ndarray, crops: np.ndarray, crop_tile: np.ndarray, crop_size: int,
+                 row_crop: np.ndarray, row_stain: np.ndarray | None) -> None:
+        self.out, self.tiles, self.crops, self.crop_tile = out, tiles, crops, crop_tile
         self.crop_size, self.row_crop, self.row_stain = crop_size, row_crop, row_stain
         self.current: int | None = None
         self.acc: list[TileAccumulator] = []
 
     def _flush(self) -> None:
-        if self.current is None:
-            return
-        y, x, h, w = self.tiles[self.current]
-        n = self.out_stain.shape[0]
-        if self.row_stain is None:
-            res = self.acc[0].result(0.0)
-            self.out_stain[:, y : y + h, x : x + w] = res[:n]
-            if self.out_seg is not None:
-                self.out_seg[:, y : y + h, x : x + w] = res[n:]
-        else:
-            for s, acc in enumerate(self.acc):
-                res = acc.result(0.0)
-                self.out_stain[s, y : y + h, x : x + w] = res[0]
-                if self.out_seg is not None:
-                    self.out_seg[s, y : y + h, x : x + w] = res[1]
-        self.current = None
+        for acc in self.acc:
+            acc.result(0.0)
+        self.current, self.acc = None, []
+
+    def _start(self, tile: int) -> None:
+        y, x, h, w = (int(v) for v in self.tiles[tile])
+        per, n = self.out.shape[:2]
+        region = self.out[..., y : y + h, x : x + w]  # a view: the tile's pixels of every plane
+        if self.row_stain is None:  # one accumulator over all planes
+            views = [region.reshape(per * n, h, w)]
+        else:  # token mode: one per stain, over its stain [and mask] planes
+            views = [region[:, s] for s in range(n)]
+        if not all(np.shares_memory(v, self.out) for v in views):  # the sums must land in the outputs
+            raise RuntimeError("internal error: a stitching view is a copy of the output planes.")
+        self.acc = [TileAccumulator(v.shape[0], h, w, self.crop_size, "hann", out=v) for v in views]
+        self.current = tile
 
     def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict) -> None:
         unit = to_unit(draws).mean(axis=1)  # (B, channels, c, c): mean over the draws
-        n = self.out_stain.shape[0]
         for j, row in enumerate(rows):
             crop = self.row_crop[row]
             tile = int(self.crop_tile[crop])
             if tile != self.current:
                 self._flush()
-                _, _, h, w = self.tiles[tile]
-                per = 1 if self.out_seg is None else 2  # channels per stain: stain [, mask]
-                groups = [per * n] if self.row_stain is None else [per] * n
-                self.acc = [TileAccumulator(g, int(h), int(w), self.crop_size, "hann") for g in groups]
-                self.current = tile
+                self._start(tile)
             local = (self.crops[crop] - self.tiles[tile, :2])[None]
             self.acc[0 if self.row_stain is None else int(self.row_stain[row])].add(unit[j : j + 1], local)
 
@@ -462,6 +457,7 @@ class StainDiffuser(BaseModel):
         key_added: str | None = None,
         overwrite: bool = False,
         overlap: float = 0.25,
+        labels_key: str | None = None,
         device: str = "auto",
     ) -> dict[str, Any]:
         """Virtually stain H&E: the stains and their segmentation as new image elements.
@@ -497,6 +493,14 @@ class StainDiffuser(BaseModel):
         overlap
             Fraction in ``[0, 1)`` by which neighbouring crops overlap; the crops are stitched
             with a Hann window (crops never cross a tile's border).
+        labels_key
+            A labels element of cell (nucleus) segmentation on the source's pixel grid. Each
+            cell's mean virtual stain over the nucleus grown by 2 pixels
+            (:func:`biodiffuse.metrics.cell_means`, as :func:`~biodiffuse.metrics.nuclei_positivity`
+            reads it) goes into a new table ``"<key_added>_cells"`` (``X``: cells x stains,
+            ``obs["<stain>_positive"]``: above the stain's training threshold; annotating
+            ``labels_key`` by ``obs["cell_id"]``, so spatialdata-plot / squidpy can colour the
+            cells). Only cells whose grown region lies wholly in predicted pixels are listed.
         device
             ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``.
 
@@ -504,6 +508,7 @@ class StainDiffuser(BaseModel):
         -------
         dict
             ``{key_added: DataArray, key_added + "_seg": DataArray}``: the elements written,
+            plus ``key_added + "_cells"``: the per-cell table (AnnData) with ``labels_key``;
             ``(c, y, x)`` float32 with the stain names on ``c``: stain intensity in ``[0, 1]``
             (the target's uint8 / 255; mean over the draws) and mask probability in ``[0, 1]``
             (no ``_seg`` entry for a single-task model).
@@ -519,8 +524,9 @@ class StainDiffuser(BaseModel):
 
         Notes
         -----
-        Memory: the two float32 output planes (the source's size) plus the draws of one batch
-        and the float64 accumulators of one tile (of the whole image when it is tiled as one).
+        Memory: the float32 outputs (the source's size, one plane per stain [and mask]) plus
+        one float32 weight plane of a tile (of the whole image when it is tiled as one) and
+        the draws of one batch: the crops are summed straight into the outputs.
         """
         from spatialdata.models import Image2DModel
         from spatialdata.transformations import get_transformation
@@ -559,6 +565,11 @@ class StainDiffuser(BaseModel):
         seg_key = f"{key}_seg" if self.segmentation else None
         self._check_free(obj.images, [k for k in (key, seg_key) if k], "images", overwrite)
         self._check_free(obj.attrs, [key], "attrs", overwrite)
+        cells_key = None
+        if labels_key is not None:
+            labels = self._labels(obj, labels_key, height, width)
+            cells_key = f"{key}_cells"
+            self._check_free(obj.tables, [cells_key], "tables", overwrite)
 
         # every crop: its origin in the image and its tile (crops never cross a tile's border)
         parts = [tile_origins(int(h), int(w), c, stride) + [y, x] for y, x, h, w in tiles]
@@ -583,9 +594,9 @@ class StainDiffuser(BaseModel):
                 out[m] = extract_tiles(window, sel[m] - [y0, x0], c)
             return out, None if row_stain is None else row_stain[b]
 
-        out_stain = np.zeros((n_stains, height, width), dtype=np.float32)
-        out_seg = np.zeros((n_stains, height, width), dtype=np.float32) if self.segmentation else None
-        stitcher = _Stitcher(out_stain, out_seg, tiles, crops, crop_tile, c, row_crop, row_stain)
+        per = 2 if self.segmentation else 1  # planes per stain: stain [, mask]
+        out = np.zeros((per, n_stains, height, width), dtype=np.float32)
+        stitcher = _Stitcher(out, tiles, crops, crop_tile, c, row_crop, row_stain)
         channels = (1 if token else n_stains) * (2 if self.segmentation else 1)
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
@@ -598,14 +609,54 @@ class StainDiffuser(BaseModel):
         finally:
             self.network.cpu()
         transforms = {cs: copy.deepcopy(tr) for cs, tr in get_transformation(src, get_all=True).items()}
-        written = {key: out_stain} if seg_key is None else {key: out_stain, seg_key: out_seg}
+        written = {key: out[0]} if seg_key is None else {key: out[0], seg_key: out[1]}
         for k, arr in written.items():
             obj.images[k] = Image2DModel.parse(arr, dims=("c", "y", "x"), c_coords=self.stains,
                                                transformations=copy.deepcopy(transforms))
+        if cells_key is not None:
+            covered = np.zeros((1, height, width), dtype=np.uint8)
+            for y, x, h, w in tiles:
+                covered[0, y : y + h, x : x + w] = 1
+            obj.tables[cells_key] = self._cell_table(out[0], covered, labels, labels_key)
+            written[cells_key] = None
         self._record_run(obj, key, dict(
-            image_key=image_key, n_samples=int(n_samples), steps=int(steps), seed=int(seed), overlap=float(overlap),
+            labels_key=labels_key, cells_key=cells_key, image_key=image_key, n_samples=int(n_samples), steps=int(steps), seed=int(seed), overlap=float(overlap),
             crop_size=c, stride=stride, multiplex=self.init_args["multiplex"], n_crops=len(crops),
             tiles=names, seg_key=seg_key, nfe_per_crop=network_evaluations(self.kind, int(steps)), objective=self.kind,
         ))
-        return {k: obj.images[k] for k in written}
+        return {k: obj.tables[k] if k == cells_key else obj.images[k] for k in written}
+
+    @staticmethod
+    def _labels(sdata: Any, key: str, height: int, width: int) -> np.ndarray:
+        """The integer (y, x) labels element ``key``, checked against the source's size."""
+        if key not in sdata.labels:
+            raise KeyError(f"{key!r} is not a labels element of this SpatialData (have {list(sdata.labels.keys())}).")
+        elem = sdata.labels[key]
+        if not hasattr(elem, "dims"):  # multiscale: full resolution
+            elem = next(iter(elem["scale0"].values()))
+        lab = np.asarray(elem.values)
+        if lab.shape != (height, width) or not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0:
+            raise ValueError(f"labels[{key!r}] must be non-negative integers on the source's {height} x {width} grid, "
+                             f"got {lab.dtype} {lab.shape}.")
+        return lab
+
+    def _cell_table(self, stains: np.ndarray, covered: np.ndarray, labels: np.ndarray, labels_key: str) -> Any:
+        """Per-cell table: mean virtual stain of each cell wholly inside the predicted pixels."""
+        import anndata as ad
+        import pandas as pd
+        from spatialdata.models import TableModel
+
+        from ..metrics.staining import cell_means
+
+        ids, means = cell_means(stains, labels)
+        _, inside = cell_means(covered, labels)
+        keep = inside[:, 0] >= 1.0 - 1e-9  # the whole grown cell was predicted
+        ids, means = ids[keep], means[keep]
+        thr = np.asarray(self.registry["thresholds"], dtype=np.float64) / 255.0
+        obs = pd.DataFrame({"cell_id": ids.astype(np.int64), "region": pd.Categorical([labels_key] * len(ids))},
+                           index=[str(i) for i in ids])
+        for j, stain in enumerate(self.stains):
+            obs[f"{stain}_positive"] = means[:, j] > thr[j]
+        table = ad.AnnData(means.astype(np.float32), obs=obs, var=pd.DataFrame(index=self.stains))
+        return TableModel.parse(table, region=labels_key, region_key="region", instance_key="cell_id")
 
