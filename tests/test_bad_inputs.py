@@ -17,10 +17,10 @@ import pytest
 from anndata import AnnData
 from mudata import MuData
 
-from biodiffuse.models import MCD, CoherentDenoising, GeneFlow, MultiConditionDiffusion, SpaDiT
+from biodiffuse.models import MCD, CoherentDenoising, GeneFlow, MultiConditionDiffusion, SpaDiT, StainDiffuser
 from biodiffuse.train import TrainingDivergedError
 
-from _tiny import channels, citeseq, histology, mudata, spatial_pair
+from _tiny import channels, citeseq, histology, mudata, spatial_pair, staining
 
 QUIET = dict(enable_progress_bar=False, accelerator="cpu", devices=1)
 RNG = np.random.default_rng(0)
@@ -99,6 +99,15 @@ def multicond() -> MultiConditionDiffusion:
     return m
 
 
+@pytest.fixture(scope="module")
+def staindiffuser() -> StainDiffuser:
+    s = staining()[0]
+    StainDiffuser.setup_spatialdata(s)
+    m = StainDiffuser(s, crop_size=16, model_channels=8, channel_mult=(1, 2))
+    m.train(max_epochs=1, batch_size=8, **QUIET)
+    return m
+
+
 # --- the table ------------------------------------------------------------------------------------
 # Each case: (name, make the user's object, the call that must fail, the error type, a regex
 # the message must match). The call gets the object and the pytest request (for fixtures).
@@ -162,6 +171,17 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
     ("GeneFlow no such image", lambda: histology()[0], lambda s, r: GeneFlow.setup_spatialdata(s, image_key="he"), KeyError, r"he"),
     ("GeneFlow not a SpatialData", lambda: histology()[0].tables["table"], lambda a, r: GeneFlow.setup_spatialdata(a, image_key="dapi"), TypeError, r"SpatialData"),
     ("GeneFlow tile leaves the image", lambda: histology()[0], lambda s, r: GeneFlow.setup_spatialdata(s, image_key="dapi", tile_size=0), ValueError, r"tile_size"),
+    ("StainDiffuser not a SpatialData", lambda: citeseq(), lambda a, r: StainDiffuser.setup_spatialdata(a), TypeError, r"SpatialData"),
+    ("StainDiffuser never set up", lambda: staining()[0], lambda s, r: StainDiffuser(s), ValueError, r"not set up for StainDiffuser"),
+    ("StainDiffuser float H&E", lambda: _float_he(staining()[0]), lambda s, r: StainDiffuser.setup_spatialdata(s), ValueError, r"'he'.*uint8"),
+    ("StainDiffuser source is target", lambda: staining()[0], lambda s, r: StainDiffuser.setup_spatialdata(s, source_key="mihc"), ValueError, r"two image elements"),
+    ("StainDiffuser unknown stain", lambda: staining()[0], lambda s, r: StainDiffuser.setup_spatialdata(s, stains=["A", "CD3"]), KeyError, r"CD3"),
+    ("StainDiffuser NaN tile origin", lambda: _tile_origin(staining()[0], np.nan), lambda s, r: StainDiffuser.setup_spatialdata(s), ValueError, r"finite integers"),
+    ("StainDiffuser tile leaves the image", lambda: _tile_origin(staining()[0], 250), lambda s, r: StainDiffuser.setup_spatialdata(s), ValueError, r"outside"),
+    ("StainDiffuser bad threshold", lambda: staining()[0], lambda s, r: StainDiffuser.setup_spatialdata(s, threshold="li"), ValueError, r"threshold"),
+    ("StainDiffuser unknown objective", lambda: _set_up_stain(staining()[0]), lambda s, r: StainDiffuser(s, objective="gan"), ValueError, r"objective"),
+    ("StainDiffuser negative seg_weight", lambda: _set_up_stain(staining()[0]), lambda s, r: StainDiffuser(s, seg_weight=-1), ValueError, r"seg_weight"),
+    ("StainDiffuser crop larger than tiles", lambda: _set_up_stain(staining()[0]), lambda s, r: StainDiffuser(s, crop_size=64, channel_mult=(1, 2)), ValueError, r"larger than the tiles"),
     ("Coherent never set up", mudata, lambda m, r: CoherentDenoising(m), ValueError, r"not set up for CoherentDenoising"),
     # queries against trained models
     ("MCD query shares no channel", lambda: _suffix(channels()), lambda a, r: _fx("mcd_channels")(r).impute(a), ValueError, r"(?i)no .*name|shares no|_PROT"),
@@ -175,6 +195,12 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
     ("SpaDiT unknown genes", lambda: spatial_pair()[0], lambda a, r: _fx("spadit")(r).predict(a, genes=["nope"]), ValueError, r"nope"),
     ("SpaDiT key exists", lambda: _obsm(spatial_pair()[0], "SpaDiT_predicted"), lambda a, r: _fx("spadit")(r).predict(a), KeyError, r"SpaDiT_predicted.*overwrite"),
     ("Modality query shares no feature", lambda: _rename_mod(mudata(), "prot"), lambda m, r: _fx("multicond")(r).synthesize(m, target="rna", patients="all"), ValueError, r"prot"),
+    ("StainDiffuser query not a SpatialData", citeseq, lambda a, r: _fx("staindiffuser")(r).predict(a), TypeError, r"SpatialData"),
+    ("StainDiffuser query lacks H&E channels", lambda: _rename_channels(staining()[0], "he", ["X", "Y", "Z"]), lambda s, r: _fx("staindiffuser")(r).predict(s), ValueError, r"source channel"),
+    ("StainDiffuser query zero steps", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, steps=0), ValueError, r"steps"),
+    ("StainDiffuser query bad overlap", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, overlap=-0.5), ValueError, r"overlap"),
+    ("StainDiffuser query no such labels", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, labels_key="nuclei"), KeyError, r"nuclei"),
+    ("StainDiffuser query bad tile row", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, indices=[99]), IndexError, r"range"),
     ("Modality unknown target", mudata, lambda m, r: _fx("multicond")(r).synthesize(m, target="atac"), ValueError, r"atac"),
     ("Modality key exists", lambda: _with_mod(mudata(), "prot_MultiConditionDiffusion"), lambda m, r: _fx("multicond")(r).synthesize(m, target="prot", patients="all"), KeyError, r"prot_MultiConditionDiffusion.*overwrite"),
 ]
@@ -183,6 +209,31 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
 def _sd_counts(value: float):
     s = histology()[0]
     s.tables["table"].X[3, 2] = value
+    return s
+
+
+def _float_he(s):
+    from spatialdata.models import Image2DModel
+
+    s.images["he"] = Image2DModel.parse(np.asarray(s.images["he"].values, dtype=np.float32) / 255, dims=("c", "y", "x"),
+                                        c_coords=["R", "G", "B"])
+    return s
+
+
+def _rename_channels(s, key: str, names: list[str]):
+    from spatialdata.models import Image2DModel
+
+    s.images[key] = Image2DModel.parse(np.asarray(s.images[key].values), dims=("c", "y", "x"), c_coords=names)
+    return s
+
+
+def _tile_origin(s, value: float):
+    s.tables["tiles"].obs.loc["t3", "y0"] = value
+    return s
+
+
+def _set_up_stain(s):
+    StainDiffuser.setup_spatialdata(s)
     return s
 
 

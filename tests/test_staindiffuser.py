@@ -11,41 +11,9 @@ import torch
 
 from biodiffuse.models.staindiffuser import StainDiffuser
 
-T = 32  # tile side of the synthetic mosaic
+from _tiny import STAIN_TILE as T  # tile side of the synthetic mosaic
+from _tiny import staining as _sdata
 SMALL = dict(crop_size=16, model_channels=8, channel_mult=(1, 2))
-
-
-def _sdata(n_tiles: int = 32, columns: int = 8, n_val: int = 8, seed: int = 0, table: bool = True):
-    """H&E-like mosaic (pink background, dark purple round "cells") and a 2-stain target:
-    stain A bright inside the cells, stain B noise. Tiles table with regions r0 / r1 (the last
-    ``n_val`` tiles). Returns the SpatialData and the boolean cell mask."""
-    import anndata as ad
-    from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, TableModel
-
-    rng = np.random.default_rng(seed)
-    rows = -(-n_tiles // columns)
-    h, w = rows * T, columns * T
-    yy, xx = np.mgrid[:h, :w]
-    inside = np.zeros((h, w), bool)
-    origins = np.array([((i // columns) * T, (i % columns) * T) for i in range(n_tiles)])
-    for y0, x0 in origins:
-        for _ in range(3):
-            cy, cx = y0 + rng.integers(5, T - 5), x0 + rng.integers(5, T - 5)
-            inside |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
-    he = np.where(inside, np.array([90, 50, 140])[:, None, None], np.array([235, 190, 215])[:, None, None])
-    he = np.clip(he + rng.normal(0, 8, he.shape), 0, 255).astype(np.uint8)
-    a = np.clip(np.where(inside, 210, 20) + rng.normal(0, 8, (h, w)), 0, 255)
-    b = np.clip(60 + rng.normal(0, 15, (h, w)), 0, 255)
-    images = {"he": Image2DModel.parse(he, dims=("c", "y", "x"), c_coords=["R", "G", "B"]),
-              "mihc": Image2DModel.parse(np.stack([a, b]).astype(np.uint8), dims=("c", "y", "x"), c_coords=["A", "B"])}
-    tables = {}
-    if table:
-        obs = pd.DataFrame({"y0": origins[:, 0], "x0": origins[:, 1], "tile_size": T,
-                            "region": pd.Categorical(["r0"] * (n_tiles - n_val) + ["r1"] * n_val)},
-                           index=[f"t{i}" for i in range(n_tiles)])
-        tables["tiles"] = TableModel.parse(ad.AnnData(np.zeros((n_tiles, 0), np.float32), obs=obs))
-    return SpatialData(images=images, tables=tables), inside
 
 
 def _replace(sdata, key: str, array: np.ndarray) -> None:
