@@ -19,8 +19,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _tiny import channels, histology, mudata, spatial_pair  # noqa: E402
-from biodiffuse.models import MCD, GeneFlow, MultiConditionDiffusion, SpaDiT  # noqa: E402
+from _tiny import channels, histology, mudata, spatial_pair, staining  # noqa: E402
+from biodiffuse.models import MCD, GeneFlow, MultiConditionDiffusion, SpaDiT, StainDiffuser  # noqa: E402
 from biodiffuse.models.base import SAVE_FORMAT_VERSION  # noqa: E402
 
 QUIET = dict(enable_progress_bar=False, accelerator="cpu", devices=1, max_epochs=3)
@@ -36,6 +36,9 @@ def outputs(name: str, model, query) -> dict:
     if name == "geneflow":
         tiles = model.generate(query, indices=np.arange(5), n_samples=2, steps=2, key_added="stored")
         return {"mean": tiles.values.mean(axis=1).tolist()}
+    if name == "staindiffuser":  # two tiles of the mosaic's table (a 32-px tile of 16-px crops)
+        out = model.predict(query, indices=[0, 31], n_samples=2, steps=2, key_added="stored")
+        return {"mean": np.concatenate([out["stored"].values[:, :32, :32], out["stored_seg"].values[:, -32:, -32:]]).tolist()}
     res = model.sample(query, target="prot", indices=np.arange(5), steps=1, n_samples=2)
     return {"mean": np.asarray(res["mean"]).tolist()}
 
@@ -59,6 +62,12 @@ def build(name: str):
         m = GeneFlow(sdata, dim=16, rank=2, encoder_heads=2, model_channels=8, channel_mult=(1, 2), heads=2)
         m.train(batch_size=64, **QUIET)
         return m, histology()[0]
+    if name == "staindiffuser":
+        sdata = staining()[0]
+        StainDiffuser.setup_spatialdata(sdata)
+        m = StainDiffuser(sdata, crop_size=16, model_channels=8, channel_mult=(1, 2))
+        m.train(batch_size=8, **QUIET)
+        return m, staining()[0]
     md = mudata()
     MultiConditionDiffusion.setup_mudata(md, modalities=["rna", "prot"])
     m = MultiConditionDiffusion(md, latent_dim=3, hidden=16, layers=1, emb_dim=8)
@@ -69,7 +78,7 @@ def build(name: str):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     # python tests/data/saved_models/make.py [names]: only the named models (default: all)
-    for name in sys.argv[1:] or ("mcd", "spadit", "multicond", "geneflow"):
+    for name in sys.argv[1:] or ("mcd", "spadit", "multicond", "geneflow", "staindiffuser"):
         model, query = build(name)
         out = HERE / f"{name}_v{SAVE_FORMAT_VERSION}"
         model.save(out, overwrite=True)
