@@ -15,6 +15,13 @@
   expression profile in PCA space (:class:`NearestTile`, GeneFlow's retrieval baseline);
 - :mod:`.totalvi`: totalVI gene -> protein imputation (optional extra ``biodiffuse[totalvi]``).
 
+Virtual-staining baselines need the same networks, data path and trainer as the model, so they
+are options of :class:`biodiffuse.models.StainDiffuser` rather than classes here:
+``objective="pix2pix"`` (U-Net generator + PatchGAN, ``100 L1 + GAN``; the trainer's
+adversarial step), ``objective="l1"`` (U-Net, L1 only) and ``segmentation=False`` (the
+single-task diffusion model). GeneFlow's UNet-MSE and EDM baselines are likewise
+``GeneFlow(objective="mse" | "edm")``.
+
 The runnable comparisons are in the repository's ``benchmarks/`` folder (not installed).
 """
 
