@@ -371,3 +371,36 @@ def test_adversary_must_be_a_module():
     objective.adversary = "critic"
     with pytest.raises(TypeError, match="nn.Module"):
         GenerativeModule(_net(), objective)
+
+
+def test_training_is_quiet_but_for_epoch_lines(capfd):
+    """Default output: the device line and a line per block of epochs; no Lightning banner, tip
+    or deprecation warning. verbosity="warning" silences training; "debug" lets Lightning talk."""
+    import biodiffuse as bd
+
+    before = bd.settings.verbosity
+    try:
+        _fit(_net(), max_epochs=3, enable_progress_bar=None)
+        err = capfd.readouterr().err
+        assert "epoch 1/3: train_loss" in err and "epoch 3/3" in err and "val_loss" not in err
+        assert "GPU available" not in err and "Tip" not in err and "treespec" not in err
+        bd.settings.verbosity = "warning"
+        _fit(_net(), max_epochs=2, enable_progress_bar=None)
+        assert capfd.readouterr().err == ""
+        import logging
+
+        from biodiffuse.train.trainer import quiet_lightning
+
+        lightning_log = logging.getLogger("lightning.pytorch")
+        level = lightning_log.level
+        bd.settings.verbosity = "info"
+        with quiet_lightning():
+            assert lightning_log.level == logging.WARNING
+        assert lightning_log.level == level
+        bd.settings.verbosity = "debug"
+        with quiet_lightning():
+            assert lightning_log.level == level
+        with pytest.raises(ValueError, match="verbosity"):
+            bd.settings.verbosity = "loud"
+    finally:
+        bd.settings.verbosity = before

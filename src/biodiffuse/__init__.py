@@ -7,9 +7,10 @@ try:
 except PackageNotFoundError:  # pragma: no cover - source tree without install
     __version__ = "0.0.0+unknown"
 
+from ._settings import settings  # noqa: E402
 from . import data, diffusion, metrics, models, nn, train  # noqa: E402
 
-__all__ = ["baselines", "data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "tl", "train", "__version__"]
+__all__ = ["settings", "baselines", "data", "datasets", "diffusion", "io", "metrics", "models", "nn", "pl", "tl", "train", "__version__"]
 
 
 def __getattr__(name: str):

@@ -103,7 +103,7 @@ class BaseModel:
         callbacks: Sequence[Any] | None = None,
         ckpt_path: str | Path | None = None,
         checkpoint_dir: str | Path | None = None,
-        enable_progress_bar: bool = True,
+        enable_progress_bar: bool | None = None,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Train on the registered object; returns this call's losses (also appended to
@@ -141,7 +141,8 @@ class BaseModel:
         checkpoint_dir
             Keep the best (by validation loss) and the last checkpoint there.
         enable_progress_bar
-            Lightning's progress bar.
+            Lightning's per-batch progress bar (default ``biodiffuse.settings.progress_bar``,
+            off: a log line per block of epochs instead, see ``biodiffuse.settings.verbosity``).
         **kwargs
             The model's data options (see its docstring), then any further
             :class:`lightning.pytorch.Trainer` arguments.

@@ -9,6 +9,7 @@ import random
 import signal
 import tempfile
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from .data import TensorDictDataset, make_loader
 from .module import GenerativeModule
 
-__all__ = ["fit", "LossHistory"]
+__all__ = ["EpochLine", "LossHistory", "fit", "quiet_lightning"]
 
 logger = logging.getLogger("biodiffuse")
 
@@ -49,6 +50,55 @@ class LossHistory(Callback):
         df = pd.DataFrame.from_dict(self.rows, orient="index")
         df.index.name = "epoch"
         return df.sort_index()
+
+
+class EpochLine(Callback):
+    """One log line (``"biodiffuse"`` logger, INFO) per block of epochs: epoch, losses, seconds;
+    about ``lines`` lines per run, and always the last epoch."""
+
+    def __init__(self, max_epochs: int, lines: int = 20) -> None:
+        self.every = max(1, -(-int(max_epochs) // int(lines)))
+        self.max_epochs = int(max_epochs)
+        self.start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0 or not self.start:
+            self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        e = trainer.current_epoch + 1
+        if trainer.sanity_checking or not logger.isEnabledFor(logging.INFO):
+            return
+        if e % self.every and e != self.max_epochs and not trainer.should_stop:
+            return
+        m = trainer.callback_metrics
+        losses = ", ".join(f"{k} {float(m[k]):.4g}" for k in ("train_loss", "val_loss") if k in m)
+        logger.info("epoch %d/%d: %s (%.1f s)", e, self.max_epochs, losses, time.perf_counter() - self.start)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's informational messages (device banner, logger tips, "fit stopped") and
+    third-party deprecation warnings during training unless ``biodiffuse.settings.verbosity``
+    is ``"debug"``; warnings that concern the user's run (e.g. a checkpoint problem) still show."""
+    if logger.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    names = ("lightning.pytorch", "lightning.fabric", "lightning_utilities", "pytorch_lightning")
+    saved = {n: logging.getLogger(n).level for n in names}
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*number of training batches.*smaller than the logging interval.*")
+            yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
 
 
 #: Internal callback types that a user callback of the same (base) type replaces.
@@ -173,7 +223,7 @@ def fit(
     early_stopping_patience: int = 50,
     ema_decay: float | None = 0.999,
     checkpoint_dir: str | None = None,
-    enable_progress_bar: bool = True,
+    enable_progress_bar: bool | None = None,
     seed: int | None = 0,
     trainer_kwargs: dict[str, Any] | None = None,
     callbacks: Callback | Sequence[Callback] | None = None,
@@ -206,7 +256,9 @@ def fit(
         Where to keep the best checkpoint by ``val_loss`` (the latest without validation)
         and ``last.ckpt`` (always, to resume from with ``ckpt_path``); ``None`` keeps none.
     enable_progress_bar
-        Show Lightning's progress bar.
+        Show Lightning's per-batch progress bar (default ``biodiffuse.settings.progress_bar``:
+        off). Without it, the ``"biodiffuse"`` logger writes a line per block of epochs
+        (:class:`EpochLine`; ``biodiffuse.settings.verbosity = "warning"`` silences it).
     seed
         Seeds the noise and the data order for this call only: Python's ``random``, numpy's
         global state and torch's CPU (and, when already initialised, CUDA) generators are
@@ -256,7 +308,13 @@ def fit(
 
     has_val = val_tensors is not None and len(next(iter(val_tensors.values()))) > 0
     guard = _FitGuard()
+    if enable_progress_bar is None:
+        from .._settings import settings
+
+        enable_progress_bar = settings.progress_bar
     internal: list[Callback] = [LossHistory()]
+    if not enable_progress_bar:
+        internal.append(EpochLine(max_epochs))
     if early_stopping and has_val:
         internal.append(EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"))
     if ema_decay is not None:
@@ -293,7 +351,8 @@ def fit(
         log_every_n_steps=1,
     )
     kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(**kwargs)
+    with quiet_lightning():
+        trainer = pl.Trainer(**kwargs)
     logger.info(
         "biodiffuse: training on %s (%s device(s), precision %s)",
         trainer.accelerator.__class__.__name__, trainer.num_devices, trainer.precision,
@@ -318,7 +377,7 @@ def fit(
     was_training = module.training
     interrupted = False
     try:
-        with _local_rng(seed):
+        with _local_rng(seed), quiet_lightning():
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     except SystemExit as exc:
         # Lightning 2.x: KeyboardInterrupt -> on_exception hooks, teardown, sys.exit(1).
