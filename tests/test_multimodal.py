@@ -357,6 +357,15 @@ def test_counterfactual_variance_key_added_and_overwrite(toy_models) -> None:
     np.testing.assert_array_equal(other.to_numpy(), score.to_numpy())  # same seed, same draws
     counterfactual_variance(model, mdata, target="target", predictor=clf, n_samples=3, steps=2, seed=1, overwrite=True)
     assert list(mdata.obs.columns).count(col) == 1
+    # patients of a MuData without the target modality at all (a test split never measured for
+    # it): every patient is scored, with the same draws as when the modality is there but empty
+    import mudata as md
+
+    without = md.MuData({m: mdata.mod[m] for m in MODS if m != "target"})
+    lacking = np.flatnonzero(~np.isnan(score.to_numpy()))  # the patients lacking target
+    none = counterfactual_variance(model, without, target="target", predictor=clf, n_samples=3, steps=2)
+    assert np.isfinite(none.to_numpy()).all()
+    np.testing.assert_allclose(none.loc[score.index[lacking]].to_numpy(), score.to_numpy()[lacking])
 
 
 # --- real data: TCGA BRCA -------------------------------------------------------------------------

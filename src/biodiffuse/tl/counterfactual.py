@@ -78,7 +78,7 @@ def counterfactual_variance(
     Raises
     ------
     ValueError
-        If ``target`` is not a block of the predictor, a block is not a modality of ``mdata``,
+        If ``target`` is not a block of the predictor, another block is not a modality of ``mdata``,
         ``n_samples < 2``, ``patients`` is unknown, or no patient qualifies.
     KeyError
         If ``mdata.obs[key_added]`` exists and ``overwrite`` is False.
@@ -89,7 +89,7 @@ def counterfactual_variance(
         raise TypeError("predictor must be a FittedPredictor fitted on a dict of modality blocks (bd.tl.fit_predictor).")
     if target not in predictor.blocks:
         raise ValueError(f"target {target!r} is not a block of the predictor {list(predictor.blocks)}.")
-    missing = [b for b in predictor.blocks if b not in mdata.mod]
+    missing = [b for b in predictor.blocks if b != target and b not in mdata.mod]  # target: may be absent
     if missing:
         raise ValueError(f"The predictor's blocks {missing} are not modalities of mdata {list(mdata.mod)}.")
     if n_samples < 2:
@@ -101,7 +101,9 @@ def counterfactual_variance(
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
     if key in mdata.obs.columns and not overwrite:
         raise KeyError(f"mdata.obs[{key!r}] exists; pass overwrite=True or another key_added.")
-    _, present_target = modality_matrix(mdata, target)
+    # patients lacking the target; a MuData without that modality at all (e.g. a test split of
+    # patients never measured for it) lacks it for everyone
+    present_target = modality_matrix(mdata, target)[1] if target in mdata.mod else np.zeros(mdata.n_obs, bool)
     chosen = np.flatnonzero(~present_target) if patients == "missing" else np.arange(mdata.n_obs)
     if len(chosen) == 0:
         raise ValueError(f"Every patient has {target!r}; pass patients='all' to score them anyway.")
