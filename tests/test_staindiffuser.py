@@ -224,10 +224,16 @@ def test_point_baselines_learn_the_stain_in_one_evaluation(objective, accelerato
     rec = sdata.attrs["mihc_StainDiffuser"]
     assert rec["nfe_per_crop"] == 1 and rec["objective"] == objective and "seg_key" not in rec
     if objective == "pix2pix":
+        from biodiffuse.module.staindiffuser import build_adversary
+
         critic = model._adversary_net
-        fresh = type(critic)(critic.net[0].in_channels, base_channels=32, layers=1)
         assert critic.net[0].in_channels == 3 + 2
-        assert not all(torch.equal(p, q) for p, q in zip(critic.state_dict().values(), fresh.state_dict().values()))
+        with torch.random.fork_rng(devices=[]):  # the critic as the model built it, before training
+            torch.manual_seed(model.init_args["seed"] + 1)
+            initial = build_adversary(2, 3, crop_size=16, segmentation=False)
+        weights = [k for k in initial.state_dict() if k.endswith("weight")]
+        moved = [k for k in weights if not torch.equal(critic.state_dict()[k].cpu(), initial.state_dict()[k])]
+        assert len(moved) == len(weights)  # every layer of the critic was trained
         assert not any("adversary" in k for k in model.network.state_dict())
 
 
