@@ -21,15 +21,26 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from biodiffuse.baselines import fit_predict, gene_features
+from biodiffuse.baselines import fit_predict, fit_predict_draws, gene_features
 from biodiffuse.data import ChannelNormalizer, get_obsm_frame
 from biodiffuse.diffusion import network_evaluations
-from biodiffuse.metrics import imputation_metrics
+from biodiffuse.metrics import crps, energy_score, imputation_metrics, interval_coverage
 from biodiffuse.models import MCD
 
 __all__ = ["run_fold", "run_benchmark", "main"]
 
 BASELINES = ("krr", "ridge", "knn", "mean")
+# How each baseline gives a predictive distribution (baselines/distributions.py), scored like MCD's draws.
+BASELINE_DRAWS = {"ridge": ("gaussian", "residuals"), "knn": ("neighbours",), "krr": ("residuals",)}
+LEVELS = (0.5, 0.8, 0.9)
+
+
+def _score_draws(y_true_norm: np.ndarray, draws_norm: np.ndarray) -> dict[str, float]:
+    """CRPS (mean over proteins), energy score (mean over cells) and interval coverage, normalised scale."""
+    cov = interval_coverage(y_true_norm, draws_norm, LEVELS).mean(axis=0)
+    out = {"crps_norm": float(crps(y_true_norm, draws_norm).mean()), "es_norm": float(energy_score(y_true_norm, draws_norm).mean())}
+    out.update({f"cov{int(100 * q)}": float(cov[q]) for q in LEVELS})
+    return out
 
 
 def _score(y_true_norm: np.ndarray, pred_norm: np.ndarray, y_true_orig: np.ndarray, pred_orig: np.ndarray) -> dict[str, float]:
@@ -52,6 +63,7 @@ def run_fold(
     with_totalvi: bool = False,
     accelerator: str = "auto",
     mcd_kwargs: dict[str, Any] | None = None,
+    baselines: tuple[str, ...] = BASELINES,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train every method on ``train_idx`` and score it on ``test_idx``.
 
@@ -77,22 +89,30 @@ def run_fold(
     fit_s = time.perf_counter() - t0
     for steps in steps_list:
         t0 = time.perf_counter()
-        post = model.posterior(query, n_samples=n_samples, steps=steps, seed=seed)
+        post = model.posterior(query, n_samples=n_samples, steps=steps, seed=seed, return_draws=n_samples >= 2)
         pred_s = time.perf_counter() - t0
         name = f"MCD ({steps} step{'s' if steps > 1 else ''})"
         scores = _score(yt_norm, post["mean_normalized"], y_test, post["mean"])
+        if n_samples >= 2:
+            scores.update(_score_draws(yt_norm, post["draws_normalized"]))
         rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=pred_s / n_test * 1e4,
                          nfe_per_cell=n_samples * network_evaluations(steps), epochs=len(model.history), **scores))
         per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
 
     f_train, f_test, _ = gene_features(train, test)
-    for method in BASELINES:
+    for method in baselines:
         t0 = time.perf_counter()
         pred = fit_predict(method, f_train, norm.transform(y_train), f_test, seed=seed)
         el = time.perf_counter() - t0
         scores = _score(yt_norm, pred, y_test, norm.inverse_transform(pred))
         rows.append(dict(method=method, fit_s=el, impute_s_per_10k=np.nan, nfe_per_cell=np.nan, **scores))
         per_protein[method] = _per_protein(yt_norm, pred)
+        for kind in BASELINE_DRAWS.get(method, ()) if n_samples >= 2 else ():
+            t0 = time.perf_counter()
+            out = fit_predict_draws(method, f_train, norm.transform(y_train), f_test, kind=kind, n_samples=n_samples, seed=seed)
+            scores = _score(yt_norm, out["mean"], y_test, norm.inverse_transform(out["mean"]))
+            scores.update(_score_draws(yt_norm, out["draws"]))
+            rows.append(dict(method=f"{method} + {kind}", fit_s=time.perf_counter() - t0, impute_s_per_10k=np.nan, nfe_per_cell=np.nan, **scores))
 
     if with_totalvi:
         try:
@@ -126,26 +146,43 @@ def run_benchmark(
     accelerator: str = "auto",
     max_folds: int | None = None,
     mcd_kwargs: dict[str, Any] | None = None,
+    groups_key: str | None = None,
+    train_cells: int | None = None,
+    baselines: tuple[str, ...] = BASELINES,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
-    """K-fold cross-validation over cells; returns (per-fold rows, summary, mean per-protein r_p)."""
-    from sklearn.model_selection import KFold
+    """Cross-validation; returns (per-fold rows, summary, mean per-protein r_p).
+
+    Folds are K-fold over cells, or with ``groups_key`` (e.g. ``"donor"``) leave one group out.
+    ``train_cells`` draws that many training cells of each fold (a learning curve; the test
+    cells stay the same)."""
+    from sklearn.model_selection import KFold, LeaveOneGroupOut
 
     names = list(map(str, get_obsm_frame(adata, protein_key).columns))
-    kf = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    if groups_key is None:
+        splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.arange(adata.n_obs))
+        fold_names = None
+    else:
+        groups = adata.obs[groups_key].astype(str).to_numpy()
+        splits = LeaveOneGroupOut().split(np.arange(adata.n_obs), groups=groups)
+        fold_names = groups
     all_rows: list[dict[str, Any]] = []
     per_protein: dict[str, list[np.ndarray]] = {}
-    for k, (tr, te) in enumerate(kf.split(np.arange(adata.n_obs))):
+    for k, (tr, te) in enumerate(splits):
         if max_folds is not None and k >= max_folds:
             break
-        rows, pp = run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator, mcd_kwargs)
+        if train_cells is not None and train_cells < len(tr):
+            tr = np.sort(np.random.default_rng(seed).choice(tr, train_cells, replace=False))
+        rows, pp = run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator,
+                            mcd_kwargs, baselines)
         for r in rows:
-            r.update(dataset=dataset, fold=k, n_train=len(tr), n_test=len(te))
-            print(f"[{dataset} fold {k}] {r['method']:>16s}  r_p={r['r_p_norm']:.3f}  r_c={r['r_c_norm']:.3f}  rmse={r['rmse_norm']:.3f}", flush=True)
+            r.update(dataset=dataset, fold=k, n_train=len(tr), n_test=len(te), held_out=None if fold_names is None else fold_names[te[0]])
+            dist = f"  crps={r['crps_norm']:.4f}  es={r['es_norm']:.3f}  cov90={r['cov90']:.2f}" if np.isfinite(r.get("crps_norm", np.nan)) else ""
+            print(f"[{dataset} fold {k}] {r['method']:>20s}  r_p={r['r_p_norm']:.3f}  r_c={r['r_c_norm']:.3f}  rmse={r['rmse_norm']:.3f}{dist}", flush=True)
         all_rows.extend(rows)
         for m, v in pp.items():
             per_protein.setdefault(m, []).append(v)
     df = pd.DataFrame(all_rows)
-    metric_cols = [c for c in df.columns if c.startswith(("r_p", "r_c", "rmse"))]
+    metric_cols = [c for c in df.columns if c.startswith(("r_p", "r_c", "rmse", "crps", "es_", "cov"))]
     summary = df.groupby("method", sort=False)[metric_cols + ["fit_s", "impute_s_per_10k", "nfe_per_cell"]].agg(["mean", "std"])
     pp_mean = {m: np.nanmean(np.vstack(v), axis=0) for m, v in per_protein.items()}
     pp_frame = pd.DataFrame(pp_mean, index=names)
@@ -153,24 +190,32 @@ def run_benchmark(
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """Markdown table: mean ± sd across folds."""
+    """Markdown table: mean ± sd across folds (CRPS / energy score / coverage in the normalised scale)."""
     lines = [
-        "| method | r_p (norm) | r_c (norm) | RMSE (norm) | r_p (counts) | r_c (counts) | fit s | impute s / 10k cells | NFE / cell |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | r_p (norm) | r_c (norm) | RMSE (norm) | r_p (counts) | CRPS | energy score | 50 / 80 / 90 % coverage "
+        "| fit s | impute s / 10k cells | NFE / cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(method: str, col: str, fmt: str = "{:.3f}") -> str:
+        if (col, "mean") not in summary.columns:
+            return "-"
         m, s = summary.loc[method, (col, "mean")], summary.loc[method, (col, "std")]
         if not np.isfinite(m):
             return "-"
         return (fmt.format(m) + " ± " + fmt.format(s)) if np.isfinite(s) else fmt.format(m)
 
+    def cov(method: str) -> str:
+        if ("cov90", "mean") not in summary.columns or not np.isfinite(summary.loc[method, ("cov90", "mean")]):
+            return "-"
+        return " / ".join(f"{summary.loc[method, (f'cov{q}', 'mean')]:.2f}" for q in (50, 80, 90))
+
     for method in summary.index:
         nfe = summary.loc[method, ("nfe_per_cell", "mean")]
         lines.append(
             f"| {method} | {ms(method, 'r_p_norm')} | {ms(method, 'r_c_norm')} | {ms(method, 'rmse_norm')} | "
-            f"{ms(method, 'r_p_orig')} | {ms(method, 'r_c_orig')} | {ms(method, 'fit_s', '{:.1f}')} | "
-            f"{ms(method, 'impute_s_per_10k', '{:.1f}')} | {'-' if not np.isfinite(nfe) else int(nfe)} |"
+            f"{ms(method, 'r_p_orig')} | {ms(method, 'crps_norm', '{:.4f}')} | {ms(method, 'es_norm')} | {cov(method)} | "
+            f"{ms(method, 'fit_s', '{:.1f}')} | {ms(method, 'impute_s_per_10k', '{:.1f}')} | {'-' if not np.isfinite(nfe) else int(nfe)} |"
         )
     return "\n".join(lines)
 
@@ -178,6 +223,11 @@ def format_table(summary: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="h5ad with RNA counts in X and proteins in obsm (default: bundled ECCITE-seq PBMC)")
+    p.add_argument("--dataset", choices=["eccite", "abseq"], default="eccite",
+                   help="abseq: Triana bone-marrow Abseq (7,514 cells, 5 donors; ../shared/data)")
+    p.add_argument("--split", choices=["cells", "donor"], default="cells", help="K-fold over cells, or leave one donor out")
+    p.add_argument("--train-cells", type=int, default=None, help="draw this many training cells per fold (learning curve)")
+    p.add_argument("--skip", nargs="*", default=[], choices=list(BASELINES), help="baselines to leave out (krr is slow on thousands of cells)")
     p.add_argument("--name", default=None, help="dataset label in the output")
     p.add_argument("--protein-key", default="protein_expression")
     p.add_argument("--folds", type=int, default=5)
@@ -202,7 +252,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     from biodiffuse.datasets import citeseq as ds
 
-    if args.data is None:
+    if args.data is None and args.dataset == "abseq":
+        adata, name = ds.triana_bm_abseq(), args.name or "triana_bm_abseq"
+    elif args.data is None:
         adata, name = ds.eccite_pbmc(), args.name or "eccite_pbmc500"
     else:
         import anndata as ad
@@ -214,11 +266,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         adata, name, args.protein_key, args.folds, tuple(args.steps), args.n_samples, args.max_epochs,
         args.seed, args.totalvi, args.accelerator, args.max_folds,
         mcd_kwargs={"gene_pcs": args.gene_pcs} if args.gene_pcs else None,
+        groups_key="donor" if args.split == "donor" else None, train_cells=args.train_cells,
+        baselines=tuple(b for b in BASELINES if b not in args.skip),
     )
     table = format_table(summary)
     n_folds = df["fold"].nunique()
-    header = (f"{name}: {adata.n_obs} cells x {pp.shape[0]} proteins, {n_folds} of {args.folds} folds over cells "
+    split = (f"{n_folds} leave-one-donor-out folds ({', '.join(map(str, df['held_out'].unique()))})" if args.split == "donor"
+             else f"{n_folds} of {args.folds} folds over cells")
+    header = (f"{name}: {adata.n_obs} cells x {pp.shape[0]} proteins, {split} "
               f"(seed {args.seed}), mean ± sd across folds; n_samples={args.n_samples}"
+              + (f"; {args.train_cells} training cells per fold" if args.train_cells else "")
               + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else ""))
     print("\n" + header + "\n" + table)
     out = Path(args.out)

@@ -145,3 +145,83 @@ def test_fit_predict_synthetic_and_errors(rng):
     y_nan[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         fit_predict("krr", f_tr, y_nan, f_te)
+
+
+# --- predictive distributions of the table baselines (baselines/distributions.py) -------------
+
+
+def _linear_data(rng, n_train=300, n_test=200, noise=0.5):
+    f = rng.normal(size=(n_train + n_test, 4))
+    w = rng.normal(size=(4, 3))
+    e = rng.normal(size=(n_train + n_test, 3)) * noise
+    e[:, 1] = e[:, 0] * 0.9 + 0.1 * e[:, 1]  # two channels with correlated noise
+    y = f @ w + e
+    return f[:n_train], y[:n_train], f[n_train:], y[n_train:]
+
+
+@pytest.mark.parametrize("kind", ["residuals", "gaussian"])
+def test_draws_from_residuals_are_calibrated_and_centred(rng, kind):
+    from biodiffuse.baselines import fit_predict, fit_predict_draws
+    from biodiffuse.metrics import interval_coverage
+
+    f_tr, y_tr, f_te, y_te = _linear_data(rng)
+    out = fit_predict_draws("ridge", f_tr, y_tr, f_te, kind=kind, n_samples=200, seed=1)
+    assert out["draws"].shape == (200, 200, 3)
+    np.testing.assert_allclose(out["mean"], fit_predict("ridge", f_tr, y_tr, f_te))
+    cov = interval_coverage(y_te, out["draws"], levels=(0.5, 0.9))
+    # the noise sd is 0.5: intervals from out-of-fold residuals cover about the nominal share
+    assert (np.abs(cov[0.9] - 0.9) < 0.06).all() and (np.abs(cov[0.5] - 0.5) < 0.08).all()
+
+
+def test_residual_draws_keep_the_dependence_between_channels(rng):
+    from biodiffuse.baselines import fit_predict_draws
+
+    f_tr, y_tr, f_te, _ = _linear_data(rng)
+    res = fit_predict_draws("ridge", f_tr, y_tr, f_te, kind="residuals", n_samples=100)["draws"]
+    gau = fit_predict_draws("ridge", f_tr, y_tr, f_te, kind="gaussian", n_samples=100)["draws"]
+
+    def corr(d):
+        c = d - d.mean(axis=1, keepdims=True)
+        return np.mean([np.corrcoef(ci[:, 0], ci[:, 1])[0, 1] for ci in c])
+
+    assert corr(res) > 0.8 and abs(corr(gau)) < 0.1
+
+
+def test_neighbour_draws_are_training_targets_of_the_nearest_cells(rng):
+    from biodiffuse.baselines import fit_predict_draws
+
+    f_tr, y_tr, f_te, _ = _linear_data(rng)
+    out = fit_predict_draws("knn", f_tr, y_tr, f_te[:20], kind="neighbours", n_samples=15, seed=0)
+    d = out["draws"]
+    assert d.shape == (20, 15, 3)
+    # every draw is a training cell's target row, taken among the cell's nearest neighbours
+    from sklearn.neighbors import NearestNeighbors
+
+    _, idx = NearestNeighbors(n_neighbors=30).fit(f_tr).kneighbors(f_te[:20])
+    for i in range(20):
+        rows = {tuple(np.round(y_tr[j], 10)) for j in idx[i]}
+        assert all(tuple(np.round(v, 10)) in rows for v in d[i])
+    # a training cell as query: distance 0 takes all the weight, so every draw is its own target
+    same = fit_predict_draws("knn", f_tr, y_tr, f_tr[:3], kind="neighbours", n_samples=5)["draws"]
+    np.testing.assert_array_equal(same, np.repeat(y_tr[:3, None, :], 5, axis=1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="svm"), "Unknown method"),
+        (dict(kind="bootstrap"), "Unknown kind"),
+        (dict(method="ridge", kind="neighbours"), "needs method='knn'"),
+        (dict(n_samples=1), "n_samples"),
+    ],
+)
+def test_draws_bad_inputs(rng, kwargs, match):
+    from biodiffuse.baselines import fit_predict_draws
+
+    f_tr, y_tr, f_te, _ = _linear_data(rng, 40, 5)
+    args = dict(method="ridge", F_train=f_tr, Y_train=y_tr, F_test=f_te)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit_predict_draws(**args)
+    with pytest.raises(ValueError, match="2-D"):
+        fit_predict_draws("ridge", f_tr, y_tr[:, 0], f_te)

@@ -11,7 +11,17 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from biodiffuse.datasets import _locate, citeseq, dsb_adt_pbmc, eccite_pbmc, fetch_file, pbmc10k_protein, read_h5ad_safely
+from biodiffuse.datasets import (
+    ABSEQ_DONORS,
+    _locate,
+    citeseq,
+    dsb_adt_pbmc,
+    eccite_pbmc,
+    fetch_file,
+    pbmc10k_protein,
+    read_h5ad_safely,
+    triana_bm_abseq,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BIODIFFUSE_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -95,6 +105,24 @@ def test_default_lookup_env_var_and_dsb(monkeypatch):
     monkeypatch.setenv(citeseq.DATA_DIR_ENV, str(SHARED_DATA))
     assert pbmc10k_protein().n_obs == 200
     assert dsb_adt_pbmc().shape == (2872, 87)
+
+
+@needs_shared
+def test_triana_bm_abseq_shapes_donors_and_proteins():
+    a = triana_bm_abseq()
+    assert a.shape == (7514, 422)
+    prot = a.obsm["protein_expression"]
+    assert prot.shape == (7514, 97) and list(prot.index) == list(a.obs_names)
+    assert {"CD19", "CD34", "CD3"} <= set(prot.columns)
+    assert tuple(sorted(a.obs["donor"].unique())) == tuple(sorted(ABSEQ_DONORS))
+    assert a.obs["donor"].value_counts()["BM3"] == 2224
+    # counts: non-negative integers, and B cells carry far more CD19 antibody than T cells
+    assert float(a.X.min()) >= 0 and float(prot.to_numpy().min()) >= 0
+    b = prot["CD19"][a.obs["cell_type_broad"] == "Mature and memory B cells"].median()
+    t = prot["CD19"][a.obs["cell_type_broad"] == "CD8+ T cells"].median()
+    assert b > 5 * max(t, 1)
+    # the Xenium bone-marrow panel shares 76 genes with it (the tutorial relies on that)
+    assert a is not triana_bm_abseq()
 
 
 @needs_shared

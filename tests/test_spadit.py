@@ -226,6 +226,16 @@ def test_query_target_genes_never_enter_the_condition(trained) -> None:
     np.testing.assert_array_equal(a["mean"], c["mean"])
 
 
+def test_posterior_draws_match_the_moments(trained) -> None:
+    model, sp, _, _ = trained
+    post = model.posterior(sp, indices=np.arange(20), n_samples=3, steps=2, seed=1, return_draws=True)
+    d = post["draws"]
+    assert d.shape == (20, 3, len(post["genes"]))
+    np.testing.assert_allclose(d.mean(axis=1), post["mean"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(d.var(axis=1), post["variance"], rtol=1e-10, atol=1e-12)
+    assert "draws" not in model.posterior(sp, indices=np.arange(2), n_samples=2, steps=2)
+
+
 def test_same_seed_same_numbers_whatever_batch_and_other_cells(trained) -> None:
     model, sp, _, _ = trained
     kw = dict(n_samples=3, steps=3, seed=5)

@@ -18,11 +18,12 @@ from anndata import AnnData
 from ._fetch import fetch_file, read_h5ad_safely
 from ._locate import DATA_DIR_ENV, locate_file
 
-__all__ = ["eccite_pbmc", "pbmc10k_protein", "dsb_adt_pbmc", "DATA_DIR_ENV"]
+__all__ = ["eccite_pbmc", "pbmc10k_protein", "dsb_adt_pbmc", "triana_bm_abseq", "ABSEQ_DONORS", "DATA_DIR_ENV"]
 
 
 _ECCITE = ("eccite_pbmc500.h5ad", "e0b59268fe78851ce05f9b87a2b62f56c7761e984021f85312bb49c0bfe37ff5")
 _PBMC10K = ("pbmc10k_protein_200cells.h5ad", "512fe360bd1cc79821f67959cc47e19b92bb7edbbb9351da5d1e9d70b35102a2")
+_ABSEQ = ("triana_bm_abseq.h5ad", "f034379b7f17cd6b4da71a7dff570606b094d29e9eb3290f7fa56fca286945b5")
 _DSB_CELLS = ("dsb_adt_pbmc_cells.h5ad", "842f481358f6b356af5c9e4a7cf04cdcb58205dca7a604c398f2333c7d89450b")
 
 
@@ -110,4 +111,50 @@ def dsb_adt_pbmc(path: str | os.PathLike | None = None) -> AnnData:
         2,872 cells x 87 proteins, raw ADT counts in ``X``.
     """
     name, sha = _DSB_CELLS
+    return _read_known(fetch_file(locate_file("citeseq", name, path), sha))
+
+
+#: Donors of :func:`triana_bm_abseq` (young: BM1-3, aged: Aged1-2), the unit to split by.
+ABSEQ_DONORS = ("BM1", "BM2", "BM3", "Aged1", "Aged2")
+
+
+def triana_bm_abseq(path: str | os.PathLike | None = None) -> AnnData:
+    """Abseq single-cell proteo-genomics of human bone marrow: 7,514 cells, 422 mRNAs + 97 proteins.
+
+    Triana et al. 2021 (Nature Immunology), five donors (:data:`ABSEQ_DONORS`; a sixth, Aged3,
+    is withheld from the file), as shipped in HsiaoChiLiao/EXTruvIIInb @eaeb835
+    (``data/triana_data.rda``, GPL-3), converted to h5ad without changing values. The mRNA
+    panel is targeted (422 genes); 76 of them are on the Xenium bone-marrow panel
+    (:func:`biodiffuse.datasets.xenium_bone_marrow`), so it also serves as that panel's
+    single-cell reference. Split by ``obs["donor"]``, not by cell, when you evaluate.
+
+    Parameters
+    ----------
+    path
+        The file or the folder holding ``triana_bm_abseq.h5ad``; default search as in
+        :func:`pbmc10k_protein`.
+
+    Returns
+    -------
+    anndata.AnnData
+        7,514 cells x 422 genes, raw mRNA counts in ``X`` (sparse);
+        ``obsm["protein_expression"]``: DataFrame of 97 raw antibody counts (protein names as
+        columns, e.g. ``"CD19"``, ``"CD34"``, ``"HLA.ABC"``); ``obs``: ``donor``,
+        ``age_group``, ``cell_type_broad`` (12 classes present), ``cell_type`` (the authors'
+        fine annotation); ``uns["source"]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is not found (the message lists where it looked).
+    ValueError
+        If its sha256 does not match.
+
+    Examples
+    --------
+    >>> adata = bd.datasets.triana_bm_abseq()
+    >>> test = adata[adata.obs["donor"] == "Aged2"].copy()   # one donor held out
+    >>> train = adata[adata.obs["donor"] != "Aged2"].copy()
+    """
+    name, sha = _ABSEQ
     return _read_known(fetch_file(locate_file("citeseq", name, path), sha))

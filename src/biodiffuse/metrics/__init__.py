@@ -1,5 +1,6 @@
 """Metrics for imputed / generated biological measurements."""
 
+from .calibration import crps, crps_gaussian, energy_score, gaussian_coverage, gaussian_samples, interval_coverage, pit_values
 from .conditioning import conditioning_fidelity, paired_difference, tile_features
 from .images import feature_distance, fid, image_fid_kid, inception_features, kid, psnr, ssim
 from .imputation import as_float_2d, imputation_metrics, pearson_per_cell, pearson_per_channel, rmse
@@ -18,6 +19,13 @@ from .spatial import (
 )
 
 __all__ = [
+    "crps",
+    "crps_gaussian",
+    "energy_score",
+    "gaussian_coverage",
+    "gaussian_samples",
+    "interval_coverage",
+    "pit_values",
     "MORPHOMETRY_FEATURES",
     "SPATIAL_METRICS",
     "accuracy_score",

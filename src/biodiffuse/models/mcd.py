@@ -428,6 +428,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         device: str = "auto",
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
+        return_draws: bool = False,
     ) -> dict[str, np.ndarray]:
         """Posterior mean and variance of every target channel, without writing anything.
 
@@ -435,6 +436,9 @@ class MCD(img.MCDImageMixin, BaseModel):
         ----------
         adata, indices, batch_size, n_samples, steps, seed, device, observed, missing
             As in :meth:`impute`.
+        return_draws
+            Also return the draws themselves (normalised scale), e.g. to score the predictive
+            distribution with :func:`biodiffuse.metrics.crps` / :func:`~biodiffuse.metrics.energy_score`.
 
         Returns
         -------
@@ -442,7 +446,13 @@ class MCD(img.MCDImageMixin, BaseModel):
             (selected cells x channels) arrays: ``mean`` / ``variance`` in the original scale,
             ``mean_normalized`` / ``variance_normalized`` in the normaliser's [0, 1] scale,
             ``observed`` (entries used as condition and clamped: they hold their measured
-            values with variance 0), and ``rows`` (the positions of the cells in ``adata``).
+            values with variance 0), and ``rows`` (the positions of the cells in ``adata``);
+            with ``return_draws``, ``draws_normalized`` ``(cells, n_samples, channels)``.
+
+        Examples
+        --------
+        >>> post = model.posterior(query, n_samples=20, steps=18, return_draws=True)
+        >>> bd.metrics.crps(y_query_normalized, post["draws_normalized"])   # per protein
         """
         if self.registry["mode"] == "image":
             raise TypeError("Image models: use image_posterior(sdata, ...) or impute(sdata, ...).")
@@ -482,9 +492,10 @@ class MCD(img.MCDImageMixin, BaseModel):
         res = sample_rows(
             make_prepare(net, read, self._network_chunk), len(rows), (c, 1, 1), seeds=row_seeds(seed, self._row_keys(adata.obs_names[rows])),
             sampler=edm_sampler(steps), n_samples=n_samples, batch_size=batch_size, device=dev,
-            reducer=Moments(len(rows), transforms={"": original, "normalized_": normalized}),
+            # the normalised scale first: it is the one whose draws are kept
+            reducer=Moments(len(rows), transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws)),
         )
-        return {
+        out = {
             "mean": np.where(obs_mask, values, res["mean"]),
             "variance": np.where(obs_mask, 0.0, res["variance"]),
             "mean_normalized": res["normalized_mean"],
@@ -492,6 +503,9 @@ class MCD(img.MCDImageMixin, BaseModel):
             "observed": obs_mask,
             "rows": rows,
         }
+        if return_draws:
+            out["draws_normalized"] = res["draws"]
+        return out
 
     def impute(
         self,

@@ -472,6 +472,7 @@ class SpaDiT(BaseModel):
         steps: int = BaseModel._default_steps,
         seed: int = 0,
         device: str = "auto",
+        return_draws: bool = False,
     ) -> dict[str, Any]:
         """Mean and variance of ``genes`` for cells of ``adata`` (log-normalised scale), without
         writing anything.
@@ -480,12 +481,20 @@ class SpaDiT(BaseModel):
         ----------
         adata, genes, indices, batch_size, n_samples, steps, seed, device
             As in :meth:`predict`.
+        return_draws
+            Also return the draws (``draws``: rows x ``n_samples`` x genes), e.g. for
+            :func:`biodiffuse.metrics.crps`.
 
         Returns
         -------
         dict
             ``genes`` (list), ``obs_names`` (the selected rows), ``mean`` and ``variance``
-            (rows x genes arrays).
+            (rows x genes arrays); with ``return_draws``, ``draws``.
+
+        Examples
+        --------
+        >>> post = model.posterior(adata_sp, genes=["Gad2"], n_samples=20, return_draws=True)
+        >>> post["draws"].shape                      # (cells, 20, 1)
         """
         adata, rows = self._query(adata, indices)
         self._validate_query(adata)
@@ -508,11 +517,14 @@ class SpaDiT(BaseModel):
             out = sample_rows(
                 make_prepare(net, lambda r: self._query_scale(adata, hide, rows[r])), len(rows), (len(all_genes),),
                 seeds=row_seeds(seed, self._row_keys(obs_names)), sampler=sampler, n_samples=n_samples,
-                batch_size=batch_size, device=dev, reducer=Moments(len(rows), transforms={"": to_genes}),
+                batch_size=batch_size, device=dev, reducer=Moments(len(rows), transforms={"": to_genes}, keep_draws=bool(return_draws)),
             )
         finally:
             self.network.cpu()
-        return {"genes": [all_genes[i] for i in cols], "obs_names": obs_names, "mean": out["mean"], "variance": out["variance"]}
+        res = {"genes": [all_genes[i] for i in cols], "obs_names": obs_names, "mean": out["mean"], "variance": out["variance"]}
+        if return_draws:
+            res["draws"] = out["draws"]
+        return res
 
     def predict(
         self,

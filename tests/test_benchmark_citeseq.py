@@ -1,0 +1,56 @@
+"""The gene -> protein benchmark driver (benchmarks/citeseq.py) runs end to end and scores
+distributions: a tiny run on the bundled data, and the donor split on the Abseq data."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+
+citeseq = pytest.importorskip("citeseq")
+
+
+def test_driver_scores_points_and_distributions(tmp_path):
+    out = tmp_path / "res"
+    res = citeseq.main([
+        "--max-folds", "1", "--max-epochs", "2", "--steps", "1", "3", "--n-samples", "3",
+        "--skip", "krr", "--out", str(out),
+    ])
+    rows = {r["method"]: r for r in res["rows"]}
+    assert {"MCD (1 step)", "MCD (3 steps)", "ridge", "knn", "mean", "ridge + gaussian", "ridge + residuals", "knn + neighbours"} <= set(rows)
+    assert "krr" not in rows
+    for m in ("MCD (3 steps)", "ridge + gaussian", "knn + neighbours"):
+        r = rows[m]
+        assert r["crps_norm"] > 0 and r["es_norm"] > 0
+        assert 0 <= r["cov50"] <= r["cov80"] <= r["cov90"] <= 1
+    # a point method has no distribution score; the ridge mean is the same with or without draws
+    assert "crps_norm" not in rows["mean"] or rows["mean"]["crps_norm"] is None
+    assert np.isclose(rows["ridge + gaussian"]["r_p_norm"], rows["ridge"]["r_p_norm"])
+    md = (tmp_path / "res.md").read_text()
+    assert "| CRPS | energy score |" in md and "ridge + residuals" in md
+    assert json.loads((tmp_path / "res.json").read_text())["dataset"] == "eccite_pbmc500"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "citeseq" / "triana_bm_abseq.h5ad").is_file(), reason="needs the shared Abseq data")
+def test_donor_split_holds_out_whole_donors(tmp_path):
+    res = citeseq.main([
+        "--dataset", "abseq", "--split", "donor", "--max-folds", "1", "--train-cells", "300",
+        "--max-epochs", "1", "--steps", "1", "--n-samples", "1", "--skip", "krr", "knn", "--out", str(tmp_path / "a"),
+    ])
+    rows = res["rows"]
+    held = {r["held_out"] for r in rows}
+    assert len(held) == 1 and held <= {"BM1", "BM2", "BM3", "Aged1", "Aged2"}
+    # the test fold is every cell of that donor; the training cells were subsampled
+    from biodiffuse.datasets import triana_bm_abseq
+
+    donors = triana_bm_abseq().obs["donor"].astype(str)
+    assert {r["n_test"] for r in rows} == {int((donors == held.pop()).sum())}
+    assert {r["n_train"] for r in rows} == {300}
+    assert "leave-one-donor-out" in res["header"]

@@ -1,0 +1,107 @@
+"""Proper scores and calibration of sample-based predictive distributions (metrics/calibration.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from biodiffuse import metrics as M
+
+
+def test_crps_of_a_point_mass_is_the_absolute_error(rng):
+    y = rng.normal(size=(40, 3))
+    point = rng.normal(size=(40, 3))
+    draws = np.repeat(point[:, None, :], 5, axis=1)
+    np.testing.assert_allclose(M.crps(y, draws), np.abs(y - point).mean(0), rtol=1e-12)
+
+
+def test_crps_of_many_draws_matches_the_gaussian_closed_form(rng):
+    n, s = 400, 2000
+    mu, sd = rng.normal(size=(n, 2)), np.array([0.5, 2.0])
+    y = mu + sd * rng.normal(size=(n, 2))
+    draws = mu[:, None, :] + sd * rng.normal(size=(n, s, 2))
+    np.testing.assert_allclose(M.crps(y, draws), M.crps_gaussian(y, mu, sd), rtol=0.01)
+    # the textbook value at the mean of N(0, 1): (sqrt(2) - 1) / sqrt(pi)
+    np.testing.assert_allclose(M.crps_gaussian(np.zeros((1, 1)), np.zeros((1, 1)), 1.0), [(np.sqrt(2) - 1) / np.sqrt(np.pi)])
+
+
+def test_crps_prefers_the_true_distribution_to_a_too_narrow_one(rng):
+    y = rng.normal(size=(500, 2))
+    right = rng.normal(size=(500, 100, 2))
+    narrow = 0.2 * rng.normal(size=(500, 100, 2))
+    assert (M.crps(y, right) < M.crps(y, narrow)).all()
+
+
+def test_energy_score_is_crps_in_one_dimension_and_rewards_dependence(rng):
+    y = rng.normal(size=(50, 1))
+    draws = rng.normal(size=(50, 30, 1))
+    np.testing.assert_allclose(M.energy_score(y, draws).mean(), M.crps(y, draws)[0], rtol=1e-10)
+
+    # two strongly correlated channels: draws with the right correlation beat draws with the
+    # right marginals but independent channels, which per-channel CRPS cannot tell apart
+    cov = np.array([[1.0, 0.95], [0.95, 1.0]])
+    n, s = 2000, 60
+    y = rng.multivariate_normal([0, 0], cov, size=n)
+    joint = rng.multivariate_normal([0, 0], cov, size=(n, s))
+    indep = rng.normal(size=(n, s, 2))
+    assert M.energy_score(y, joint).mean() < M.energy_score(y, indep).mean() - 0.02
+    np.testing.assert_allclose(M.crps(y, joint), M.crps(y, indep), rtol=0.03)
+
+
+def test_coverage_is_nominal_when_calibrated_and_low_when_too_narrow(rng):
+    n = 3000
+    y = rng.normal(size=(n, 2))
+    good = rng.normal(size=(n, 200, 2))
+    cov = M.interval_coverage(y, good, levels=(0.5, 0.8, 0.9))
+    assert list(cov.columns) == [0.5, 0.8, 0.9] and cov.shape == (2, 3)
+    np.testing.assert_allclose(cov.to_numpy(), np.tile([0.5, 0.8, 0.9], (2, 1)), atol=0.03)
+    narrow = M.interval_coverage(y, 0.5 * good)
+    assert (narrow[0.9] < 0.75).all()
+    # the Gaussian closed form agrees with the sample version
+    gauss = M.gaussian_coverage(y, np.zeros_like(y), 1.0)
+    np.testing.assert_allclose(gauss.to_numpy(), cov.to_numpy(), atol=0.03)
+
+
+def test_pit_is_uniform_when_calibrated_with_ties_and_u_shaped_when_too_narrow(rng):
+    n = 2000
+    y = rng.normal(size=(n, 1))
+    pit = M.pit_values(y, rng.normal(size=(n, 49, 1)))
+    assert pit.shape == (n, 1) and ((pit > 0) & (pit < 1)).all()
+    assert stats.kstest(pit.ravel(), "uniform").pvalue > 0.01
+    # all draws and all truths zero (e.g. a gene with no counts): the randomisation spreads them
+    zeros = M.pit_values(np.zeros((n, 1)), np.zeros((n, 9, 1)))
+    assert stats.kstest(zeros.ravel(), "uniform").pvalue > 0.01
+    narrow = M.pit_values(y, 0.3 * rng.normal(size=(n, 49, 1))).ravel()
+    tails = ((narrow < 0.1) | (narrow > 0.9)).mean()
+    assert tails > 0.5  # a uniform PIT puts 0.2 there
+
+
+def test_gaussian_samples_shape_and_moments(rng):
+    mu = rng.normal(size=(3, 2))
+    draws = M.gaussian_samples(mu, np.array([1.0, 3.0]), 20000, seed=1)
+    assert draws.shape == (3, 20000, 2)
+    np.testing.assert_allclose(draws.mean(1), mu, atol=0.06)
+    np.testing.assert_allclose(draws.std(1), np.tile([1.0, 3.0], (3, 1)), rtol=0.03)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: M.crps(np.zeros((4, 2)), np.zeros((4, 3, 3))), "do not match"),
+        (lambda: M.crps(np.zeros((4, 2)), np.zeros((5, 3, 2))), "do not match"),
+        (lambda: M.crps(np.zeros((4, 2)), np.zeros((4, 1, 2))), "at least 2 draws"),
+        (lambda: M.crps(np.zeros(4), np.zeros((4, 3, 1))), "2-D"),
+        (lambda: M.energy_score(np.zeros((4, 2)), np.zeros((4, 3))), "3-D"),
+        (lambda: M.crps(np.full((2, 1), np.nan), np.zeros((2, 3, 1))), "NaN"),
+        (lambda: M.crps(np.zeros((2, 1)), np.full((2, 3, 1), np.inf)), "NaN or inf"),
+        (lambda: M.interval_coverage(np.zeros((2, 1)), np.zeros((2, 3, 1)), levels=(0.5, 1.0)), "levels"),
+        (lambda: M.crps_gaussian(np.zeros((2, 1)), np.zeros((2, 1)), 0.0), "positive"),
+        (lambda: M.crps_gaussian(np.zeros((2, 1)), np.zeros((3, 1)), 1.0), "shape of y_true"),
+        (lambda: M.gaussian_coverage(np.zeros((2, 2)), np.zeros((2, 2)), -1.0), "positive"),
+        (lambda: M.gaussian_samples(np.zeros((2, 2)), 1.0, 1), "n_samples"),
+    ],
+)
+def test_bad_inputs_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
