@@ -92,6 +92,17 @@ class MostCorrelatedChannel:
 
     Made by :func:`most_correlated_channel`. Attributes are set at fit time.
 
+    Parameters
+    ----------
+    observed, targets
+        Names of the observed and of the target channels.
+    choice
+        Target -> chosen observed channel.
+    correlation
+        Signed Pearson r of each target with its chosen channel (Series over targets).
+    slope, intercept
+        Coefficients of the fitted lines (Series over targets).
+
     Attributes
     ----------
     observed, targets
@@ -103,6 +114,12 @@ class MostCorrelatedChannel:
         (Series over targets; 0 where undefined, e.g. a constant target).
     slope, intercept
         Line coefficients: ``target ~ intercept + slope * chosen`` (Series over targets).
+
+    Examples
+    --------
+    >>> mc = bd.baselines.most_correlated_channel(train_cells, observed=observed, targets=["CD3", "CD8"])
+    >>> mc.choice, mc.correlation                  # target -> chosen channel, signed r
+    >>> pred = mc.predict(test_cells[observed])    # DataFrame, columns CD3, CD8
     """
 
     def __init__(self, observed: list[str], targets: list[str], choice: dict[str, str],
@@ -183,6 +200,14 @@ def most_correlated_channel(train: pd.DataFrame, observed: Sequence[str], target
     ValueError
         On empty or overlapping name lists, fewer than 2 training cells, or NaN / inf in
         the used training entries.
+
+    Examples
+    --------
+    >>> cells = np.log1p(sdata.tables["table"].to_df())
+    >>> observed = [c for c in cells.columns if c not in ("CD3", "CD8")]
+    >>> mc = bd.baselines.most_correlated_channel(cells.loc[train_ids], observed, ["CD3", "CD8"])
+    >>> mc.choice                                  # target -> chosen observed channel
+    >>> pred = mc.predict(cells.loc[test_ids, observed])
     """
     obs, tgt = _check_channels(observed, targets)
     x = _values(train, obs, "train")
@@ -268,6 +293,14 @@ def fit_predict_channels(
         values in the used entries, too few training cells (2; 3 for the CV methods).
     KeyError
         A name missing from ``train`` (observed or target) or ``test`` (observed).
+
+    Examples
+    --------
+    >>> cells = np.log1p(sdata.tables["table"].to_df())          # cells x channels, normalised
+    >>> observed = [c for c in cells.columns if c not in ("CD3", "CD8")]
+    >>> train, test = cells.loc[train_ids], cells.loc[test_ids]
+    >>> pred = bd.baselines.fit_predict_channels("ridge", train, test, observed, ["CD3", "CD8"])
+    >>> pred.attrs["params"]                                     # the chosen hyper-parameters
     """
     if method not in CHANNEL_METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {list(CHANNEL_METHODS)}.")
@@ -308,6 +341,14 @@ class ChannelRegressor(RegressorMixin, BaseEstimator):
         Channel names (``"x0"``... / ``"y0"``... for arrays).
     params_
         The chosen hyper-parameters (for ``"most_correlated"``: the chosen channel per target).
+
+    Examples
+    --------
+    >>> cells = np.log1p(sdata.tables["table"].to_df())          # cells x channels
+    >>> observed = [c for c in cells.columns if c not in ("CD3", "CD8")]
+    >>> train, test = cells.loc[train_ids], cells.loc[test_ids]
+    >>> reg = bd.baselines.ChannelRegressor("knn").fit(train[observed], train[["CD3", "CD8"]])
+    >>> pred = reg.predict(test[observed])                       # DataFrame, columns CD3, CD8
     """
 
     def __init__(self, method: str = "ridge", seed: int = 0) -> None:

@@ -223,6 +223,12 @@ def fit_predict_tangram(
     -------
     pandas.DataFrame
         Predictions, index ``sp.obs_names``, columns ``test_genes``.
+
+    Examples
+    --------
+    >>> adata_sp, adata_sc = bd.datasets.osmfish_allen_visp()
+    >>> panel = adata_sp[:, ~adata_sp.var_names.isin(["Gad2", "Vip"])].copy()
+    >>> pred = bd.baselines.fit_predict_tangram(panel, adata_sc, ["Gad2", "Vip"], num_epochs=500, device="cuda:0")
     """
     tg = _import("tangram", "tangram-sc", "fit_predict_tangram")
     inp = _prepare(sp, sc, test_genes)
@@ -328,6 +334,12 @@ def fit_predict_gimvi(
     -------
     pandas.DataFrame
         Predictions, index ``sp.obs_names``, columns ``test_genes``.
+
+    Examples
+    --------
+    >>> adata_sp, adata_sc = bd.datasets.osmfish_allen_visp()
+    >>> panel = adata_sp[:, ~adata_sp.var_names.isin(["Gad2", "Vip"])].copy()
+    >>> pred = bd.baselines.fit_predict_gimvi(panel, adata_sc, ["Gad2", "Vip"], max_epochs=200, accelerator="gpu")
     """
     _import("scvi", "scvi-tools", "fit_predict_gimvi")
     from scvi import settings
@@ -374,6 +386,13 @@ def fit_predict_stdiff(sp: AnnData, sc: AnnData, test_genes: Sequence[str], *, s
     ------
     ImportError
         Always; the message says why the published package cannot be installed or run here.
+
+    Examples
+    --------
+    >>> try:
+    ...     bd.baselines.fit_predict_stdiff(panel, adata_sc, ["Gad2", "Vip"])
+    ... except ImportError as err:
+    ...     print(err)                             # why stDiff cannot run here
     """
     raise ImportError(STDIFF_UNAVAILABLE)
 

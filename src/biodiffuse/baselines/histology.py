@@ -88,6 +88,12 @@ class NearestTile(BaseEstimator):
     scaler_, pca_, nn_, tiles_, n_features_in_
         Fitted StandardScaler (``None`` if ``scale=False``), PCA and NearestNeighbors; a
         read-only view (not a copy) of the training tiles; the number of genes G.
+
+    Examples
+    --------
+    >>> nt = bd.baselines.NearestTile(n_components=50, k=5).fit(train_expression, train_tiles)
+    >>> tiles = nt.predict(test_expression, n_samples=4, seed=0)   # (N_test, 4, C, H, W)
+    >>> # train_expression: (N, G) log-normalised; train_tiles: (N, C, H, W)
     """
 
     def __init__(self, n_components: int = 50, *, k: int = 1, metric: str = "euclidean", scale: bool = True, seed: int = 0):
@@ -239,6 +245,13 @@ def fit_predict_nearest_tile(
     ------
     ValueError
         As :meth:`NearestTile.fit` and :meth:`NearestTile.predict`.
+
+    Examples
+    --------
+    >>> tiles = bd.baselines.fit_predict_nearest_tile(train_expression, train_tiles, test_expression)
+    >>> draws = bd.baselines.fit_predict_nearest_tile(
+    ...     train_expression, train_tiles, test_expression, k=5, n_samples=4)
+    >>> tiles.shape, draws.shape                   # (N_test, C, H, W), (N_test, 4, C, H, W)
     """
     model = NearestTile(n_components, k=k, metric=metric, scale=scale, seed=seed)
     model.fit(train_expression, train_tiles, mask=train_mask)

@@ -83,6 +83,12 @@ def fit_predict_modality(
     ------
     ValueError
         Unknown method, empty / non-finite inputs, or mismatched shapes.
+
+    Examples
+    --------
+    >>> cond_train = np.hstack([z_rna[tr], z_cnv[tr]])        # condition latents of the training patients
+    >>> cond_test = np.hstack([z_rna[te], z_cnv[te]])
+    >>> y_pred = bd.baselines.fit_predict_modality("ridge", cond_train, z_protein[tr], cond_test)
     """
     if method not in MODALITY_METHODS:
         raise ValueError(f"method must be one of {MODALITY_METHODS}, got {method!r}.")
@@ -114,6 +120,11 @@ class ModalityRegressor(RegressorMixin, BaseEstimator):
         Training mean of ``y`` (``"mean"``).
     n_features_in_
         Number of condition columns seen by :meth:`fit`.
+
+    Examples
+    --------
+    >>> reg = bd.baselines.ModalityRegressor("knn", n_neighbors=5).fit(cond_train, y_train)
+    >>> y_pred = reg.predict(cond_test)            # (n_test, d)
     """
 
     def __init__(self, method: str = "ridge", n_neighbors: int = 5) -> None:
@@ -216,6 +227,13 @@ def cross_validate_modality(
         One row per (method, fold): ``method``, ``fold``, ``n_train``, ``n_test``,
         ``latent_r2``, ``feature_r2`` (NaN where the held-out truth is constant, so R^2 is
         undefined). :func:`summarize_folds` averages it.
+
+    Examples
+    --------
+    >>> mdata = bd.datasets.tcga_acc()
+    >>> conditions = ["RNASeq2GeneNorm", "gistict"]
+    >>> folds = bd.baselines.cross_validate_modality(mdata, "RPPAArray", conditions, latent_dim=16, cv=5)
+    >>> bd.baselines.summarize_folds(folds)        # latent / feature R^2 per method
     """
     from sklearn.model_selection import KFold
 
@@ -282,6 +300,17 @@ def summarize_folds(folds: pd.DataFrame) -> pd.DataFrame:
     """Mean and sd over folds of :func:`cross_validate_modality` scores, per method.
 
     A method with an undefined (NaN) fold gets NaN: no mean over a subset of folds.
+
+    Parameters
+    ----------
+    folds
+        The per-fold table of :func:`cross_validate_modality` (columns ``method``,
+        ``latent_r2``, ``feature_r2``).
+
+    Examples
+    --------
+    >>> folds = bd.baselines.cross_validate_modality(mdata, "RPPAArray", ["RNASeq2GeneNorm", "gistict"])
+    >>> bd.baselines.summarize_folds(folds)        # latent_r2_mean, latent_r2_sd, feature_r2_mean, feature_r2_sd
     """
     g = folds.groupby("method", sort=False)[["latent_r2", "feature_r2"]]
     mean = g.agg(lambda s: s.mean(skipna=False))

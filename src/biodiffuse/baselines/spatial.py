@@ -92,6 +92,11 @@ def shared_log_normalized(
     ValueError
         If an object is empty, gene names repeat, a test gene is in ``sp`` (a leak), a known
         or test gene is missing from ``sc``, or counts are negative / NaN / inf.
+
+    Examples
+    --------
+    >>> sp_known, sc_known, sc_test, known = bd.baselines.shared_log_normalized(panel, adata_sc, ["Gad2", "Vip"])
+    >>> sp_known.shape, sc_test.shape              # spatial cells x known genes, reference cells x 2
     """
     check_adata(sp, "sp")
     check_adata(sc, "sc")
@@ -186,6 +191,13 @@ def fit_predict_knn(
     -------
     pandas.DataFrame
         ``sp.obs_names`` x ``test_genes``, on the log1p(count / library * 1e4) scale.
+
+    Examples
+    --------
+    >>> adata_sp, adata_sc = bd.datasets.osmfish_allen_visp()
+    >>> panel = adata_sp[:, ~adata_sp.var_names.isin(["Gad2", "Vip"])].copy()   # the known genes
+    >>> pred = bd.baselines.fit_predict_knn(panel, adata_sc, ["Gad2", "Vip"], k=50)
+    >>> pred_q = bd.baselines.fit_predict_knn(panel, adata_sc, ["Gad2", "Vip"], alignment="quantile")
     """
     from sklearn.neighbors import NearestNeighbors
     from sklearn.preprocessing import StandardScaler
@@ -276,6 +288,12 @@ def fit_predict_spage(
     -------
     pandas.DataFrame
         ``sp.obs_names`` x ``test_genes``, on the log1p(count / library * 1e4) scale.
+
+    Examples
+    --------
+    >>> adata_sp, adata_sc = bd.datasets.osmfish_allen_visp()
+    >>> panel = adata_sp[:, ~adata_sp.var_names.isin(["Gad2", "Vip"])].copy()
+    >>> pred = bd.baselines.fit_predict_spage(panel, adata_sc, ["Gad2", "Vip"], n_pv=20, k=50)
     """
     from sklearn.neighbors import NearestNeighbors
 

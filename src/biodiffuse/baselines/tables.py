@@ -131,6 +131,13 @@ def gene_features(
         PC scores, shapes ``(n_train, k)`` and ``(n_test, k)``.
     gene_names
         Names of the selected genes (array of str).
+
+    Examples
+    --------
+    >>> adata = bd.datasets.eccite_pbmc()
+    >>> train, test = adata[:400].copy(), adata[400:].copy()
+    >>> F_train, F_test, genes = bd.baselines.gene_features(train, test, n_top_genes=2000, n_pcs=50)
+    >>> F_train.shape, F_test.shape                # (400, 50), (100, 50)
     """
     from sklearn.decomposition import PCA
 
@@ -239,6 +246,13 @@ class BaselineRegressor(RegressorMixin, BaseEstimator):
         Training mean of ``y`` (``"mean"`` only; ``None`` otherwise).
     n_features_in_, n_train_
         Number of features and of training cells seen by :meth:`fit`.
+
+    Examples
+    --------
+    >>> F_train, F_test, _ = bd.baselines.gene_features(train, test)
+    >>> y_train = np.log1p(train.obsm["protein_expression"].to_numpy())
+    >>> reg = bd.baselines.BaselineRegressor("ridge").fit(F_train, y_train)
+    >>> pred = reg.predict(F_test)                      # (n_test, n_proteins)
     """
 
     def __init__(self, method: str = "krr", seed: int = 0) -> None:
@@ -295,6 +309,12 @@ def fit_predict(method: str, F_train: np.ndarray, Y_train: np.ndarray, F_test: n
     -------
     numpy.ndarray
         Predictions for the test cells, shaped like ``Y_train`` with ``len(F_test)`` rows.
+
+    Examples
+    --------
+    >>> F_train, F_test, genes = bd.baselines.gene_features(train, test, n_top_genes=2000, n_pcs=50)
+    >>> y_train = np.log1p(train.obsm["protein_expression"].to_numpy())
+    >>> pred = {m: bd.baselines.fit_predict(m, F_train, y_train, F_test) for m in bd.baselines.METHODS}
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {list(METHODS)}.")

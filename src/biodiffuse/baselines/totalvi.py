@@ -147,6 +147,12 @@ def totalvi_impute(
     ------
     ImportError
         If scvi-tools is not installed.
+
+    Examples
+    --------
+    >>> pred, fit_s, predict_s = bd.baselines.totalvi_impute(train, test, max_epochs=200, accelerator="gpu")
+    >>> proteins = train.obsm["protein_expression"].columns
+    >>> pred = pd.DataFrame(pred, index=test.obs_names, columns=proteins)   # expected protein counts
     """
     scvi = _import_scvi()
     if n_samples < 1:

@@ -37,7 +37,20 @@ __all__ = [
 
 
 def check_adata(adata: object, what: str = "adata") -> AnnData:
-    """Raise unless ``adata`` is a non-empty AnnData."""
+    """Raise unless ``adata`` is a non-empty AnnData.
+
+    Parameters
+    ----------
+    adata
+        The object to check.
+    what
+        Its name in the error messages (e.g. ``"reference"``).
+
+    Examples
+    --------
+    >>> adata = bd.data.check_adata(adata)               # returned as it is when valid
+    >>> bd.data.check_adata(mdata, "reference")          # TypeError: reference must be an AnnData, got MuData.
+    """
     if not isinstance(adata, AnnData):
         raise TypeError(f"{what} must be an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0:
@@ -46,7 +59,20 @@ def check_adata(adata: object, what: str = "adata") -> AnnData:
 
 
 def get_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatrix:
-    """``adata.X`` or ``adata.layers[layer]`` (not copied)."""
+    """``adata.X`` or ``adata.layers[layer]`` (not copied).
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    layer
+        Layer name, or None for ``X``.
+
+    Examples
+    --------
+    >>> counts = bd.data.get_matrix(adata, "counts")     # adata.layers["counts"], not a copy
+    >>> x = bd.data.get_matrix(adata, None)              # adata.X
+    """
     if layer is None:
         if adata.X is None:
             raise ValueError("adata.X is empty; pass layer= naming the counts layer.")
@@ -57,7 +83,24 @@ def get_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatri
 
 
 def check_values(x: np.ndarray | sparse.spmatrix, name: str, *, nonnegative: bool, allow_nan: bool = False) -> None:
-    """Raise a ValueError naming ``name`` on NaN (unless allowed), inf or negative values."""
+    """Raise a ValueError naming ``name`` on NaN (unless allowed), inf or negative values.
+
+    Parameters
+    ----------
+    x
+        Values to check: an array or a scipy sparse matrix (only its stored entries are checked).
+    name
+        Name of ``x`` in the error messages (e.g. ``"adata.layers['counts']"``).
+    nonnegative
+        Also raise on negative values (raw counts).
+    allow_nan
+        Accept NaN values.
+
+    Examples
+    --------
+    >>> bd.data.check_values(adata.X, "adata.X", nonnegative=True)      # raw counts: passes silently
+    >>> bd.data.check_values(np.array([1.0, np.nan]), "x", nonnegative=False, allow_nan=True)
+    """
     data = x.data if sparse.issparse(x) else np.asarray(x)
     if data.size == 0:
         return
@@ -77,6 +120,20 @@ def get_obsm_frame(adata: AnnData, key: str, names: Sequence[str] | None = None)
 
     Names come from the DataFrame's columns, else ``names``, else ``adata.uns[f"{key}_names"]``
     or ``adata.uns["protein_names"]`` (the rule of :class:`ObsmField`, which this calls).
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    key
+        Key of ``adata.obsm`` (a DataFrame, or a 2-D array / sparse matrix).
+    names
+        Column names for an array (ignored for a DataFrame).
+
+    Examples
+    --------
+    >>> prot = bd.data.get_obsm_frame(adata, "protein_expression")              # a DataFrame: itself
+    >>> adt = bd.data.get_obsm_frame(adata, "adt", names=["CD3", "CD4", "CD8"])  # an (n_obs, 3) array
     """
     if key not in adata.obsm:
         raise KeyError(f"{key!r} not in adata.obsm (have {list(adata.obsm.keys())}).")
@@ -93,7 +150,23 @@ def get_obsm_frame(adata: AnnData, key: str, names: Sequence[str] | None = None)
 def columns_by_name(
     x: np.ndarray | sparse.spmatrix, have: Sequence[str], want: Sequence[str], what: str
 ) -> np.ndarray | sparse.spmatrix:
-    """Select columns ``want`` (in that order) from ``x`` whose columns are named ``have``."""
+    """Select columns ``want`` (in that order) from ``x`` whose columns are named ``have``.
+
+    Parameters
+    ----------
+    x
+        Rows x columns, an array or a scipy sparse matrix (column-indexable).
+    have
+        The names of the columns of ``x`` (unique).
+    want
+        The names to select, in the order wanted; each must be in ``have``.
+    what
+        What the columns are (e.g. ``"gene"``), for the error messages.
+
+    Examples
+    --------
+    >>> x = bd.data.columns_by_name(adata.X, adata.var_names, ["CD3E", "MS4A1"], "gene")   # (n_obs, 2)
+    """
     index = pd.Index(have)
     if not index.is_unique:
         dup = index[index.duplicated()].unique()[:5].tolist()
@@ -111,7 +184,24 @@ def columns_by_name(
 def log_normalize(
     counts_selected: np.ndarray | sparse.spmatrix, library_size: np.ndarray, target_sum: float = 1e4
 ) -> np.ndarray:
-    """``log1p(counts / library_size * target_sum)`` as a dense float32 array."""
+    """``log1p(counts / library_size * target_sum)`` as a dense float32 array.
+
+    Parameters
+    ----------
+    counts_selected
+        Cells x genes counts (dense or scipy sparse), e.g. of the genes a model reads.
+    library_size
+        ``(n_cells,)`` library size of each cell (e.g. summed over all its genes); 0 is
+        treated as 1.
+    target_sum
+        Counts per cell after scaling.
+
+    Examples
+    --------
+    >>> bd.data.log_normalize(np.array([[1.0, 3.0]]), np.array([4.0]), target_sum=4.0)
+    array([[0.6931472, 1.3862944]], dtype=float32)
+    >>> x = bd.data.log_normalize(adata[:, genes].X, np.asarray(adata.X.sum(axis=1)).ravel())
+    """
     lib = np.asarray(library_size, dtype=np.float64).reshape(-1, 1)
     lib = np.where(lib > 0, lib, 1.0)
     if sparse.issparse(counts_selected):
@@ -134,6 +224,17 @@ _MISSING = ("error", "nan")
 class FieldTransfer:
     """How a query object's names meet the names a field registered.
 
+    Parameters
+    ----------
+    field
+        Where the field reads in the query.
+    registered
+        The registered names.
+    present, absent
+        Registered names the query has / lacks, in registry order.
+    extra
+        Query names not registered, in query order.
+
     Attributes
     ----------
     field
@@ -146,6 +247,13 @@ class FieldTransfer:
         Registered names the query lacks (registry order): to be treated as unobserved.
     extra
         Query names the registry does not know (query order): ignored by the model.
+
+    Examples
+    --------
+    >>> field = bd.data.ObsmField("protein_expression")
+    >>> t = field.transfer(adata_query, model.target_names)      # MCD's registered proteins
+    >>> t.complete, t.absent                       # absent proteins are imputed as unobserved
+    >>> t.mask                                     # (len(registered),) bool
     """
 
     field: str
@@ -259,6 +367,13 @@ class Field:
     - :meth:`transfer` matches a query's names to the registered ones.
 
     No method changes the object it is given.
+
+    Examples
+    --------
+    >>> field = bd.data.MatrixField(nonnegative=True)                 # a concrete Field: adata.X
+    >>> state = field.register(adata)                                 # validated, JSON-serialisable
+    >>> x = field.read(adata, state["names"][:10], rows=slice(0, 100))   # (100, 10) float32
+    >>> field.transfer(adata_query, state["names"]).absent            # registered genes the query lacks
     """
 
     field_type: ClassVar[str] = "Field"
@@ -569,6 +684,13 @@ class MatrixField(Field):
     -----
     Backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read ``READ_CHUNK`` rows at a
     time (dense rows capped at 256 MiB per block), never densified whole.
+
+    Examples
+    --------
+    >>> field = bd.data.MatrixField(layer="counts", nonnegative=True)
+    >>> state = field.register(adata)                    # state["names"]: adata.var_names
+    >>> x = field.read(adata, ["CD3E", "MS4A1"])         # (n_obs, 2), by gene name
+    >>> for rows, block in field.iter_rows(adata, state["names"], batch_size=5000): ...
     """
 
     field_type = "MatrixField"
@@ -647,6 +769,12 @@ class ObsmField(Field):
         Require values >= 0.
     allow_nan
         Allow NaN values (default True: e.g. proteins not measured in a panel).
+
+    Examples
+    --------
+    >>> field = bd.data.ObsmField("protein_expression", nonnegative=True)
+    >>> field.names(adata)[:3]                           # the DataFrame's columns
+    >>> x = field.read(adata, ["CD3", "CD4", "CD8"], missing="nan")   # NaN columns for absent proteins
     """
 
     field_type = "ObsmField"
@@ -747,6 +875,13 @@ class ModalityField(Field):
         Require values >= 0.
     allow_nan
         Allow NaN values inside present rows.
+
+    Examples
+    --------
+    >>> mdata = bd.datasets.tcga_acc()
+    >>> field = bd.data.ModalityField("RPPAArray")
+    >>> x = field.read(mdata, field.names(mdata))        # (92, 33): NaN rows for patients without it
+    >>> field.present(mdata).sum()                       # 46 patients have the modality
     """
 
     field_type = "ModalityField"
@@ -861,6 +996,12 @@ class ImageField(Field):
     ----------
     image_key
         Name of the image element (multiscale images: ``scale0``).
+
+    Examples
+    --------
+    >>> field = bd.data.ImageField("mibi")
+    >>> field.names(sdata)[:3], field.shape(sdata)              # channel names, (C, H, W)
+    >>> planes = field.read(sdata, ["CD3", "CD8"], rows=slice(0, 256))   # (2, 256, W) float32
     """
 
     field_type = "ImageField"
@@ -940,6 +1081,13 @@ def field_from_state(state: dict[str, Any]) -> Field:
     -------
     Field
         A new field equal to the registered one.
+
+    Examples
+    --------
+    >>> state = bd.data.MatrixField(layer="counts", nonnegative=True).register(adata)
+    >>> field = bd.data.field_from_state(state)
+    >>> field == bd.data.MatrixField(layer="counts", nonnegative=True)
+    True
     """
     try:
         cls = _FIELD_TYPES[state["field"]]

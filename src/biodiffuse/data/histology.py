@@ -64,6 +64,13 @@ def tile_footprint(tile_size: int, scale: float) -> tuple[int, int]:
     Returns
     -------
     (tile_size * k, k)
+
+    Examples
+    --------
+    >>> bd.data.tile_footprint(64, 0.25)       # 256 image pixels per side, averaged 4 x 4
+    (256, 4)
+    >>> bd.data.tile_footprint(32, 1.0)
+    (32, 1)
     """
     if int(tile_size) != tile_size or tile_size < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}.")
@@ -115,6 +122,15 @@ def row_positions(adata: Any, cells: Any) -> np.ndarray:
     -------
     numpy.ndarray
         Positions, in the order given.
+
+    Examples
+    --------
+    >>> adata.obs_names.tolist()
+    ['a', 'b', 'c', 'd']
+    >>> bd.data.row_positions(adata, ["c", "a"])
+    array([2, 0])
+    >>> bd.data.row_positions(adata, np.array([True, False, True, False]))
+    array([0, 2])
     """
     n = adata.n_obs
     if cells is None:
@@ -180,6 +196,13 @@ def tile_scaling(
     -------
     lo, hi
         float64 arrays of shape ``(C,)``.
+
+    Examples
+    --------
+    >>> full = bd.datasets.xenium_bone_marrow()
+    >>> lo, hi = bd.data.tile_scaling(full, image_key="dapi")          # DAPI: 0.5 / 99.5 percentiles
+    >>> crop = bd.datasets.xenium_bone_marrow(crop=(0, 0, 4000, 4000))
+    >>> tiles, kept = bd.data.cell_tiles(crop, image_key="dapi", tile_size=32, scaling=(lo, hi))   # the slide's scale
     """
     channels = image_channels(sdata, image_key)
     if method == "auto":
@@ -272,6 +295,13 @@ def cell_tiles(
     kept
         ``(N,)`` int64 positions (rows of the table, or of ``centres``) of the returned tiles, in
         the order asked.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.xenium_bone_marrow(crop=(0, 0, 4000, 4000))
+    >>> tiles, kept = bd.data.cell_tiles(sdata, image_key="dapi", tile_size=32, scale=0.5)   # (N, 1, 32, 32)
+    >>> spots = bd.datasets.her2st("C2")
+    >>> tiles, kept = bd.data.cell_tiles(spots, image_key="he", tile_size=64, scale=0.25, edge="pad", pad_value=1.0)
     """
     elem = image_element(sdata, image_key)
     size, k = tile_footprint(tile_size, scale)
@@ -345,6 +375,11 @@ def cell_tiles(
 class WindowCells(NamedTuple):
     """Cells (or spots) gathered per square window, padded to ``max_cells``.
 
+    Parameters
+    ----------
+    values, mask, index, origins, centres
+        The fields, as described under Attributes (made by :func:`window_cells`).
+
     Attributes
     ----------
     values
@@ -361,6 +396,12 @@ class WindowCells(NamedTuple):
         ``(N, 2)`` float64 ``(x0 + W // 2, y0 + W // 2)``: the ``(x, y)`` at which
         :func:`cell_tiles` / :func:`region_split` centre a tile of side ``W`` exactly on the
         window.
+
+    Examples
+    --------
+    >>> win = bd.data.window_cells(sdata, window_size=64, image_shape=sdata.images["dapi"].shape[1:])
+    >>> win.values.shape, win.mask.sum(axis=1)[:5]     # (N, max_cells, G), real cells per window
+    >>> tiles, kept = bd.data.cell_tiles(sdata, image_key="dapi", tile_size=64, centres=win.centres)
     """
 
     values: np.ndarray
@@ -418,6 +459,14 @@ def window_cells(
     WindowCells
         ``values``, ``mask``, ``index``, ``origins``, ``centres``; only the gathered rows are
         densified.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.xenium_bone_marrow(crop=(0, 0, 4000, 4000))
+    >>> table = sdata.tables["table"]
+    >>> table.layers["cpm"] = bd.data.cpm_log1p(table.X)
+    >>> win = bd.data.window_cells(sdata, window_size=64, image_shape=sdata.images["dapi"].shape[1:], layer="cpm")
+    >>> win.values.shape, win.origins[:2]         # (N, max_cells, G), window corners (y0, x0)
     """
     from scipy.spatial import cKDTree
 
@@ -532,6 +581,13 @@ def region_split(
     ------
     ValueError
         If a split with a positive fraction receives no cells (blocks too large for the data).
+
+    Examples
+    --------
+    >>> xy = sdata.tables["table"].obsm["spatial"]
+    >>> labels = bd.data.region_split(xy, block_size=640, fractions=(0.7, 0.15, 0.15), tile_size=32, scale=0.5)
+    >>> pd.Series(labels).value_counts()               # train, val, test and buffer cells
+    >>> model.train(cells=labels == "train")           # GeneFlow on the training region
     """
     xy = np.asarray(coords, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
@@ -606,6 +662,13 @@ def overlapping_tiles(
     -------
     int
         Number of overlapping pairs (0 for a clean split).
+
+    Examples
+    --------
+    >>> xy = sdata.tables["table"].obsm["spatial"]
+    >>> labels = bd.data.region_split(xy, block_size=640, tile_size=32, scale=0.5)
+    >>> bd.data.overlapping_tiles(xy[labels == "train"], xy[labels == "test"], tile_size=32, scale=0.5)
+    0
     """
     from scipy.spatial import cKDTree
 
@@ -645,6 +708,12 @@ def cpm_log1p(counts: Any, *, target_sum: float = 1e6, dtype: Any = np.float32) 
     ------
     ValueError
         On negative, NaN or infinite values.
+
+    Examples
+    --------
+    >>> bd.data.cpm_log1p(np.array([[1.0, 3.0]]), target_sum=4.0)
+    array([[0.6931472, 1.3862944]], dtype=float32)
+    >>> x = bd.data.cpm_log1p(sdata.tables["table"].X)      # sparse stays sparse (CSR)
     """
     if sparse.issparse(counts):
         x = counts.tocsr(copy=True)
@@ -716,6 +785,13 @@ def select_genes(
     -------
     list of str
         Gene names, most variable first (normalised dispersion, descending).
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.her2st("C2")
+    >>> labels = bd.data.region_split(sdata.tables["table"].obsm["spatial"], block_size=1500)
+    >>> genes = bd.data.select_genes(sdata, 200, train=labels == "train", min_fraction=0.1)
+    >>> bd.models.GeneFlow.setup_spatialdata(sdata, image_key="he", genes=genes, tile_size=64, scale=0.25)
     """
     import anndata as ad
     import scanpy as sc

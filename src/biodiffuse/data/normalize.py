@@ -23,6 +23,13 @@ class ChannelNormalizer:
     ----------
     lower, upper
         Percentiles mapped to 0 and 1.
+
+    Examples
+    --------
+    >>> norm = bd.data.ChannelNormalizer(lower=1.0, upper=99.0).fit(x_train)   # cells x channels
+    >>> z = norm.transform(x_test)                     # about [0, 1]; NaN stays NaN
+    >>> x_back = norm.inverse_transform(z)             # original scale
+    >>> norm = bd.data.ChannelNormalizer.from_dict(norm.to_dict())   # JSON round trip
     """
 
     def __init__(self, lower: float = 1.0, upper: float = 99.0) -> None:

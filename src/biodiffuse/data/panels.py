@@ -296,6 +296,13 @@ def is_isotype_control(name: str) -> bool:
     Returns
     -------
     bool
+
+    Examples
+    --------
+    >>> bd.data.is_isotype_control("MouseIgG1kappaisotype_PROT"), bd.data.is_isotype_control("IgG1")
+    (True, True)
+    >>> bd.data.is_isotype_control("IgM"), bd.data.is_isotype_control("CD3_PROT")
+    (False, False)
     """
     key = _key(_strip_wrappers(_check_name(name)))
     return _isotype_parts(key) is not None
@@ -430,6 +437,14 @@ def harmonize_panels(
         ``"raise"``) two columns of one panel with the same canonical name.
     TypeError
         If a panel is not a DataFrame, or a column name is not a string.
+
+    Examples
+    --------
+    >>> a = pd.DataFrame(np.ones((2, 3)), columns=["CD3_TotalSeqB", "CD8a_TotalSeqB", "IgG1"])
+    >>> b = pd.DataFrame(np.ones((3, 2)), columns=["CD3", "CD8 (Ly-2)"])
+    >>> out = bd.data.harmonize_panels({"pbmc10k": a, "eccite": b}, drop_isotypes=True)
+    >>> out["union"], out["mapping"]["pbmc10k"]["CD8a_TotalSeqB"]
+    (['CD3', 'CD8'], 'CD8')
     """
     if on_duplicate not in _ON_DUPLICATE:
         raise ValueError(f"on_duplicate must be one of {list(_ON_DUPLICATE)}, got {on_duplicate!r}.")
@@ -525,6 +540,12 @@ def union_panel_matrix(
     ValueError
         As :func:`harmonize_panels`, and on non-numeric, NaN or inf values (a NaN in the
         output must only mean "not measured").
+
+    Examples
+    --------
+    >>> panels = {"pbmc10k": pbmc.obsm["protein_expression"], "eccite": eccite.obsm["protein_expression"]}
+    >>> values, source = bd.data.union_panel_matrix(panels, drop_isotypes=True)
+    >>> values.shape, source.value_counts()            # cells x union of proteins, NaN = not measured
     """
     h = harmonize_panels(frames, on_duplicate=on_duplicate, drop_isotypes=drop_isotypes)
     union = h["union"]

@@ -60,6 +60,12 @@ def write_setup_record(obj: Any, model_name: str, args: dict[str, Any]) -> None:
     ------
     TypeError
         If ``obj`` is none of the three types.
+
+    Examples
+    --------
+    >>> bd.data.write_setup_record(adata, "MCD", {"protein_obsm_key": "protein_expression", "layer": None})
+    >>> adata.uns["biodiffuse"]["MCD"]                          # None values are left out
+    {'protein_obsm_key': 'protein_expression'}
     """
     store = _record_store(obj)
     records = dict(store.get(UNS_KEY, {}))
@@ -87,6 +93,14 @@ def read_setup_record(obj: Any, model_name: str) -> dict[str, Any] | None:
     ------
     TypeError
         If ``obj`` is none of the three types.
+
+    Examples
+    --------
+    >>> bd.data.write_setup_record(adata, "MCD", {"protein_obsm_key": "protein_expression", "layer": None})
+    >>> bd.data.read_setup_record(adata, "MCD")
+    {'protein_obsm_key': 'protein_expression'}
+    >>> bd.data.read_setup_record(adata, "SpaDiT") is None     # not set up for this model
+    True
     """
     records = _record_store(obj).get(UNS_KEY)
     if not records or model_name not in records:

@@ -38,6 +38,13 @@ def is_spatialdata(obj: Any) -> bool:
     -------
     bool
         False also when spatialdata is not installed.
+
+    Examples
+    --------
+    >>> bd.data.is_spatialdata(bd.datasets.mibi_granuloma())
+    True
+    >>> bd.data.is_spatialdata(bd.datasets.eccite_pbmc())
+    False
     """
     try:
         from spatialdata import SpatialData
@@ -67,6 +74,13 @@ def image_element(sdata: Any, image_key: str) -> Any:
         If ``image_key`` is not an image element.
     ValueError
         If the element's dims are not ``("c", "y", "x")``.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.hemit("train", tiles=4)
+    >>> he = bd.data.image_element(sdata, "he")           # the DataArray, dims ("c", "y", "x")
+    >>> he.sizes["c"]
+    3
     """
     if image_key not in sdata.images:
         raise KeyError(f"{image_key!r} is not an image element of this SpatialData (have {list(sdata.images.keys())}).")
@@ -100,6 +114,12 @@ def image_channels(sdata: Any, image_key: str) -> list[str]:
     ------
     ValueError
         If channel names repeat (reading by name would be ambiguous), or the dims are wrong.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.imc_pancreas()
+    >>> bd.data.image_channels(sdata, "E34")
+    ['H3', 'CD99', 'PIN', 'CD8a', 'CDH']
     """
     names = [str(c) for c in image_element(sdata, image_key).coords["c"].values]
     index = pd.Index(names)
@@ -138,6 +158,12 @@ def image_array(sdata: Any, image_key: str, names: Sequence[str | None], rows: A
     ValueError
         On NaN / inf inside a present channel (missing channels are declared by absence or
         None, never by NaN pixels), non-numeric pixels or duplicated channel names.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.mibi_granuloma()
+    >>> planes = bd.data.image_array(sdata, "mibi", ["CD3", "CD8", None])   # (3, 1024, 1024), the last NaN
+    >>> band = bd.data.image_array(sdata, "mibi", ["CD3"], rows=slice(0, 64))   # (1, 64, 1024)
     """
     elem = image_element(sdata, image_key)
     have = image_channels(sdata, image_key)

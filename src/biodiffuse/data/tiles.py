@@ -61,6 +61,16 @@ def tile_origins(height: int, width: int, tile_size: int, stride: int | None = N
     -------
     numpy.ndarray
         ``(n, 2)`` int64 array of ``(y0, x0)``, row-major.
+
+    Examples
+    --------
+    >>> bd.data.tile_origins(100, 100, 64)            # the last row / column moved flush to the border
+    array([[ 0,  0],
+           [ 0, 36],
+           [36,  0],
+           [36, 36]])
+    >>> bd.data.tile_origins(1024, 1024, 64, stride=32).shape
+    (961, 2)
     """
     height, width = _positive_int(height, "height"), _positive_int(width, "width")
     tile_size = _positive_int(tile_size, "tile_size")
@@ -106,6 +116,13 @@ def spatial_split(
     -------
     train_mask, test_mask
         Boolean ``(height, width)`` masks; disjoint, and together they cover the image.
+
+    Examples
+    --------
+    >>> train_mask, test_mask = bd.data.spatial_split(1024, 1024, 64, test_fraction=0.25, n_blocks=4)
+    >>> origins = bd.data.tile_origins(1024, 1024, 64)
+    >>> train_tiles = origins[bd.data.tiles_inside(origins, 64, train_mask)]
+    >>> model.train(holdout=test_mask)                           # MCD on an image: never sees the test region
     """
     height, width = _positive_int(height, "height"), _positive_int(width, "width")
     tile_size, n_blocks = _positive_int(tile_size, "tile_size"), _positive_int(n_blocks, "n_blocks")
@@ -162,6 +179,12 @@ def tiles_inside(origins: np.ndarray, tile_size: int, mask: np.ndarray) -> np.nd
     -------
     numpy.ndarray
         Boolean ``(n,)``: True where all ``tile_size**2`` pixels of the tile are in ``mask``.
+
+    Examples
+    --------
+    >>> train_mask, test_mask = bd.data.spatial_split(1024, 1024, 64)
+    >>> origins = bd.data.tile_origins(1024, 1024, 64)
+    >>> keep = bd.data.tiles_inside(origins, 64, test_mask)      # tiles wholly in the test region
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -193,6 +216,12 @@ def extract_tiles(image, origins: np.ndarray, tile_size: int) -> np.ndarray:
     -------
     numpy.ndarray
         ``(n, C, tile_size, tile_size)``, the image's dtype.
+
+    Examples
+    --------
+    >>> image = sdata.images["mibi"]                             # (c, y, x), sliced lazily
+    >>> origins = bd.data.tile_origins(*image.shape[1:], tile_size=64)
+    >>> tiles = bd.data.extract_tiles(image, origins, 64)        # (n, C, 64, 64)
     """
     shape = tuple(image.shape)
     if len(shape) != 3:
@@ -213,6 +242,19 @@ def tile_window(tile_size: int, window: Literal["hann", "uniform"] = "hann") -> 
     ``"hann"``: outer product of ``max(sin(pi * (i + 0.5) / t) ** 2, 1e-3)``, highest in the
     centre and small but positive at the borders (so image borders stay covered);
     ``"uniform"``: ones.
+
+    Parameters
+    ----------
+    tile_size
+        Side of the square tiles.
+    window
+        ``"hann"`` or ``"uniform"``.
+
+    Examples
+    --------
+    >>> w = bd.data.tile_window(64)                   # highest in the centre
+    >>> w.shape, float(w.max()) < 1.0, float(w.min()) > 0.0
+    ((64, 64), True, True)
     """
     tile_size = _positive_int(tile_size, "tile_size")
     if window == "uniform":
@@ -254,6 +296,12 @@ def stitch_tiles(
     -------
     numpy.ndarray
         ``(C, height, width)``; float32 for float32 (or integer) tiles, float64 for float64.
+
+    Examples
+    --------
+    >>> origins = bd.data.tile_origins(1024, 1024, 64, stride=48)       # overlapping tiles
+    >>> tiles = bd.data.extract_tiles(image, origins, 64)
+    >>> stitched = bd.data.stitch_tiles(tiles, origins, 1024, 1024, window="hann")   # (C, 1024, 1024)
     """
     shape = tuple(tiles.shape)
     if len(shape) != 4 or shape[2] != shape[3]:
@@ -289,6 +337,13 @@ class TileAccumulator:
         sum into and to divide in place by :meth:`result`; it is zeroed first. The weight plane
         then has its dtype, so memory is ``out`` plus one ``(height, width)`` plane. Default: a
         new float64 array.
+
+    Examples
+    --------
+    >>> acc = bd.data.TileAccumulator(4, 1024, 1024, tile_size=64)
+    >>> for tiles, origins in batches:                 # e.g. as a sampler yields them
+    ...     acc.add(tiles, origins)                    # tiles: (n, 4, 64, 64), origins: (n, 2)
+    >>> image = acc.result()                           # (4, 1024, 1024); NaN where no tile fell
     """
 
     def __init__(self, channels: int, height: int, width: int, tile_size: int, window: Literal["hann", "uniform"] = "hann",
@@ -327,20 +382,63 @@ class TileAccumulator:
 
 
 def crop_to_factor(image: np.ndarray, factor: int) -> np.ndarray:
-    """Crop the trailing rows / columns so that H and W are multiples of ``factor``."""
+    """Crop the trailing rows / columns so that H and W are multiples of ``factor``.
+
+    Parameters
+    ----------
+    image
+        ``(..., H, W)`` array.
+    factor
+        The size that ``H`` and ``W`` are cut down to a multiple of.
+
+    Examples
+    --------
+    >>> bd.data.crop_to_factor(np.zeros((3, 1026, 1023)), 4).shape
+    (3, 1024, 1020)
+    """
     h, w = image.shape[-2:]
     return image[..., : h - h % factor, : w - w % factor]
 
 
 def downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
     """Block-reduce a boolean (H, W) mask (cropped to multiples of ``factor``): a coarse pixel
-    is in the mask when any of its fine pixels is."""
+    is in the mask when any of its fine pixels is.
+
+    Parameters
+    ----------
+    mask
+        Boolean ``(H, W)`` mask (e.g. a test region of :func:`spatial_split`).
+    factor
+        Block side.
+
+    Examples
+    --------
+    >>> bd.data.downsample_mask(np.eye(4, dtype=bool), 2)
+    array([[ True, False],
+           [False,  True]])
+    """
     return downsample_mean(crop_to_factor(np.asarray(mask, dtype=np.float32), factor), factor) > 0
 
 
 def upsample_to(image: np.ndarray, factor: int, height: int, width: int) -> np.ndarray:
     """:func:`upsample_nearest` back to ``(height, width)``; the rows / columns that
-    :func:`crop_to_factor` cut off repeat the last pixel."""
+    :func:`crop_to_factor` cut off repeat the last pixel.
+
+    Parameters
+    ----------
+    image
+        ``(..., h, w)`` array at the coarse resolution.
+    factor
+        Repeat factor (1: only the padding).
+    height, width
+        Size of the output (at least ``factor * h`` by ``factor * w``).
+
+    Examples
+    --------
+    >>> small = bd.data.downsample_mean(bd.data.crop_to_factor(image, 4), 4)   # image: (3, 1026, 1023)
+    >>> bd.data.upsample_to(small, 4, 1026, 1023).shape
+    (3, 1026, 1023)
+    """
     up = upsample_nearest(image, factor) if factor > 1 else np.asarray(image)
     ph, pw = height - up.shape[-2], width - up.shape[-1]
     if ph or pw:
@@ -363,6 +461,13 @@ def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
     numpy.ndarray
         ``(..., H / factor, W / factor)``, accumulated in float64; float32 for float32 input,
         else float64.
+
+    Examples
+    --------
+    >>> bd.data.downsample_mean(np.arange(16.0).reshape(4, 4), 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    >>> small = bd.data.downsample_mean(bd.data.crop_to_factor(image, 4), 4)   # (C, H // 4, W // 4)
     """
     image = np.asarray(image)
     factor = _positive_int(factor, "factor")
@@ -378,7 +483,21 @@ def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
 
 def upsample_nearest(image: np.ndarray, factor: int) -> np.ndarray:
     """Repeat every pixel of the last two axes ``factor x factor`` times (inverse of the grid of
-    :func:`downsample_mean`: ``downsample_mean(upsample_nearest(x, f), f) == x``)."""
+    :func:`downsample_mean`: ``downsample_mean(upsample_nearest(x, f), f) == x``).
+
+    Parameters
+    ----------
+    image
+        ``(..., h, w)`` array (at least 2-D).
+    factor
+        Repeats per pixel along each of the last two axes.
+
+    Examples
+    --------
+    >>> bd.data.upsample_nearest(np.array([[1, 2]]), 2)
+    array([[1, 1, 2, 2],
+           [1, 1, 2, 2]])
+    """
     image = np.asarray(image)
     factor = _positive_int(factor, "factor")
     if image.ndim < 2:

@@ -32,6 +32,13 @@ def sha256sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     -------
     str
         64 lowercase hex characters.
+
+    Examples
+    --------
+    >>> digest = bd.datasets.sha256sum("data/pbmc.h5ad")
+    >>> len(digest)
+    64
+    >>> path = bd.datasets.fetch_file("data/pbmc.h5ad", sha256=digest)
     """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -79,6 +86,13 @@ def fetch_file(
         If a local ``source`` does not exist.
     ValueError
         If the file's sha256 does not match, or ``sha256`` is malformed.
+
+    Examples
+    --------
+    >>> url = "https://example.org/data/pbmc.h5ad"
+    >>> path = bd.datasets.fetch_file(url, sha256=expected_sha256)   # downloaded once, then cached
+    >>> adata = bd.datasets.read_h5ad_safely(path)
+    >>> bd.datasets.fetch_file("data/pbmc.h5ad", sha256=None)    # a local file, unchecked
     """
     digest = _check_sha256(sha256)
     src = os.fspath(source)
@@ -113,6 +127,11 @@ def read_h5ad_safely(path: str | os.PathLike) -> AnnData:
     -------
     anndata.AnnData
         Fully loaded in memory (not backed).
+
+    Examples
+    --------
+    >>> adata = bd.datasets.read_h5ad_safely("data/pbmc.h5ad")
+    >>> adata = bd.datasets.read_h5ad_safely(bd.datasets.fetch_file(url, sha256=expected_sha256))
     """
     import anndata
 

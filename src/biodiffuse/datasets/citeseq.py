@@ -42,6 +42,11 @@ def eccite_pbmc() -> AnnData:
         ``obsm["protein_expression"]``: DataFrame of 49 ADT raw counts (protein names as
         columns); ``obsm["hto_counts"]``: 4 hashtag counts; ``uns["source"]``: provenance.
         A new object on every call.
+
+    Examples
+    --------
+    >>> adata = bd.datasets.eccite_pbmc()
+    >>> adata.obsm["protein_expression"][["CD3", "CD4"]].head()
     """
     name, sha = _ECCITE
     with resources.as_file(resources.files(__package__).joinpath("_data").joinpath(name)) as path:
@@ -83,6 +88,11 @@ def pbmc10k_protein(path: str | os.PathLike | None = None) -> AnnData:
         If the file is not found (the message lists where it looked).
     ValueError
         If its sha256 does not match.
+
+    Examples
+    --------
+    >>> adata = bd.datasets.pbmc10k_protein()          # or pbmc10k_protein("path/to/folder")
+    >>> adata.obsm["protein_expression"].columns[:5]
     """
     name, sha = _PBMC10K
     adata = _read_known(fetch_file(locate_file("citeseq", name, path), sha))
@@ -109,6 +119,11 @@ def dsb_adt_pbmc(path: str | os.PathLike | None = None) -> AnnData:
     -------
     anndata.AnnData
         2,872 cells x 87 proteins, raw ADT counts in ``X``.
+
+    Examples
+    --------
+    >>> adt = bd.datasets.dsb_adt_pbmc()
+    >>> bd.models.MCD.setup_anndata(adt)                # any-subset protein imputation
     """
     name, sha = _DSB_CELLS
     return _read_known(fetch_file(locate_file("citeseq", name, path), sha))

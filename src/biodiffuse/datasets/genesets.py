@@ -47,6 +47,11 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
     ValueError
         On a line with fewer than three fields or no genes, a repeated set name, or a file
         without any set.
+
+    Examples
+    --------
+    >>> sets = bd.datasets.read_gmt("my_sets.gmt")   # name<TAB>description<TAB>gene<TAB>gene...
+    >>> {name: len(genes) for name, genes in sets.items()}
     """
     path = Path(path)
     out: dict[str, list[str]] = {}
@@ -94,6 +99,13 @@ def gene_sets(name: str | os.PathLike = "hallmark", *, path: str | os.PathLike |
         When the file is not found (the message lists the folders searched).
     ValueError
         On a malformed GMT file (see :func:`read_gmt`).
+
+    Examples
+    --------
+    >>> hallmark = bd.datasets.gene_sets("hallmark")
+    >>> hallmark["HALLMARK_HYPOXIA"][:3]
+    ['PGK1', 'PDK1', 'GBE1']
+    >>> go = bd.datasets.gene_sets("go_bp")
     """
     key = os.fspath(name)
     if key in GENE_SET_LIBRARIES:

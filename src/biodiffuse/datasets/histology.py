@@ -188,6 +188,12 @@ def xenium_bone_marrow(
     ------
     FileNotFoundError
         If the folder or one of :data:`XENIUM_BONE_MARROW_FILES` is missing (the message names them).
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.xenium_bone_marrow(crop=(0, 0, 4000, 4000))
+    >>> sdata.images["dapi"].shape                  # (1, 4000, 4000)
+    >>> sdata.tables["table"].obs["cluster"].value_counts()
     """
     import anndata as ad
     import h5py
@@ -301,6 +307,12 @@ def her2st(
     ------
     FileNotFoundError
         If the folder or one of the section's three files is missing (the message names them).
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.her2st("C3")
+    >>> crop = bd.datasets.her2st("C2", crop=(2000, 2000, 6000, 6000))   # only this box and its spots
+    >>> crop.tables["table"].obsm["spatial"][:3]                        # spot centres, pixels of the crop
     """
     import anndata as ad
     from scipy import sparse

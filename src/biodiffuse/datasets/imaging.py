@@ -62,6 +62,13 @@ def mibi_granuloma(path: str | os.PathLike | None = None, drop_non_protein: bool
         ``tables["table"]``: 1,830 cells (ids 2 to 1831) x
         channels of per-cell mean counts, ``obsm["spatial"]`` centroids (x, y),
         ``uns["source"]`` provenance.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.mibi_granuloma()
+    >>> sdata.images["mibi"].shape                  # (39, 1024, 1024): the antibody channels
+    >>> cells = sdata.tables["table"]               # 1,830 cells x per-cell mean counts
+    >>> full = bd.datasets.mibi_granuloma(drop_non_protein=False)   # all 47 mass channels
     """
     folder = locate_dir("imaging", _MIBI, path)
     sdata = read_channel_tiffs(
@@ -98,6 +105,13 @@ def imc_pancreas(path: str | os.PathLike | None = None):
         channels :data:`IMC_PANCREAS_CHANNELS`; ``labels["<image>_labels"]``; one
         ``tables["table"]`` annotating the three labels elements (``obs["region"]`` names the
         labels element, ``obs["cell_id"]`` the id in it; ``obs_names`` ``"<image>_<id>"``).
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.imc_pancreas()
+    >>> sdata.images["E34"].coords["c"].values.tolist()
+    ['H3', 'CD99', 'PIN', 'CD8a', 'CDH']
+    >>> sdata.tables["table"].obs["region"].value_counts()      # cells per labels element
     """
     import anndata as ad
     from spatialdata import SpatialData

@@ -86,6 +86,14 @@ def osmfish_allen_visp(path: str | os.PathLike | None = None) -> tuple[AnnData, 
         If the folder or a file is not found (the message lists where it looked).
     ValueError
         If a file's sha256 does not match.
+
+    Examples
+    --------
+    >>> adata_sp, adata_sc = bd.datasets.osmfish_allen_visp()
+    >>> adata_sp.shape, adata_sc.shape
+    ((3405, 33), (5613, 33))
+    >>> sp = adata_sp[:, adata_sp.var_names != "Gad2"].copy()     # hold Gad2 out of the panel
+    >>> bd.models.SpaDiT.setup_anndata(sp, reference=adata_sc)
     """
     folder = locate_dir("spatial", _OSMFISH_DIR, path)
     spatial = _add_spatial(_read(folder, _OSMFISH_SPATIAL, _OSMFISH_SOURCE + " (osmFISH part)"))
@@ -118,6 +126,13 @@ def starmap_915(path: str | os.PathLike | None = None) -> AnnData:
         If the folder or file is not found.
     ValueError
         If the file's sha256 does not match.
+
+    Examples
+    --------
+    >>> adata = bd.datasets.starmap_915()
+    >>> adata.shape
+    (645, 915)
+    >>> adata.obsm["spatial"][:3]
     """
     folder = locate_dir("spatial", _STARMAP_DIR, path)
     return _add_spatial(_read(folder, _STARMAP, _STARMAP_SOURCE))

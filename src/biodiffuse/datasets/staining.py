@@ -214,6 +214,13 @@ def hemit(
     FileNotFoundError
         If the folder, ``tiles.csv``, ``<split>/he/``, ``<split>/mihc/`` or a tile's file is
         missing (the message names what is expected).
+
+    Examples
+    --------
+    >>> train = bd.datasets.hemit("train", tiles=200)      # the first 200 training tiles
+    >>> test = bd.datasets.hemit("test")
+    >>> train.images["mihc"].coords["c"].values.tolist()
+    ['DAPI', 'mIHC_1', 'mIHC_2', 'mIHC_3']
     """
     from spatialdata import SpatialData
 
@@ -344,6 +351,12 @@ def deepliif(
     ValueError
         If a file is not a strip of six square RGB panels, sizes differ between files, a name
         lacks the ``<split>_`` prefix, or ``sets`` / ``layout`` are invalid.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.deepliif(sets=["train_Bladder1", "train_Lung1"])
+    >>> sdata.images["ihc"].shape, sdata.images["ki67_if"].shape       # (3, H, W) each
+    >>> sdata.tables["tiles"].obs[["set", "split", "has_targets"]]
     """
     from spatialdata import SpatialData
 

@@ -127,6 +127,12 @@ def tcga_acc(path: str | os.PathLike | None = None) -> MuData:
         If the file is not found (the message lists where it looked).
     ValueError
         If its sha256 does not match.
+
+    Examples
+    --------
+    >>> mdata = bd.datasets.tcga_acc()
+    >>> {name: mod.shape for name, mod in mdata.mod.items()}
+    >>> mdata.obs[["survival_time", "survival_event"]].head()
     """
     name, sha = _ACC
     mdata = _read_h5mu(fetch_file(locate_file("tcga", name, path), sha))
@@ -164,6 +170,12 @@ def tcga_brca(split: str = "train", path: str | os.PathLike | None = None) -> Mu
         If ``split`` is not ``"train"`` or ``"test"``, or the file's sha256 does not match.
     FileNotFoundError
         If the file is not found.
+
+    Examples
+    --------
+    >>> train = bd.datasets.tcga_brca("train")       # mrna, mirna and protein
+    >>> test = bd.datasets.tcga_brca("test")         # mrna and mirna only
+    >>> train.obs["subtype"].value_counts()
     """
     if split not in _BRCA:
         raise ValueError(f"split must be one of {sorted(_BRCA)}, got {split!r}.")

@@ -50,6 +50,12 @@ class EDMPrecond(nn.Module):
         ``c_noise`` has shape (B,).
     sigma_data
         Standard deviation of the (normalised) data.
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8), sigma_data=0.5)
+    >>> net(torch.randn(4, 8), torch.full((4,), 2.0)).shape     # denoised estimate at sigma = 2
+    torch.Size([4, 8])
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5) -> None:
@@ -85,6 +91,13 @@ class EDMLoss:
         Mean and standard deviation of ``ln(sigma)``.
     sigma_data
         Must match the preconditioning's ``sigma_data``.
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8), sigma_data=0.5)
+    >>> loss_fn = bd.diffusion.EDMLoss(P_mean=-1.2, P_std=1.2, sigma_data=0.5)
+    >>> loss = loss_fn(net, torch.randn(64, 8))        # scalar: mean weighted denoising error
+    >>> loss.backward()
     """
 
     def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5) -> None:
@@ -140,6 +153,24 @@ def karras_sigmas(
     """Karras et al. noise levels ``t_0 = sigma_max > ... > t_{N-1} = sigma_min``, then ``t_N = 0``.
 
     With ``steps == 1`` the schedule is ``[sigma_max, 0]``.
+
+    Parameters
+    ----------
+    steps
+        Number of noise levels before the final 0 (at least 1).
+    sigma_min, sigma_max
+        Smallest and largest noise level, ``0 < sigma_min < sigma_max``.
+    rho
+        Curvature of the schedule (larger: more steps at low noise).
+    device, dtype
+        Of the returned tensor.
+
+    Examples
+    --------
+    >>> bd.diffusion.karras_sigmas(1)
+    tensor([80.,  0.], dtype=torch.float64)
+    >>> bd.diffusion.karras_sigmas(18).shape                   # 18 levels and the final 0
+    torch.Size([19])
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
@@ -155,7 +186,18 @@ def karras_sigmas(
 
 
 def network_evaluations(steps: int) -> int:
-    """Denoiser calls made by :func:`heun_sampler` with ``steps`` steps (``2 * steps - 1``)."""
+    """Denoiser calls made by :func:`heun_sampler` with ``steps`` steps (``2 * steps - 1``).
+
+    Parameters
+    ----------
+    steps
+        Heun steps.
+
+    Examples
+    --------
+    >>> bd.diffusion.network_evaluations(18)
+    35
+    """
     return 2 * int(steps) - 1
 
 
@@ -187,6 +229,14 @@ def heun_sampler(
     Returns
     -------
     The sample at ``sigma = 0``, in ``latents.dtype``.
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8)).eval()
+    >>> with torch.no_grad():
+    ...     x = bd.diffusion.heun_sampler(net, torch.randn(16, 8), steps=18)   # 35 evaluations
+    >>> x.shape
+    torch.Size([16, 8])
     """
     t_steps = karras_sigmas(steps, sigma_min, sigma_max, rho, device=latents.device)
     b = latents.shape[0]

@@ -37,6 +37,14 @@ class CoherentConsensus:
         Every sample needs at least one.
     threshold
         Cosine distance between two noise predictions above which a step is incoherent.
+
+    Examples
+    --------
+    >>> consensus = bd.diffusion.CoherentConsensus(
+    ...     [d_rna, d_cnv], [c_rna, c_cnv], weights=torch.tensor([0.6, 0.4]),
+    ...     available=torch.ones(n, 2, dtype=torch.bool), threshold=0.5)
+    >>> x = bd.diffusion.heun_sampler(consensus, torch.randn(n, d), steps=18)
+    >>> consensus.incoherent_fraction()            # (n,) share of incoherent steps per sample
     """
 
     def __init__(
@@ -130,6 +138,13 @@ def coherent_sample(
     -------
     samples (n, D), the number of retries per sample (n,), and whether the kept sample was
     still incoherent (n,).
+
+    Examples
+    --------
+    >>> def make_consensus(rows):                  # rows: the draws still to sample
+    ...     return bd.diffusion.CoherentConsensus(denoisers, [c[rows] for c in conds], weights, available[rows])
+    >>> redraw = lambda rows: torch.randn(len(rows), d)
+    >>> x, retries, rejected = bd.diffusion.coherent_sample(make_consensus, torch.randn(n, d), redraw, steps=18)
     """
     n = latents.shape[0]
     out = torch.empty_like(latents)
@@ -155,7 +170,23 @@ def coherent_sampler(
     steps: int, sigma_max: float = 80.0, max_incoherent_fraction: float = 0.1, max_retries: int = 10
 ) -> Callable:
     """:func:`coherent_sample` as a sampler of :func:`~biodiffuse.diffusion.sample_rows`: the
-    batch's ``denoiser`` is the consensus factory; diagnostics ``retries`` and ``rejected``."""
+    batch's ``denoiser`` is the consensus factory; diagnostics ``retries`` and ``rejected``.
+
+    Parameters
+    ----------
+    steps
+        Heun steps per draw.
+    sigma_max
+        Largest noise level of the Karras schedule.
+    max_incoherent_fraction, max_retries
+        As in :func:`coherent_sample`.
+
+    Examples
+    --------
+    >>> sampler = bd.diffusion.coherent_sampler(18, max_incoherent_fraction=0.1, max_retries=10)
+    >>> out = bd.diffusion.sample_rows(prepare, n, (d,), seeds=seeds, sampler=sampler, n_samples=10)
+    >>> out["retries"].shape, out["rejected"].mean()     # (n, 10) per draw; Batch.denoiser: make_consensus
+    """
 
     def sampler(make: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
         x, retries, rejected = coherent_sample(

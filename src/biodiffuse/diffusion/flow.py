@@ -54,6 +54,12 @@ class FlowLoss:
         ``n ~ N(logit_mean, logit_std^2)`` (more weight on intermediate times).
     logit_mean, logit_std
         Parameters of the logit-normal time distribution.
+
+    Examples
+    --------
+    >>> loss_fn = bd.diffusion.FlowLoss(sigma=0.05, sigma_schedule="decay", time_sampling="logit_normal")
+    >>> loss = loss_fn(velocity, tiles, cond)         # velocity(x_t, t, cond); tiles: clean (B, C, H, W)
+    >>> loss.backward()
     """
 
     def __init__(
@@ -136,7 +142,20 @@ def _check(steps: int, method: str) -> None:
 
 
 def flow_evaluations(steps: int, method: str = "euler") -> int:
-    """Network evaluations per draw of the fixed-step solvers: ``steps`` (Euler), ``2 * steps`` (Heun)."""
+    """Network evaluations per draw of the fixed-step solvers: ``steps`` (Euler), ``2 * steps`` (Heun).
+
+    Parameters
+    ----------
+    steps
+        Solver steps.
+    method
+        ``"euler"`` or ``"heun"``.
+
+    Examples
+    --------
+    >>> bd.diffusion.flow_evaluations(8), bd.diffusion.flow_evaluations(8, "heun")
+    (8, 16)
+    """
     _check(steps, method)
     if method == "dopri5":
         raise ValueError("dopri5 is adaptive: its evaluations are counted at run time (diagnostics['nfe']).")
@@ -181,6 +200,12 @@ def flow_solve(
     -------
     The state at ``t = 1`` in ``latents.dtype``, and the number of network evaluations (each
     evaluates every draw of the batch once). The state is carried in float64.
+
+    Examples
+    --------
+    >>> x1, nfe = bd.diffusion.flow_solve(lambda x, t, cond: torch.ones_like(x), torch.zeros(4, 2), steps=8)
+    >>> x1[0], nfe                                     # a constant velocity of 1 over t in [0, 1]
+    (tensor([1., 1.]), 8)
     """
     _check(steps, method)
     b, dtype = latents.shape[0], latents.dtype
@@ -237,6 +262,19 @@ def flow_sampler(
     over the batch, so a row's draws depend on its batch mates within the tolerance;
     ``independent=True`` integrates every draw alone (its own steps and ``nfe``, the same
     numbers for any batch size; one network call per draw and evaluation).
+
+    Parameters
+    ----------
+    steps, method, rtol, atol
+        As in :func:`flow_solve`.
+    independent
+        ``dopri5`` only: integrate every draw on its own (see below).
+
+    Examples
+    --------
+    >>> sampler = bd.diffusion.flow_sampler(steps=8, method="euler")
+    >>> out = bd.diffusion.sample_rows(prepare, n_rows, (3, 64, 64), seeds=seeds, sampler=sampler)
+    >>> adaptive = bd.diffusion.flow_sampler(method="dopri5", rtol=1e-4, atol=1e-4, independent=True)
     """
     _check(steps, method)
     steps = int(steps)

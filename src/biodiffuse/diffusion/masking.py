@@ -37,6 +37,12 @@ def random_channel_mask(
     Returns
     -------
     Boolean tensor (n, n_channels), ``True`` where the channel is observed.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> mask = bd.diffusion.random_channel_mask(256, 40, 0.9, generator=g)      # (256, 40) bool
+    >>> mask = bd.diffusion.random_channel_mask(256, 40, 0.9, available=~torch.isnan(x), generator=g)
     """
     if not 0.0 <= observed_fraction <= 1.0:
         raise ValueError(f"observed_fraction must lie in [0, 1], got {observed_fraction}.")
@@ -63,6 +69,12 @@ def masked_condition(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         Values, shape (B, C, ...). Entries where ``mask`` is False may hold anything (even NaN).
     mask
         Boolean (B, C) or (B, C, ...), True where observed.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0, 2.0, 3.0]])
+    >>> bd.diffusion.masked_condition(x, torch.tensor([[True, False, True]]))
+    tensor([[1., 0., 3., 1., 0., 1.]])
     """
     m = mask.to(x.dtype)
     while m.ndim < x.ndim:

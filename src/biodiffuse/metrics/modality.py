@@ -40,6 +40,12 @@ def r2_score_modality(y_true: np.ndarray, y_pred: np.ndarray, kind: str = "globa
     ValueError
         Unknown kind, shapes differ, fewer than 2 patients, NaN, or (global) every feature of
         ``y_true`` constant.
+
+    Examples
+    --------
+    >>> out = model.sample(test, target="protein")
+    >>> bd.metrics.r2_score_modality(test.mod["protein"].X, out["mean"])
+    >>> bd.metrics.r2_score_modality(test.mod["protein"].X, out["mean"], kind="per_feature")
     """
     if kind not in R2_KINDS:
         raise ValueError(f"kind must be one of {R2_KINDS}, got {kind!r}.")
@@ -84,6 +90,11 @@ def output_variance_fraction(samples: np.ndarray, y_true: np.ndarray) -> float:
     ------
     ValueError
         Wrong dims, K < 2, mismatched shapes, NaN, or constant ``y_true``.
+
+    Examples
+    --------
+    >>> out = model.sample(test, target="protein", n_samples=10)
+    >>> bd.metrics.output_variance_fraction(out["features"], test.mod["protein"].X)   # (K, n, d) vs (n, d)
     """
     s = np.asarray(samples, dtype=np.float64)
     if s.ndim != 3:

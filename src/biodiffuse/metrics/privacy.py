@@ -62,6 +62,13 @@ def energy_distance(X: np.ndarray, Y: np.ndarray) -> float:
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> real = test.mod["protein"].X
+    >>> bd.metrics.energy_distance(real, synth)       # lower is better
+    >>> bd.metrics.energy_distance(real, real)        # 0 for identical sets
+    0.0
     """
     x, y = _pair(X, Y, "X", "Y")
     value = 2.0 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y)
@@ -105,6 +112,11 @@ def precision_recall_manifold(real: np.ndarray, fake: np.ndarray, k: int = 5) ->
     dict
         ``precision``, ``recall`` and ``f1`` (their harmonic mean, 0 when both are 0;
         the "F1" of the Coherent Denoising paper's privacy table).
+
+    Examples
+    --------
+    >>> pr = bd.metrics.precision_recall_manifold(real, synth, k=3)
+    >>> pr["precision"], pr["recall"], pr["f1"]
     """
     r, f = _pair(real, fake, "real", "fake")
     if isinstance(k, bool) or int(k) != k or k < 1:
@@ -156,6 +168,12 @@ def distance_to_closest_record(
         real record (train or hold-out) is a training one (about
         ``n_train / (n_train + n_holdout)`` without memorisation);
         ``n_exact_copies``: synthetic samples within ``atol`` of a training record.
+
+    Examples
+    --------
+    >>> synth = model.sample(train, target="protein", conditions=[], n_samples=1)["features"][0]   # unconditional
+    >>> dcr = bd.metrics.distance_to_closest_record(synth, train.mod["protein"].X, holdout.mod["protein"].X)
+    >>> dcr["median_ratio"], dcr["n_exact_copies"]
     """
     f, t = _pair(fake, train, "fake", "train")
     _, h = _pair(fake, holdout, "fake", "holdout")

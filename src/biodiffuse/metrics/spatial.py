@@ -170,6 +170,12 @@ def pcc_per_gene(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> np.ndarray:
     ValueError
         On NaN / inf values, empty input, fewer than 2 spots, a shape mismatch, or gene /
         spot names that differ between two DataFrames.
+
+    Examples
+    --------
+    >>> pred = bd.baselines.fit_predict_knn(panel, adata_sc, held_out)    # spots x held-out genes
+    >>> r = bd.metrics.pcc_per_gene(truth[held_out], pred)
+    >>> np.nanmean(r)
     """
     a, b, _ = _align(y_true, y_pred)
     return _pcc(a, b)
@@ -191,6 +197,11 @@ def ssim_per_gene(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> np.ndarray:
     -------
     numpy.ndarray
         Shape ``(n_genes,)``, values in ``[-1, 1]`` (1 for identical vectors).
+
+    Examples
+    --------
+    >>> ssim = bd.metrics.ssim_per_gene(truth, pred)
+    >>> pd.Series(ssim, index=truth.columns).sort_values(ascending=False).head()
     """
     a, b, _ = _align(y_true, y_pred)
     return _ssim(a, b)
@@ -212,6 +223,11 @@ def rmse_per_gene(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> np.ndarray:
     -------
     numpy.ndarray
         Shape ``(n_genes,)``, values in ``[0, 2]``.
+
+    Examples
+    --------
+    >>> rmse = bd.metrics.rmse_per_gene(truth, pred)           # z-scored per gene; lower is better
+    >>> pd.Series(rmse, index=truth.columns).describe()
     """
     a, b, _ = _align(y_true, y_pred)
     return _rmse(a, b)
@@ -233,6 +249,11 @@ def js_per_gene(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> np.ndarray:
     numpy.ndarray
         Shape ``(n_genes,)``, values in ``[0, ln 2]``; NaN for a gene whose truth or
         prediction sums to 0 after clipping.
+
+    Examples
+    --------
+    >>> js = bd.metrics.js_per_gene(truth, pred)          # spots x genes, e.g. held-out genes
+    >>> pd.Series(js, index=truth.columns).sort_values()  # lower is better
     """
     a, b, _ = _align(y_true, y_pred)
     return _js(a, b)
@@ -258,6 +279,12 @@ def spatial_gene_metrics(y_true: ArrayLike2D, y_pred: ArrayLike2D) -> pd.DataFra
     ValueError
         On NaN / inf values, empty input, fewer than 2 spots, a shape mismatch, or names
         that differ between two DataFrames.
+
+    Examples
+    --------
+    >>> pred = model.predict(panel, genes=held_out)            # spots x held-out genes
+    >>> table = bd.metrics.spatial_gene_metrics(truth[held_out], pred)
+    >>> table.mean()                                           # PCC, SSIM, RMSE, JS over genes
     """
     a, b, genes = _align(y_true, y_pred)
     return pd.DataFrame({"PCC": _pcc(a, b), "SSIM": _ssim(a, b), "RMSE": _rmse(a, b), "JS": _js(a, b)}, index=genes)
@@ -288,6 +315,12 @@ def accuracy_score(summary: pd.DataFrame) -> pd.Series:
     ValueError
         If a metric column is missing, a value is NaN / inf, the table is empty, or method
         names repeat.
+
+    Examples
+    --------
+    >>> per_method = {m: bd.metrics.spatial_gene_metrics(truth, pred).mean() for m, pred in preds.items()}
+    >>> summary = pd.DataFrame(per_method).T          # rows = methods, columns PCC, SSIM, RMSE, JS
+    >>> bd.metrics.accuracy_score(summary).sort_values(ascending=False)
     """
     if not isinstance(summary, pd.DataFrame):
         raise TypeError(f"summary must be a DataFrame (rows = methods), got {type(summary).__name__}.")

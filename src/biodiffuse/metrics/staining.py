@@ -96,6 +96,12 @@ def stain_masks(images: object, *, method: Literal["otsu", "mean_sd"] = "otsu", 
     ------
     ValueError
         On bad images (not 4-D, empty, NaN / inf, out of range), method, k or thresholds.
+
+    Examples
+    --------
+    >>> masks, thr = bd.metrics.stain_masks(real_train)                  # Otsu per channel
+    >>> test_masks, _ = bd.metrics.stain_masks(real_test, thresholds=thr)
+    >>> masks, thr = bd.metrics.stain_masks(real_train, method="mean_sd", k=2.0)
     """
     arr = _tiles(images, "images")
     chans = range(arr.shape[1])
@@ -152,6 +158,13 @@ def dice(pred: object, true: object, *, reduction: Literal["mean", "none"] = "me
     ------
     ValueError
         On non-boolean masks, shapes that differ or are not 4-D, or an unknown reduction.
+
+    Examples
+    --------
+    >>> true_masks, thr = bd.metrics.stain_masks(real)                    # thresholds of the real tiles
+    >>> fake_masks, _ = bd.metrics.stain_masks(fake, thresholds=thr)
+    >>> bd.metrics.dice(fake_masks, true_masks)                           # (C,) mean over tiles
+    >>> bd.metrics.dice(fake_masks, true_masks, reduction="none")         # (N, C)
     """
     inter, a, b = _overlap(pred, true)
     den = a + b
@@ -162,6 +175,19 @@ def iou(pred: object, true: object, *, reduction: Literal["mean", "none"] = "mea
     """Intersection over union ``|P & T| / |P | T|`` of each (tile, channel) mask pair; 1.0 when both are empty.
 
     Parameters, returns and errors as in :func:`dice`.
+
+    Parameters
+    ----------
+    pred, true
+        ``(N, C, H, W)`` boolean masks (e.g. from :func:`stain_masks` with one set of thresholds).
+    reduction
+        ``"mean"``: ``(C,)`` means over tiles; ``"none"``: the ``(N, C)`` scores.
+
+    Examples
+    --------
+    >>> true_masks, thr = bd.metrics.stain_masks(real)
+    >>> fake_masks, _ = bd.metrics.stain_masks(fake, thresholds=thr)
+    >>> bd.metrics.iou(fake_masks, true_masks)                            # (C,) mean over tiles
     """
     inter, a, b = _overlap(pred, true)
     union = a + b - inter
@@ -194,6 +220,11 @@ def per_stain_scores(real: object, fake: object, *, stains: Sequence[str] | None
     ------
     ValueError
         On shapes that differ, NaN / inf, out-of-range values, or wrong stain names.
+
+    Examples
+    --------
+    >>> bd.metrics.per_stain_scores(real, fake, stains=["DAPI", "mIHC_1", "mIHC_2", "mIHC_3"])
+    >>> # real, fake: (N, 4, H, W) uint8 (or float in [0, 1]) tiles; one row per stain
     """
     a, b = _tiles(real, "real"), _tiles(fake, "fake")
     if a.shape != b.shape:
@@ -234,6 +265,12 @@ def nuclei_labels(images: object, *, nuclear_channel: int = 0, min_area: int = 1
     -------
     numpy.ndarray
         ``(N, H, W)`` int32, 0 for background, nuclei ``1..n`` in each tile.
+
+    Examples
+    --------
+    >>> labels = bd.metrics.nuclei_labels(real, nuclear_channel=0)        # (N, H, W), from the real DAPI
+    >>> pos_real = bd.metrics.nuclei_positivity(real, thresholds=thr, labels=labels)
+    >>> pos_fake = bd.metrics.nuclei_positivity(fake, thresholds=thr, labels=labels)
     """
     arr = _tiles(images, "images")
     if not 0 <= nuclear_channel < arr.shape[1]:
@@ -268,6 +305,12 @@ def cell_means(image: np.ndarray, labels: np.ndarray, *, ring: int = RING_PX) ->
         ``(n,)`` the labels present, ascending.
     means : numpy.ndarray
         ``(n, C)`` float64 mean of each channel over each grown label.
+
+    Examples
+    --------
+    >>> sdata = bd.datasets.mibi_granuloma()
+    >>> image, labels = sdata.images["mibi"].values, sdata.labels["mibi_labels"].values
+    >>> ids, means = bd.metrics.cell_means(image, labels, ring=2)          # means: (n_cells, 39)
     """
     img, lab = np.asarray(image), np.asarray(labels)
     if img.ndim != 3 or lab.shape != img.shape[1:] or not np.issubdtype(lab.dtype, np.integer):
@@ -322,6 +365,13 @@ def nuclei_positivity(images: object, *, nuclear_channel: int = 0, marker_channe
     ------
     ValueError
         On bad images, thresholds, channel indices, stain names or labels.
+
+    Examples
+    --------
+    >>> _, thr = bd.metrics.stain_masks(real)
+    >>> labels = bd.metrics.nuclei_labels(real)
+    >>> stains = ["DAPI", "mIHC_1", "mIHC_2", "mIHC_3"]
+    >>> pos = bd.metrics.nuclei_positivity(fake, thresholds=thr, labels=labels, stains=stains)   # frac_mIHC_1, ...
     """
     arr = _tiles(images, "images")
     n, n_ch = arr.shape[:2]
@@ -374,6 +424,13 @@ def positivity_agreement(real: pd.DataFrame, fake: pd.DataFrame) -> pd.DataFrame
     ------
     ValueError
         When the tables' tiles or ``frac_`` columns differ, or there are none.
+
+    Examples
+    --------
+    >>> labels = bd.metrics.nuclei_labels(real)
+    >>> pos_real = bd.metrics.nuclei_positivity(real, thresholds=thr, labels=labels)
+    >>> pos_fake = bd.metrics.nuclei_positivity(fake, thresholds=thr, labels=labels)
+    >>> bd.metrics.positivity_agreement(pos_real, pos_fake)           # pearson, mae per marker
     """
     cols = [c for c in real.columns if str(c).startswith("frac_")]
     if not cols or sorted(cols) != sorted(c for c in fake.columns if str(c).startswith("frac_")):

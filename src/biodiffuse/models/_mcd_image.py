@@ -154,6 +154,12 @@ class MCDImageMixin:
             Cell segmentation (labels element) and the table annotating it, for per-cell means
             of imputed channels. Default: the labels element ``f"{image_key}_labels"`` and the
             table annotating it, when present.
+
+        Examples
+        --------
+        >>> sdata = bd.datasets.mibi_granuloma()
+        >>> bd.models.MCD.setup_spatialdata(sdata, image_key="mibi", tile_size=64, downsample=4)
+        >>> model = bd.models.MCD(sdata)
         """
         if not is_spatialdata(sdata):
             raise TypeError(f"setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
@@ -276,6 +282,12 @@ class MCDImageMixin:
             ``variance_normalized`` in the normaliser's [0, 1] scale, ``observed`` (C,)
             booleans, ``names``, ``downsample``. Observed channels hold their measured
             (block-averaged) values with variance 0.
+
+        Examples
+        --------
+        >>> post = model.image_posterior(sdata, missing=["CD3", "CD8"], n_samples=4, steps=18)
+        >>> post["mean"].shape                 # (C, h, w): the image at 1 / downsample resolution
+        >>> post["variance"][post["names"].index("CD8")]
         """
         from ..data import ChannelNormalizer
         from ..data.tiles import extract_tiles

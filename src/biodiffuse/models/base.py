@@ -39,6 +39,13 @@ class BaseModel:
     Subclasses set ``registry`` (JSON-serialisable: setup arguments, channel names, fitted
     normaliser state) and ``init_args`` and implement :meth:`_build_network` from them, so
     that a saved model is rebuilt from its JSON alone.
+
+    Examples
+    --------
+    >>> bd.models.MCD.setup_anndata(adata, protein_obsm_key="protein_expression")
+    >>> model = bd.models.MCD(adata)                 # every model is a BaseModel
+    >>> history = model.train(max_epochs=100)        # losses per epoch, also model.history
+    >>> model.save("models/mcd_pbmc", overwrite=True)
     """
 
     _model_name: str = "BaseModel"
@@ -146,6 +153,13 @@ class BaseModel:
         **kwargs
             The model's data options (see its docstring), then any further
             :class:`lightning.pytorch.Trainer` arguments.
+
+        Examples
+        --------
+        >>> model = bd.models.MCD(adata)
+        >>> history = model.train(max_epochs=200, batch_size=128, lr=5e-4)
+        >>> model.train(max_epochs=50, accelerator="gpu", precision="bf16-mixed")   # more epochs, on a GPU
+        >>> model.history.tail()
         """
         if self.adata is None:
             raise RuntimeError(
@@ -346,6 +360,12 @@ class BaseModel:
             Folder to create.
         overwrite
             Replace existing files in ``dir_path``.
+
+        Examples
+        --------
+        >>> model.train()
+        >>> model.save("models/mcd_pbmc")                 # model.pt + model.json
+        >>> model.save("models/mcd_pbmc", overwrite=True)
         """
         path = Path(dir_path)
         if path.exists() and any(path.iterdir()) and not overwrite:
@@ -401,6 +421,12 @@ class BaseModel:
             Optional object to attach; validated against the registry (by channel name).
         device
             Where to put the weights.
+
+        Examples
+        --------
+        >>> model = bd.models.MCD.load("models/mcd_pbmc", adata_query)
+        >>> model.impute(adata_query)
+        >>> model = bd.models.GeneFlow.load("models/geneflow", sdata, device="cuda")
         """
         path = Path(dir_path)
         if not (path / _META).exists() or not (path / _WEIGHTS).exists():

@@ -180,6 +180,13 @@ class GeneFlow(BaseModel):
         ValueError
             On NaN / inf / negative counts, an empty table, bad centroids or arguments;
             ``sdata`` is left unchanged.
+
+        Examples
+        --------
+        >>> sdata = bd.datasets.xenium_bone_marrow(crop=(0, 0, 4000, 4000))
+        >>> bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=32, scale=0.5)
+        >>> spots = bd.datasets.her2st("C2")
+        >>> bd.models.GeneFlow.setup_spatialdata(spots, image_key="he", tile_size=64, scale=0.25)
         """
         if not is_spatialdata(sdata):
             raise TypeError(f"GeneFlow.setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
@@ -450,6 +457,12 @@ class GeneFlow(BaseModel):
             names on ``cell`` (window mode: ``(window, sample, c, y, x)`` with the windows'
             ``y0`` / ``x0`` in image pixels) and the image's channel names on ``c``;
             ``attrs["nfe"]`` holds the mean network evaluations per tile.
+
+        Examples
+        --------
+        >>> tiles = model.generate(sdata, n_samples=4, steps=8)    # table.obsm["GeneFlow_tiles"]
+        >>> tiles.sizes                                           # cell, sample, c, y, x
+        >>> model.generate(sdata, indices=[0, 1, 2], method="heun", key_added="tiles_heun")
         """
         import xarray as xr
 
@@ -572,6 +585,11 @@ class GeneFlow(BaseModel):
         -------
         pandas.Series
             Importance per model gene (index: gene names), largest first.
+
+        Examples
+        --------
+        >>> imp = model.gene_importance(sdata, n_t=8, n_noise=4)   # table.var["GeneFlow_importance"]
+        >>> imp.head(10)                                           # the ten most important genes
         """
         from ..tl.importance import gene_importance, write_importance
 

@@ -135,6 +135,13 @@ class MCD(img.MCDImageMixin, BaseModel):
             Layer holding raw counts (gene mode) or channel values; None uses ``X``.
         protein_names
             Names of the protein columns when ``obsm[protein_obsm_key]`` is a plain array.
+
+        Examples
+        --------
+        >>> adata = bd.datasets.eccite_pbmc()
+        >>> bd.models.MCD.setup_anndata(adata, protein_obsm_key="protein_expression")   # gene -> protein
+        >>> adt = bd.datasets.dsb_adt_pbmc()
+        >>> bd.models.MCD.setup_anndata(adt)                                            # channels = var_names
         """
         check_adata(adata)
         if protein_obsm_key is not None:
@@ -579,6 +586,13 @@ class MCD(img.MCDImageMixin, BaseModel):
         Returns
         -------
         The imputed DataFrame (tables) or the new image element (images).
+
+        Examples
+        --------
+        >>> query = adata[:20].copy()
+        >>> del query.obsm["protein_expression"]                 # RNA only
+        >>> model.impute(query, n_samples=10, steps=5)           # obsm["MCD_imputed"], obsm["MCD_variance"]
+        >>> model.impute(adt[:200].copy(), missing=["CD4_PROT", "CD19_PROT"])   # channels mode
         """
         if self.registry["mode"] == "image":
             if indices is not None:

@@ -79,6 +79,12 @@ class _ModalityDiffusion(BaseModel):
             patients, with finite numeric values.
         layers
             Optional ``{modality: layer}`` to read instead of ``X``.
+
+        Examples
+        --------
+        >>> mdata = bd.datasets.tcga_acc()
+        >>> bd.models.MultiConditionDiffusion.setup_mudata(mdata, modalities=["RNASeq2GeneNorm", "gistict", "RPPAArray"])
+        >>> model = bd.models.MultiConditionDiffusion(mdata)
         """
         modalities = [str(m) for m in ([modalities] if isinstance(modalities, str) else modalities)]
         if len(modalities) < 2:
@@ -231,6 +237,11 @@ class _ModalityDiffusion(BaseModel):
         -------
         ``([z_i], present)``: one ``(n, d_i)`` float32 array per modality (0 where absent) and
         the ``(n, M)`` bool presence mask, rows in ``mdata.obs_names`` order.
+
+        Examples
+        --------
+        >>> zs, present = model.latents(mdata)
+        >>> [z.shape for z in zs], present.shape      # one (n, d_i) array per modality, (n, M) mask
         """
         mdata, rows = self._query(mdata, indices)
         return self._latents(mdata, rows)
@@ -396,6 +407,12 @@ class _ModalityDiffusion(BaseModel):
         ``variance`` (n, n_features) and ``latent_mean`` / ``latent_variance`` (n, d) over the
         draws, ``obs_names`` and ``var_names``, and for Coherent Denoising the per-draw
         diagnostics ``retries`` / ``rejected`` (n, n_samples).
+
+        Examples
+        --------
+        >>> out = model.sample(mdata, target="RPPAArray", conditions=["RNASeq2GeneNorm"], n_samples=10)
+        >>> out["features"].shape                     # (n_samples, n_patients, n_features)
+        >>> out["mean"], out["variance"]              # per patient and feature, original units
         """
         mdata, rows = self._query(mdata, indices)
         return self._sample(mdata, rows, target=target, conditions=conditions, batch_size=batch_size,
@@ -445,6 +462,13 @@ class _ModalityDiffusion(BaseModel):
         Returns
         -------
         The new modality's AnnData (also ``mdata.mod[key_added]``).
+
+        Examples
+        --------
+        >>> protein = model.synthesize(mdata, target="RPPAArray")          # patients lacking RPPAArray
+        >>> protein is mdata.mod["RPPAArray_MultiConditionDiffusion"]
+        True
+        >>> model.synthesize(mdata, target="RPPAArray", patients="all", key_added="RPPA_all")
         """
         mdata, rows = self._query(mdata, indices)
         self._check_mudata(mdata)
@@ -566,6 +590,16 @@ class CoherentDenoising(_ModalityDiffusion):
     With the default threshold (0.5), 91 % of draws on TCGA BRCA were still incoherent after
     all 10 retries (and kept anyway); :meth:`calibrate_threshold` after training sets it so
     that a chosen share (default 10 %) of first draws is rejected.
+
+    Examples
+    --------
+    >>> mdata = bd.datasets.tcga_brca("train")
+    >>> bd.models.CoherentDenoising.setup_mudata(mdata, modalities=["mrna", "mirna", "protein"])
+    >>> model = bd.models.CoherentDenoising(mdata)
+    >>> model.train()
+    >>> model.calibrate_threshold(rejection=0.1)
+    >>> test = bd.datasets.tcga_brca("test")                # no protein measured
+    >>> model.synthesize(test, target="protein")            # test.mod["protein_CoherentDenoising"]
     """
 
     _model_name = "CoherentDenoising"
@@ -595,6 +629,12 @@ class CoherentDenoising(_ModalityDiffusion):
         Returns
         -------
         ``{"cond->target": weight}`` summing to 1.
+
+        Examples
+        --------
+        >>> w = model.consensus_weights(target="protein", conditions=["mrna", "mirna"])
+        >>> w["mrna->protein"] + w["mirna->protein"]
+        1.0
         """
         return mm.consensus_weights(self.registry.get("val_loss") or {}, [mm.pair_key(c, target) for c in conditions])
 
@@ -662,6 +702,13 @@ class CoherentDenoising(_ModalityDiffusion):
         Returns
         -------
         The new threshold (also in ``init_args["threshold"]``, saved with the model).
+
+        Examples
+        --------
+        >>> model.train()
+        >>> threshold = model.calibrate_threshold(rejection=0.1, n_samples=4, steps=18)
+        >>> model.init_args["threshold"] == threshold
+        True
         """
         if not 0.0 <= rejection < 1.0:
             raise ValueError(f"rejection must lie in [0, 1), got {rejection}.")

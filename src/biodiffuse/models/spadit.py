@@ -172,6 +172,13 @@ class SpaDiT(BaseModel):
         ValueError
             On duplicated gene names, NaN / inf / negative counts, an empty object, or fewer
             than 2 gene names shared with the reference; ``adata`` is left unchanged.
+
+        Examples
+        --------
+        >>> sp, sc = bd.datasets.osmfish_allen_visp()
+        >>> panel = sp[:, ~sp.var_names.isin(["Gad2", "Vip"])].copy()
+        >>> bd.models.SpaDiT.setup_anndata(panel, reference=sc)     # known genes: the shared names
+        >>> bd.models.SpaDiT.setup_anndata(sp)                      # within-panel mode
         """
         check_adata(adata)
         try:
@@ -327,6 +334,11 @@ class SpaDiT(BaseModel):
             ``model.reference``.
         device
             Where to put the weights.
+
+        Examples
+        --------
+        >>> model.save("spadit/")
+        >>> model = bd.models.SpaDiT.load("spadit/", panel, reference=sc)   # the reference only to train again
         """
         obj = super().load(dir_path, adata, device=device)
         if reference is not None:
@@ -584,6 +596,11 @@ class SpaDiT(BaseModel):
         -------
         The predicted DataFrame (also in ``adata.obsm[key_added]``), in the
         log1p(counts / library x 1e4) scale of the reference (library over the known genes).
+
+        Examples
+        --------
+        >>> model.predict(genes=["Gad2", "Vip"], n_samples=4, steps=5)   # obsm["SpaDiT_predicted"] / ["SpaDiT_variance"]
+        >>> model.predict(other_panel, steps=1)                           # another section, matched by gene name
         """
         adata, rows = self._query(adata, indices)
         key = self._key(key_added, "predicted")

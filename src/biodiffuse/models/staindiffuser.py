@@ -239,6 +239,13 @@ class StainDiffuser(BaseModel):
         ValueError
             For images of different sizes, non-uint8 images, repeated / empty stains, bad tiles
             or a bad threshold; ``sdata`` is left unchanged.
+
+        Examples
+        --------
+        >>> sdata = bd.datasets.hemit("train", tiles=200)
+        >>> bd.models.StainDiffuser.setup_spatialdata(sdata, source_key="he", target_key="mihc")
+        >>> # or: learn two of the stains, labels from mean + 2 SD
+        >>> bd.models.StainDiffuser.setup_spatialdata(sdata, stains=["DAPI", "mIHC_1"], threshold="mean_sd", k=2.0)
         """
         if not is_spatialdata(sdata):
             raise TypeError(f"StainDiffuser.setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
@@ -527,6 +534,12 @@ class StainDiffuser(BaseModel):
         Memory: the float32 outputs (the source's size, one plane per stain [and mask]) plus
         one float32 weight plane of a tile (of the whole image when it is tiled as one) and
         the draws of one batch: the crops are summed straight into the outputs.
+
+        Examples
+        --------
+        >>> test = bd.datasets.hemit("test", tiles=20)
+        >>> out = model.predict(test, n_samples=2, steps=18)
+        >>> out["mihc_StainDiffuser"].sizes, out["mihc_StainDiffuser_seg"].sizes   # (c, y, x) each
         """
         from spatialdata.models import Image2DModel
         from spatialdata.transformations import get_transformation

@@ -27,6 +27,19 @@ class SqueezeExcitation(nn.Module):
 
     The spatial layout is untouched; each channel is scaled by a weight computed from the
     global average of all channels.
+
+    Parameters
+    ----------
+    channels
+        Channels of the input.
+    reduction
+        Hidden width of the gate: ``max(channels // reduction, 4)``.
+
+    Examples
+    --------
+    >>> se = bd.nn.SqueezeExcitation(64, reduction=4)
+    >>> se(torch.randn(2, 64, 16, 16)).shape                   # each channel scaled by a weight in (0, 1)
+    torch.Size([2, 64, 16, 16])
     """
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
@@ -47,6 +60,19 @@ class ChannelAttention(nn.Module):
     Queries, keys and values are 1x1 convolutions of the normalised input; the attention
     matrix is (D x D) per head and the spatial positions are the token features, so the
     block works at any resolution including 1x1 (where it mixes channels by their values).
+
+    Parameters
+    ----------
+    channels
+        Input (and output) channels ``D``; divisible by ``heads``.
+    heads
+        Attention heads, each over ``D / heads`` channels.
+
+    Examples
+    --------
+    >>> attn = bd.nn.ChannelAttention(64, heads=4)
+    >>> attn(torch.randn(2, 64, 16, 16)).shape                 # also works on 1 x 1 inputs
+    torch.Size([2, 64, 16, 16])
     """
 
     def __init__(self, channels: int, heads: int = 1) -> None:
@@ -68,7 +94,21 @@ class ChannelAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """Multi-head self-attention over spatial positions (tokens = pixels), residual."""
+    """Multi-head self-attention over spatial positions (tokens = pixels), residual.
+
+    Parameters
+    ----------
+    channels
+        Input (and output) channels; divisible by ``heads``.
+    heads
+        Attention heads.
+
+    Examples
+    --------
+    >>> attn = bd.nn.SpatialAttention(64, heads=2)
+    >>> attn(torch.randn(2, 64, 8, 8)).shape                   # tokens: the 64 pixels
+    torch.Size([2, 64, 8, 8])
+    """
 
     def __init__(self, channels: int, heads: int = 1) -> None:
         super().__init__()
@@ -87,7 +127,20 @@ class SpatialAttention(nn.Module):
 
 
 class OutputRecalibration(nn.Module):
-    """Output channel attention in data space (MCD eq. 6): ``y + Conv1x1(SE(y))``."""
+    """Output channel attention in data space (MCD eq. 6): ``y + Conv1x1(SE(y))``.
+
+    Parameters
+    ----------
+    channels
+        Data channels ``C`` of the output ``y``.
+
+    Examples
+    --------
+    >>> recal = bd.nn.OutputRecalibration(40)                  # starts as the identity (zero conv)
+    >>> y = torch.randn(8, 40, 1, 1)
+    >>> torch.equal(recal(y), y)
+    True
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()

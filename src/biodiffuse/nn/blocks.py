@@ -25,6 +25,13 @@ class ResBlock(nn.Module):
         3 for images, 1 for tabular data (H = W = 1).
     dropout
         Dropout before the second convolution.
+
+    Examples
+    --------
+    >>> block = bd.nn.ResBlock(32, 64, emb_channels=128)
+    >>> block(torch.randn(2, 32, 16, 16), torch.randn(2, 128)).shape      # x, noise embedding
+    torch.Size([2, 64, 16, 16])
+    >>> tabular = bd.nn.ResBlock(32, 32, emb_channels=None, kernel_size=1)   # condition branch, 1x1
     """
 
     def __init__(
@@ -60,7 +67,31 @@ class ResBlock(nn.Module):
 
 
 class UNetBlock(nn.Module):
-    """MCD's UNet block: residual block, then spatial attention (optional), then channel attention."""
+    """MCD's UNet block: residual block, then spatial attention (optional), then channel attention.
+
+    Parameters
+    ----------
+    in_channels, out_channels
+        Widths.
+    emb_channels
+        Width of the noise embedding, or ``None`` for an unconditioned block.
+    kernel_size
+        3 for images, 1 for tabular data.
+    dropout
+        Dropout inside the residual block.
+    spatial_attention
+        Add a :class:`SpatialAttention` after the residual block.
+    channel_attention
+        Add a :class:`ChannelAttention` at the end.
+    heads
+        Heads of both attentions.
+
+    Examples
+    --------
+    >>> block = bd.nn.UNetBlock(32, 64, emb_channels=128, spatial_attention=True, heads=2)
+    >>> block(torch.randn(2, 32, 16, 16), torch.randn(2, 128)).shape
+    torch.Size([2, 64, 16, 16])
+    """
 
     def __init__(
         self,
@@ -88,7 +119,20 @@ class UNetBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a strided convolution; identity for tabular data."""
+    """Halve the resolution with a strided convolution; identity for tabular data.
+
+    Parameters
+    ----------
+    channels
+        Input (and output) channels.
+    spatial
+        ``True``: stride-2 3x3 convolution; ``False`` (tabular data, 1x1 inputs): identity.
+
+    Examples
+    --------
+    >>> bd.nn.Downsample(32, spatial=True)(torch.randn(2, 32, 16, 16)).shape
+    torch.Size([2, 32, 8, 8])
+    """
 
     def __init__(self, channels: int, spatial: bool) -> None:
         super().__init__()
@@ -99,7 +143,22 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour upsampling to a given size followed by a 3x3 conv; identity for tabular data."""
+    """Nearest-neighbour upsampling to a given size followed by a 3x3 conv; identity for tabular data.
+
+    Parameters
+    ----------
+    channels
+        Input (and output) channels.
+    spatial
+        ``True``: nearest-neighbour upsampling to ``size`` then a 3x3 convolution; ``False``:
+        identity.
+
+    Examples
+    --------
+    >>> up = bd.nn.Upsample(32, spatial=True)
+    >>> up(torch.randn(2, 32, 8, 8), size=(16, 16)).shape      # forward(x, size)
+    torch.Size([2, 32, 16, 16])
+    """
 
     def __init__(self, channels: int, spatial: bool) -> None:
         super().__init__()

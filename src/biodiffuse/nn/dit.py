@@ -40,6 +40,13 @@ class ReferenceAttention(nn.Module):
         Number of heads (each with its own gene weights and temperature).
     temperature
         Initial temperature of every head.
+
+    Examples
+    --------
+    >>> attn = bd.nn.ReferenceAttention(torch.randn(512, 100), heads=4)   # bank: 512 reference cells
+    >>> x, mask = torch.randn(8, 100), torch.rand(8, 100) > 0.2          # observed genes per query
+    >>> attn(x, mask).shape                                               # one profile per head
+    torch.Size([8, 4, 100])
     """
 
     def __init__(self, bank: torch.Tensor, heads: int = 4, temperature: float = 1.0) -> None:
@@ -96,7 +103,25 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-zero: shift, scale and gate of both sub-layers come from
-    the conditioning vector, the gates starting at zero (the block starts as the identity)."""
+    the conditioning vector, the gates starting at zero (the block starts as the identity).
+
+    Parameters
+    ----------
+    dim
+        Token width (and width of the conditioning vector).
+    heads
+        Attention heads (must divide ``dim``).
+    mlp_ratio
+        Hidden width of the MLP as a multiple of ``dim``.
+    dropout
+        Dropout in attention and the MLP.
+
+    Examples
+    --------
+    >>> block = bd.nn.DiTBlock(128, heads=4)
+    >>> block(torch.randn(2, 16, 128), torch.randn(2, 128)).shape   # tokens (B, T, dim), condition (B, dim)
+    torch.Size([2, 16, 128])
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
@@ -132,6 +157,14 @@ class GeneDiT(nn.Module):
         Transformer width, number of blocks and attention heads.
     dropout
         Dropout in attention and MLPs.
+
+    Examples
+    --------
+    >>> net = bd.nn.GeneDiT(n_genes=100, cond_features=2, genes_per_token=8, dim=64, depth=2)
+    >>> x, cond = torch.randn(4, 100), torch.randn(4, 2, 100)      # cond: e.g. observed values and mask
+    >>> net(x, torch.zeros(4), cond).shape                         # net(x_in, c_noise, cond)
+    torch.Size([4, 100])
+    >>> denoiser = bd.diffusion.EDMPrecond(net, sigma_data=1.0)
     """
 
     def __init__(

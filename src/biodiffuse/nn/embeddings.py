@@ -19,6 +19,12 @@ class PositionalEmbedding(nn.Module):
         Output width (even).
     max_positions
         Sets the lowest frequency, as in the transformer position encoding.
+
+    Examples
+    --------
+    >>> pos = bd.nn.PositionalEmbedding(64)
+    >>> pos(torch.tensor([0.0, 0.25, -1.0])).shape             # cosines then sines
+    torch.Size([3, 64])
     """
 
     def __init__(self, num_channels: int, max_positions: int = 10000) -> None:
@@ -37,7 +43,22 @@ class PositionalEmbedding(nn.Module):
 
 
 class NoiseEmbedding(nn.Module):
-    """Sinusoidal features of the noise label followed by a two-layer MLP."""
+    """Sinusoidal features of the noise label followed by a two-layer MLP.
+
+    Parameters
+    ----------
+    base_channels
+        Width of the sinusoidal features (:class:`PositionalEmbedding`; even).
+    emb_channels
+        Output width of the MLP.
+
+    Examples
+    --------
+    >>> emb = bd.nn.NoiseEmbedding(64, 256)
+    >>> sigma = torch.full((8,), 0.5)
+    >>> emb(sigma.log() / 4).shape                             # EDM's c_noise = ln(sigma) / 4
+    torch.Size([8, 256])
+    """
 
     def __init__(self, base_channels: int, emb_channels: int) -> None:
         super().__init__()

@@ -81,6 +81,13 @@ class ConditionalImageUNet(nn.Module):
     identity / zero velocity). At initialisation the output is therefore exactly zero and does
     not depend on ``t`` or the conditions; the condition projections themselves are not
     zero-initialised, so gradients reach them from the first step.
+
+    Examples
+    --------
+    >>> net = bd.nn.ConditionalImageUNet(1, 1, model_channels=32, channel_mult=(1, 2), cond_dim=256)
+    >>> net(torch.randn(2, 1, 32, 32), torch.rand(2), torch.randn(2, 256)).shape   # DAPI tiles, flow time
+    torch.Size([2, 1, 32, 32])
+    >>> staining = bd.nn.ConditionalImageUNet(4, 4, image_cond_channels=3, extra_heads={"seg": 4})
     """
 
     def __init__(

@@ -41,6 +41,14 @@ class MLPDenoiser(nn.Module):
     ``cond`` is a tuple ``(c, m)``: ``c`` a list of (B, d_k) tensors (or None) and ``m`` a
     (B, K) 0/1 tensor saying which conditions are present; an absent condition contributes
     zeros and its mask bit, never a value.
+
+    Examples
+    --------
+    >>> net = bd.nn.MLPDenoiser(32, cond_dims=(16, 8))                 # a 32-d latent, two conditions
+    >>> c = [torch.randn(4, 16), None]                                 # the second condition absent
+    >>> m = torch.tensor([[1.0, 0.0]]).repeat(4, 1)
+    >>> net(torch.randn(4, 32), torch.zeros(4), (c, m)).shape
+    torch.Size([4, 32])
     """
 
     def __init__(

@@ -65,6 +65,15 @@ class RNAEncoder(nn.Module):
     output and their gradient is exactly zero. Every operation is differentiable in ``x``
     (GeneFlow's gene importance is ``d ||v||^2 / d x``). :meth:`gene_l1` gives the paper's
     sparsity penalty ``|W_1|_1`` on the layers that read genes.
+
+    Examples
+    --------
+    >>> enc = bd.nn.RNAEncoder(477, dim=128, heads=4)
+    >>> enc(torch.rand(8, 477)).shape                               # one cell per tile
+    torch.Size([8, 128])
+    >>> x, mask = torch.rand(8, 16, 477), torch.rand(8, 16) > 0.5   # up to 16 cells per tile
+    >>> enc(x, mask).shape
+    torch.Size([8, 128])
     """
 
     def __init__(

@@ -79,6 +79,25 @@ class ConditionEncoder(nn.Module):
 
     Its output does not depend on the noise level, so a sampler computes it once per batch
     and reuses it at every step.
+
+    Parameters
+    ----------
+    cond_channels
+        Channels of the condition ``c``.
+    input_dropout
+        Dropout on the condition input.
+    **encoder_kwargs
+        The encoder's architecture, as in :class:`MCDUNet`: ``model_channels``,
+        ``channel_mult``, ``num_blocks``, ``spatial``, ``attention_levels``, ``dropout``,
+        ``heads`` (all required).
+
+    Examples
+    --------
+    >>> enc = bd.nn.ConditionEncoder(2000, model_channels=32, channel_mult=(1, 2), num_blocks=1,
+    ...                              spatial=False, attention_levels=(), dropout=0.0, heads=1)
+    >>> feats = enc(torch.randn(4, 2000, 1, 1))                # one feature map per skip, then the middle
+    >>> [f.shape[1] for f in feats]
+    [32, 32, 32, 64, 64]
     """
 
     def __init__(self, cond_channels: int, input_dropout: float = 0.0, **encoder_kwargs) -> None:
@@ -121,6 +140,14 @@ class MCDUNet(nn.Module):
     -----
     ``forward(x, c_noise, cond)`` accepts ``cond`` either as the raw condition tensor
     (B, cond_channels, H, W) or as the list returned by :meth:`encode_condition`.
+
+    Examples
+    --------
+    >>> net = bd.nn.MCDUNet(40, cond_channels=80, model_channels=32, heads=2)   # masked values + mask
+    >>> x, cond = torch.randn(2, 40, 16, 16), torch.randn(2, 80, 16, 16)
+    >>> net(x, torch.zeros(2), cond).shape
+    torch.Size([2, 40, 16, 16])
+    >>> tabular = bd.nn.MCDUNet(40, cond_channels=2000, spatial=False)          # cells as 1 x 1 images
     """
 
     def __init__(

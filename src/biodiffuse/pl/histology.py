@@ -81,6 +81,13 @@ def tile_grid(
         If ``tiles`` is empty; an array is not 4-D / 5-D, differs from the first in N, H or
         W, holds NaN / inf in the rows shown, or needs ``channel`` (messages name the key);
         or another argument is invalid.
+
+    Examples
+    --------
+    >>> gen = model.generate(sdata, indices=np.arange(8), n_samples=2)      # (8, 2, 1, 32, 32)
+    >>> fig = bd.pl.tile_grid({"real": real_tiles, "GeneFlow": gen}, row_labels=gen.coords["cell"].values)
+    >>> # real_tiles: (8, 1, 32, 32), the measured tiles of the same cells
+    >>> fig = bd.pl.tile_grid({"GeneFlow": gen}, sample=1, cmap="magma")   # the second draw
     """
     if not tiles:
         raise ValueError("tiles is empty; give {column title: array}.")
@@ -155,6 +162,12 @@ def importance_bars(
         If ``key`` is not a column of ``adata.var``.
     ValueError
         If the scores are not numeric, contain inf, are all NaN, or ``n_top < 1``.
+
+    Examples
+    --------
+    >>> imp = model.gene_importance(sdata)                 # Series, also table.var["GeneFlow_importance"]
+    >>> fig = bd.pl.importance_bars(imp, n_top=20)
+    >>> fig = bd.pl.importance_bars(sdata.tables["table"], key="GeneFlow_importance", color="C1")
     """
     is_series = isinstance(adata_or_series, pd.Series)
     if not is_series and key not in adata_or_series.var.columns:
@@ -243,6 +256,12 @@ def enrichment_dotplot(
         If ``adata.uns[key]`` or a named column is missing.
     ValueError
         If the table is empty, of neither layout, or has no row with finite values.
+
+    Examples
+    --------
+    >>> res = bd.tl.enrichment(sdata.tables["table"], key="GeneFlow_importance")
+    >>> fig = bd.pl.enrichment_dotplot(res, n_top=10)
+    >>> fig = bd.pl.enrichment_dotplot(sdata.tables["table"], key="GeneFlow_importance_enrichment")
     """
     if hasattr(table, "uns") and not isinstance(table, pd.DataFrame):
         if key not in table.uns:

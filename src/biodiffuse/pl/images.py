@@ -48,6 +48,12 @@ def image_imputation_panels(
     Returns
     -------
     The matplotlib Figure.
+
+    Examples
+    --------
+    >>> model.impute(sdata, missing=["CD3", "CD8"])    # images "mibi_MCD_imputed", "mibi_MCD_variance"
+    >>> fig = bd.pl.image_imputation_panels(sdata, "mibi", ["CD3", "CD8"])
+    >>> fig = bd.pl.image_imputation_panels(sdata, "mibi", ["CD8"], region=(slice(0, 128), slice(0, 128)))
     """
     import matplotlib.pyplot as plt
 

@@ -21,6 +21,23 @@ def training_curve(history: pd.DataFrame, ax=None, log: bool = True):
     """Train and validation loss per epoch from ``model.history``.
 
     Returns the matplotlib Figure.
+
+    Parameters
+    ----------
+    history
+        Losses per epoch, e.g. ``model.history`` or the return of
+        :meth:`~biodiffuse.models.BaseModel.train`: the columns ``train_loss`` and ``val_loss``
+        are drawn when present, against the index (the epoch).
+    ax
+        Axes to draw on (default: a new figure).
+    log
+        Logarithmic loss axis.
+
+    Examples
+    --------
+    >>> model.train(max_epochs=200)
+    >>> fig = bd.pl.training_curve(model.history)
+    >>> fig = bd.pl.training_curve(model.history, log=False)
     """
     plt = _plt()
     if ax is None:
@@ -49,6 +66,29 @@ def imputed_vs_measured(
     """Scatter of measured vs imputed values per channel, with Pearson r in each title.
 
     Returns the matplotlib Figure.
+
+    Parameters
+    ----------
+    adata
+        Cells with the measured values and the imputation as DataFrames (columns = channel
+        names) in ``adata.obsm``.
+    channels
+        Channels to plot, one panel each; each must be a column of both tables.
+    measured_key
+        Key of the measured values in ``adata.obsm``.
+    imputed_key
+        Key of the imputed values in ``adata.obsm`` (e.g. written by
+        :meth:`MCD.impute <biodiffuse.models.MCD.impute>`).
+    log1p
+        Plot (and correlate) ``log1p`` of both values.
+    ncols
+        Panels per row.
+
+    Examples
+    --------
+    >>> model.impute(adata_query)                         # obsm["MCD_imputed"]
+    >>> fig = bd.pl.imputed_vs_measured(adata_query, ["CD3", "CD14", "CD19", "CD16"])
+    >>> fig = bd.pl.imputed_vs_measured(adata_query, ["CD3"], imputed_key="MCD_imputed", log1p=False)
     """
     plt = _plt()
     meas = adata.obsm[measured_key]
@@ -84,6 +124,22 @@ def protein_correlation_bars(per_channel: pd.DataFrame, title: str | None = None
     """Grouped bars of per-channel Pearson r (rows = channels, columns = methods).
 
     Returns the matplotlib Figure.
+
+    Parameters
+    ----------
+    per_channel
+        Pearson r per channel: rows = channels (names on the x axis), columns = methods (one bar
+        per method and channel; the legend gives each method's mean).
+    title
+        Axes title.
+    sort_by
+        Column whose values order the channels, highest first (default: the first column).
+
+    Examples
+    --------
+    >>> r = pd.DataFrame({"MCD": bd.metrics.pearson_per_channel(y_true, y_mcd),
+    ...                   "ridge": bd.metrics.pearson_per_channel(y_true, y_ridge)}, index=y_true.columns)
+    >>> fig = bd.pl.protein_correlation_bars(r, title="Held-out donor", sort_by="MCD")
     """
     plt = _plt()
     if per_channel.empty:

@@ -68,6 +68,13 @@ def real_vs_synthetic_umap(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> real = train.mod["protein"].X
+    >>> synth = {"MCD": model.sample(train, target="protein")["mean"]}
+    >>> fig = bd.pl.real_vs_synthetic_umap(real, synth, train.obs["subtype"].to_numpy())
+    >>> fig = bd.pl.real_vs_synthetic_umap(real, synth["MCD"], basis="pca")
     """
     if basis not in ("umap", "pca"):
         raise ValueError(f"basis must be 'umap' or 'pca', got {basis!r}.")
@@ -146,6 +153,12 @@ def acquisition_curves(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> curve = bd.tl.acquisition_curve(y_test, pred_real, pred_synth, spread, balanced_accuracy_score)
+    >>> fig = bd.pl.acquisition_curves(curve, ylabel="balanced accuracy")
+    >>> fig = bd.pl.acquisition_curves({"disagreement": curve, "variance": curve_var}, title="BRCA protein")
     """
     curves = {"informed": curve} if isinstance(curve, pd.DataFrame) else dict(curve)
     if not curves:
@@ -204,6 +217,12 @@ def r2_heatmap(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"mrna": [np.nan, 0.41], "mirna": [0.35, np.nan]}, index=["protein", "mrna"])
+    >>> fig = bd.pl.r2_heatmap(table, vmin=0, vmax=1)
+    >>> fig = bd.pl.r2_heatmap(scores, fmt=".3f", label="R² (latent)")
     """
     if not isinstance(table, pd.DataFrame) or table.size == 0:
         raise ValueError("table must be a non-empty DataFrame.")

@@ -94,6 +94,14 @@ def spatial_genes(
         ``genes`` or ``library_genes``) is not in ``adata.var_names`` or in the predictions.
     ValueError
         If ``genes`` is empty or repeats names, or the coordinates are not finite n x 2.
+
+    Examples
+    --------
+    >>> panel = adata_sp[:, ~adata_sp.var_names.isin(["Gad2", "Vip"])].copy()   # Gad2, Vip held out
+    >>> adata_sp.obsm["SpaDiT_predicted"] = model.predict(panel, genes=["Gad2", "Vip"])   # model set up on panel
+    >>> fig = bd.pl.spatial_genes(adata_sp, ["Gad2", "Vip"], library_genes=panel.var_names)
+    >>> adata_sp.obsm["kNN_predicted"] = bd.baselines.fit_predict_knn(panel, adata_sc, ["Gad2", "Vip"])
+    >>> fig = bd.pl.spatial_genes(adata_sp, ["Gad2", "Vip"], predicted_key="kNN_predicted")
     """
     check_adata(adata)
     if isinstance(genes, str):
@@ -217,6 +225,13 @@ def pcc_distribution(
     ValueError
         If the table is empty, has no finite value, is not numeric, has only one of the
         long-table columns, or ``order`` names an unknown method.
+
+    Examples
+    --------
+    >>> per_gene = pd.DataFrame({"SpaDiT": bd.metrics.pcc_per_gene(truth, pred_spadit),
+    ...                          "kNN": bd.metrics.pcc_per_gene(truth, pred_knn)}, index=genes)
+    >>> fig = bd.pl.pcc_distribution(per_gene, title="Held-out genes")
+    >>> fig = bd.pl.pcc_distribution(long_table, method_col="method", value_col="PCC", order=["SpaDiT", "kNN"])
     """
     if not isinstance(per_gene, pd.DataFrame):
         raise TypeError(f"per_gene must be a DataFrame, got {type(per_gene).__name__}.")

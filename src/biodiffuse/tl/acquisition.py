@@ -58,6 +58,13 @@ def counterfactual_spread(
     ValueError
         On wrong dimensions for the task, K < 2, an empty array, NaN / inf, or an
         unknown ``kind``.
+
+    Examples
+    --------
+    >>> draws = model.sample(test, target="protein", n_samples=10)["features"]   # (K, n, n_proteins)
+    >>> outputs = np.stack([bd.tl.predict_output(clf, {**test_blocks, "protein": d}) for d in draws])
+    >>> spread = bd.tl.counterfactual_spread(outputs, "classification")           # (n,) in [0, 0.9]
+    >>> risk_spread = bd.tl.counterfactual_spread(risks, "survival")              # risks: (K, n)
     """
     arr = np.asarray(outputs, dtype=np.float64)
     if task not in ("classification", "survival"):
@@ -145,6 +152,13 @@ def acquisition_curve(
     ValueError
         On shape mismatches, NaN scores, fractions outside ``[0, 1]`` or not increasing,
         or ``n_random < 2``.
+
+    Examples
+    --------
+    >>> from sklearn.metrics import balanced_accuracy_score
+    >>> spread = bd.tl.counterfactual_spread(outputs, "classification")     # outputs: (K, n, n_classes)
+    >>> curve = bd.tl.acquisition_curve(y_test, pred_real, pred_synth, spread, balanced_accuracy_score, n_random=50)
+    >>> bd.tl.area_under_curve(curve)
     """
     real = np.asarray(pred_real)
     synth = np.asarray(pred_synth)
@@ -206,6 +220,12 @@ def area_under_curve(curve: pd.DataFrame) -> dict[str, float]:
     dict
         ``informed``, ``random`` (area under ``random_mean``) and ``difference``
         (informed - random).
+
+    Examples
+    --------
+    >>> curve = bd.tl.acquisition_curve(y_test, pred_real, pred_synth, spread, balanced_accuracy_score)
+    >>> auc = bd.tl.area_under_curve(curve)
+    >>> auc["informed"], auc["random"], auc["difference"]
     """
     needed = {"fraction", "informed", "random_mean"}
     if not needed.issubset(curve.columns):

@@ -84,6 +84,12 @@ def counterfactual_variance(
         If ``mdata.obs[key_added]`` exists and ``overwrite`` is False.
     TypeError
         If ``predictor`` is not a :class:`~biodiffuse.tl.FittedPredictor` with named blocks.
+
+    Examples
+    --------
+    >>> clf = bd.tl.fit_predictor({m: train.mod[m].X for m in ["mrna", "mirna", "protein"]}, train.obs["subtype"])
+    >>> score = bd.tl.counterfactual_variance(model, test, target="protein", predictor=clf, n_samples=10)
+    >>> test.obs["counterfactual_variance_protein"].sort_values(ascending=False).head()   # acquire these first
     """
     if not isinstance(predictor, FittedPredictor) or predictor.blocks is None:
         raise TypeError("predictor must be a FittedPredictor fitted on a dict of modality blocks (bd.tl.fit_predictor).")

@@ -139,6 +139,13 @@ def enrichment(
         Unknown method / case, bad sizes, no finite score, or no gene set with enough scored
         genes (the message suggests ``case="upper"`` when that would match). ``adata`` is
         unchanged when an error is raised.
+
+    Examples
+    --------
+    >>> model.gene_importance(sdata)                 # writes table.var["GeneFlow_importance"]
+    >>> table = sdata.tables["table"]
+    >>> res = bd.tl.enrichment(table, key="GeneFlow_importance", gene_sets="hallmark")
+    >>> ora = bd.tl.enrichment(table, method="overrepresentation", top_k=50, key_added="GeneFlow_ora")
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")

@@ -130,6 +130,15 @@ def gene_importance(
     put in eval mode for the computation (dropout off, batch norm on running statistics) and
     every submodule is left in the train / eval mode it had. For plain functions that wrap
     networks, set the mode yourself. Parameter ``.grad`` fields are not touched.
+
+    Examples
+    --------
+    >>> W = torch.randn(3 * 8 * 8, 20)
+    >>> def velocity(x_t, t, cond):                  # a toy field: (B, 3, 8, 8) from (B, 20) genes
+    ...     return (cond @ W.T).reshape(-1, 3, 8, 8) - x_t
+    >>> scores = bd.tl.gene_importance(velocity, np.random.rand(100, 20), image_shape=(3, 8, 8), n_t=8)
+    >>> scores.shape
+    (20,)
     """
     n_t, n_noise, batch_size = _pos_int(n_t, "n_t"), _pos_int(n_noise, "n_noise"), _pos_int(batch_size, "batch_size")
     lo, hi = (float(v) for v in t_range)
@@ -248,6 +257,12 @@ def write_importance(
     -----
     Every scored gene must be in ``adata.var_names``; genes of ``adata`` without a score
     (e.g. not in the model's panel) get NaN. Nothing is written when an error is raised.
+
+    Examples
+    --------
+    >>> scores = pd.Series([0.8, 0.1], index=["CD19", "MS4A1"])
+    >>> bd.tl.write_importance(adata, scores, key_added="my_importance")       # adata.var["my_importance"]
+    >>> bd.tl.write_importance(adata, values, genes=model.genes, overwrite=True)  # an array named by genes
     """
     if isinstance(scores, pd.Series):
         series = scores.astype(np.float64)
@@ -314,6 +329,12 @@ def top_overlap(scores_a: Any, scores_b: Any, *, k: int = 50, genes: Sequence[st
         ``overlap`` (int), ``expected`` (``k^2 / G``, the mean under random lists),
         ``p_value`` (``P(X >= overlap)``, X hypergeometric: G genes, k marked, k drawn; the
         one-sided Fisher exact test the paper uses), ``k`` and ``n_genes`` (G).
+
+    Examples
+    --------
+    >>> a = model_a.gene_importance(sdata)                  # pandas Series indexed by gene
+    >>> b = model_b.gene_importance(sdata)
+    >>> bd.tl.top_overlap(a, b, k=50)                       # overlap, expected, p_value, k, n_genes
     """
     a, b = _named(scores_a, genes), _named(scores_b, genes)
     if isinstance(scores_a, pd.Series) and isinstance(scores_b, pd.Series):
@@ -357,6 +378,11 @@ def importance_stability(
     pandas.DataFrame
         Columns ``a``, ``b``, ``k``, ``n_genes``, ``overlap``, ``expected``, ``p_value``; one row
         per unordered pair and k.
+
+    Examples
+    --------
+    >>> runs = {"seed0": model0.gene_importance(sdata), "seed1": model1.gene_importance(sdata)}
+    >>> bd.tl.importance_stability(runs, k=[50, 100, 200])       # one row per pair and k
     """
     items = list(scores.items()) if isinstance(scores, Mapping) else list(enumerate(scores))
     if len(items) < 2:

@@ -54,6 +54,11 @@ _CLASS_METRICS = ("balanced_accuracy", "accuracy", "f1_macro")
 class FittedPredictor:
     """A fitted downstream model plus what is needed to ablate its input blocks.
 
+    Parameters
+    ----------
+    estimator, task, feature_mean, feature_scale, blocks, classes
+        As the attributes below. Made by :func:`fit_predictor`, not by hand.
+
     Attributes
     ----------
     estimator
@@ -72,6 +77,13 @@ class FittedPredictor:
     classes
         Classification only: the class labels, in the column order of
         :func:`predict_output`.
+
+    Examples
+    --------
+    >>> blocks = {m: train.mod[m].X for m in ["mrna", "mirna", "protein"]}
+    >>> clf = bd.tl.fit_predictor(blocks, train.obs["subtype"].to_numpy())
+    >>> clf.task, clf.classes, list(clf.blocks)
+    >>> clf.block_means["protein"].shape       # (n_proteins,): what ablation puts in its place
     """
 
     estimator: Any
@@ -229,6 +241,13 @@ def fit_predictor(
     ValueError
         On an unknown task, non-finite or empty features, or labels / times of the wrong
         length or with missing values.
+
+    Examples
+    --------
+    >>> mdata = bd.datasets.tcga_brca("train")
+    >>> blocks = {m: mdata.mod[m].X for m in ["mrna", "mirna", "protein"]}
+    >>> clf = bd.tl.fit_predictor(blocks, mdata.obs["subtype"].to_numpy(), n_estimators=500, seed=0)
+    >>> cox = bd.tl.fit_predictor(X, (time, event), task="survival", penalizer=0.1)
     """
     task = _check_task(task)
     mat, blocks = _block_matrix(X, "X")
@@ -276,6 +295,12 @@ def predict_output(predictor: FittedPredictor, X: Features, task: Task | None = 
         Classification: ``(n, n_classes)`` probabilities, columns in
         ``predictor.classes`` order. Survival: ``(n,)`` risk = the Cox linear predictor
         (log partial hazard); higher means earlier event.
+
+    Examples
+    --------
+    >>> probs = bd.tl.predict_output(clf, test_blocks)         # (n, n_classes)
+    >>> labels = clf.classes[probs.argmax(1)]
+    >>> risk = bd.tl.predict_output(cox, X_test)               # (n,) for a survival model
     """
     task = _check_task(task, predictor)
     mat = _features_for(predictor, X)
@@ -334,6 +359,12 @@ def predictor_score(
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> bd.tl.predictor_score(clf, test_blocks, y_test)                      # balanced accuracy
+    >>> bd.tl.predictor_score(clf, test_blocks, y_test, metric="f1_macro")
+    >>> bd.tl.predictor_score(cox, X_test, (time_test, event_test))           # Harrell's C-index
     """
     _check_task(task, predictor)
     return _score_output(predictor, predict_output(predictor, X), y, metric)
@@ -390,6 +421,13 @@ def ablation_utility(
     ValueError
         On block names that do not match the predictor's, a target that is not a block,
         synthetic arrays of the wrong shape or with NaN, or an empty ``synthesized`` list.
+
+    Examples
+    --------
+    >>> clf = bd.tl.fit_predictor(train_blocks, y_train)          # {"mrna": ..., "mirna": ..., "protein": ...}
+    >>> synth = {"MCD": [model.sample(test, target="protein", seed=s)["mean"] for s in range(3)]}
+    >>> table = bd.tl.ablation_utility(clf, test_blocks, y_test, target="protein", synthesized=synth)
+    >>> bd.tl.utility_summary(table)
     """
     _check_task(task, predictor)
     if predictor.blocks is None:
@@ -466,6 +504,11 @@ def utility_summary(table: pd.DataFrame) -> pd.DataFrame:
         Indexed by method (in table order): ``n_repeats``, ``score_mean``, ``score_sd``,
         ``recovery_mean``, ``recovery_sd`` (sample standard deviations, ddof = 1; NaN with
         one repeat) and ``drop``.
+
+    Examples
+    --------
+    >>> table = bd.tl.ablation_utility(clf, test_blocks, y_test, target="protein", synthesized=synth)
+    >>> bd.tl.utility_summary(table)[["score_mean", "score_sd", "recovery_mean"]]
     """
     needed = {"method", "score", "recovery", "drop"}
     if not needed.issubset(table.columns):
@@ -514,6 +557,13 @@ def survival_from_clinical(
         Index ``obs.index``; ``time`` (``time_to_event`` where the event happened,
         otherwise ``time_to_censoring``) and ``event`` (bool). Rows whose time or event is
         unknown or negative have NaN ``time``: drop them with ``.dropna()`` before fitting.
+
+    Examples
+    --------
+    >>> mdata = bd.datasets.tcga_acc()
+    >>> rna = mdata.mod["RNASeq2GeneNorm"]
+    >>> surv = bd.tl.survival_from_clinical(mdata.obs.loc[rna.obs_names]).dropna()
+    >>> cox = bd.tl.fit_predictor(rna[surv.index].X, (surv["time"], surv["event"]), task="survival")
     """
     for col in (event, time_to_event, time_to_censoring):
         if col not in obs.columns:

@@ -32,6 +32,20 @@ class TrainingDivergedError(RuntimeError):
 
     Attributes ``epoch``, ``step`` (optimiser steps taken when it was detected) and ``loss``
     (the training loss of that batch) locate it.
+
+    Parameters
+    ----------
+    message
+        The error message.
+    epoch, step, loss
+        Where it happened: the epoch, the optimiser steps taken and the batch's training loss.
+
+    Examples
+    --------
+    >>> try:
+    ...     model.train(lr=10.0)
+    ... except bd.train.TrainingDivergedError as err:
+    ...     print(err.epoch, err.step, err.loss)
     """
 
     def __init__(self, message: str, *, epoch: int, step: int, loss: float) -> None:
@@ -62,6 +76,13 @@ class GenerativeModule(pl.LightningModule):
         After every training batch, check that the loss and all weights are finite and raise
         :class:`TrainingDivergedError` if not (one host synchronisation per step; under DDP
         the decision is shared by all ranks, so they stop together).
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8))
+    >>> edm = bd.diffusion.EDMLoss()
+    >>> module = bd.train.GenerativeModule(net, lambda n, batch, g: edm(n, batch["x"], generator=g), lr=1e-3)
+    >>> history = bd.train.fit(module, {"x": x_train}, {"x": x_val}, max_epochs=100)
     """
 
     def __init__(

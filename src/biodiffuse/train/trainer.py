@@ -30,7 +30,14 @@ __all__ = ["EpochLine", "LossHistory", "fit", "quiet_lightning"]
 logger = logging.getLogger("biodiffuse")
 
 class LossHistory(Callback):
-    """Collects the epoch-level ``train_loss`` and ``val_loss`` (index: the trainer's epoch)."""
+    """Collects the epoch-level ``train_loss`` and ``val_loss`` (index: the trainer's epoch).
+
+    Examples
+    --------
+    >>> hist = bd.train.LossHistory()
+    >>> bd.train.fit(module, train_tensors, val_tensors, max_epochs=50, callbacks=[hist])   # instead of the internal one
+    >>> hist.frame()                                  # train_loss, val_loss per epoch
+    """
 
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, float]] = {}
@@ -298,6 +305,14 @@ def fit(
     handler is put back, the module keeps the weights trained so far (the EMA average when
     EMA is on, as at a normal end), the history of the completed epochs is returned, and a
     :class:`UserWarning` says where it stopped and how to resume.
+
+    Examples
+    --------
+    >>> net = bd.diffusion.EDMPrecond(bd.nn.MLPDenoiser(8))
+    >>> edm = bd.diffusion.EDMLoss()
+    >>> module = bd.train.GenerativeModule(net, lambda n, batch, g: edm(n, batch["x"], generator=g))
+    >>> history = bd.train.fit(module, {"x": x[:900]}, {"x": x[900:]}, max_epochs=100, batch_size=128,
+    ...                        checkpoint_dir="ckpt", accelerator="cpu")
     """
     trainer_kwargs = dict(trainer_kwargs or {})
     user_callbacks: list[Callback] = []
