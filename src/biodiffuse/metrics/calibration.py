@@ -56,6 +56,21 @@ def _pair(y_true: object, samples: object) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
+def _gaussian(y_true: object, mean: object, sd: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``(y, mean, sd)`` of independent Gaussian predictions, sd broadcast to ``y``'s shape."""
+    y = _truth(y_true)
+    mu = np.asarray(mean, dtype=np.float64)
+    if mu.shape != y.shape:
+        raise ValueError(f"mean {mu.shape} must have the shape of y_true {y.shape}.")
+    try:
+        s = np.broadcast_to(np.asarray(sd, dtype=np.float64), y.shape)
+    except ValueError as err:
+        raise ValueError(f"sd of shape {np.shape(sd)} does not broadcast to {y.shape}.") from err
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError("sd must be positive and finite.")
+    return y, mu, s
+
+
 def _levels(levels: Sequence[float]) -> list[float]:
     out = [float(q) for q in levels]
     if not out or any(not 0.0 < q < 1.0 for q in out):
@@ -131,16 +146,7 @@ def crps_gaussian(y_true: object, mean: object, sd: object) -> np.ndarray:
     """
     import scoringrules as sr
 
-    y = _truth(y_true)
-    mu = np.asarray(mean, dtype=np.float64)
-    if mu.shape != y.shape:
-        raise ValueError(f"mean {mu.shape} must have the shape of y_true {y.shape}.")
-    try:
-        s = np.broadcast_to(np.asarray(sd, dtype=np.float64), y.shape)
-    except ValueError as err:
-        raise ValueError(f"sd of shape {np.shape(sd)} does not broadcast to {y.shape}.") from err
-    if not (np.isfinite(s).all() and (s > 0).all()):
-        raise ValueError("sd must be positive and finite.")
+    y, mu, s = _gaussian(y_true, mean, sd)
     return np.asarray(sr.crps_normal(y, mu, s, backend="numpy"), dtype=np.float64).mean(axis=0)
 
 
@@ -246,13 +252,7 @@ def gaussian_coverage(
     """
     from scipy.stats import norm
 
-    y = _truth(y_true)
-    mu = np.asarray(mean, dtype=np.float64)
-    if mu.shape != y.shape:
-        raise ValueError(f"mean {mu.shape} must have the shape of y_true {y.shape}.")
-    s = np.broadcast_to(np.asarray(sd, dtype=np.float64), y.shape)
-    if not (np.isfinite(s).all() and (s > 0).all()):
-        raise ValueError("sd must be positive and finite.")
+    y, mu, s = _gaussian(y_true, mean, sd)
     out = {}
     for q in _levels(levels):
         z = norm.ppf((1 + q) / 2)
