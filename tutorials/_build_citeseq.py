@@ -114,8 +114,9 @@ print(f"train: {train.n_obs} cells (donors {sorted(train.obs['donor'].unique())}
 `setup_anndata` registers where the data are. With `protein_obsm_key`, MCD runs in
 *gene → protein* mode: the proteins are the channels it generates, and the log-normalised RNA is
 the condition. The panel is targeted (422 genes), so `n_genes=None` uses all of them (on a whole
-transcriptome, `n_genes=1000` keeps the 1,000 most highly variable genes of the training cells). The proteins are normalised per channel (Yeo-Johnson, then 1st/99th percentile
-scaling) with statistics fitted on the training cells.
+transcriptome, `n_genes=1000` keeps the 1,000 most highly variable genes of the training cells).
+The proteins are normalised per channel (Yeo-Johnson, then 1st/99th percentile scaling) with
+statistics fitted on the training cells.
 
 `train` holds out 10 % of the training cells for validation and early stopping. We train for
 {EPOCHS} epochs only (about {STEPS_TRAINED} optimiser steps), a few minutes on a CPU; the default is about
