@@ -202,10 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--union", action="store_true", help="run the union-of-panels comparison instead")
     p.add_argument("--channel-specific", type=int, default=0, metavar="N", help="instead: channel-specific vs any-subset MCD on the first N fixed targets")
     a = p.parse_args(argv)
-    if a.threads is not None:
-        import torch
+    from _cli import limit_threads  # sibling module of the drivers
 
-        torch.set_num_threads(a.threads)
+    limit_threads(a.threads)
     if a.channel_specific:
         res = run_channel_specific(a.channel_specific, max_epochs=a.max_epochs, seed=a.seed)
         table = "| target | any-subset MCD r | channel-specific MCD r |\n|---|---|---|\n" + "\n".join(

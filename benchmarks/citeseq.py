@@ -23,7 +23,6 @@ from anndata import AnnData
 
 from biodiffuse.baselines import fit_predict, fit_predict_draws, gene_features
 from biodiffuse.data import ChannelNormalizer, get_obsm_frame
-from biodiffuse.diffusion import network_evaluations
 from biodiffuse.metrics import crps, energy_score, imputation_metrics, interval_coverage
 from biodiffuse.models import MCD
 
@@ -64,10 +63,14 @@ def run_fold(
     accelerator: str = "auto",
     mcd_kwargs: dict[str, Any] | None = None,
     baselines: tuple[str, ...] = BASELINES,
+    rows: list[dict[str, Any]] | None = None,
+    per_protein: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train every method on ``train_idx`` and score it on ``test_idx``.
 
     Returns one result row per method and the per-protein r_p (normalised space) per method.
+    ``rows`` / ``per_protein``, when given, are filled as each method finishes (the fast
+    baselines first, then MCD), so an interrupted run still has what was done.
     """
     train, test = adata[train_idx].copy(), adata[test_idx].copy()
     proteins = get_obsm_frame(adata, protein_key)
@@ -75,9 +78,24 @@ def run_fold(
     y_test = proteins.iloc[test_idx].to_numpy(float)
     norm = ChannelNormalizer().fit(y_train)
     yt_norm = norm.transform(y_test)
-    rows: list[dict[str, Any]] = []
-    per_protein: dict[str, np.ndarray] = {}
+    rows = [] if rows is None else rows
+    per_protein = {} if per_protein is None else per_protein
     n_test = len(test_idx)
+
+    f_train, f_test, _ = gene_features(train, test)
+    for method in baselines:
+        t0 = time.perf_counter()
+        pred = fit_predict(method, f_train, norm.transform(y_train), f_test, seed=seed)
+        el = time.perf_counter() - t0
+        scores = _score(yt_norm, pred, y_test, norm.inverse_transform(pred))
+        rows.append(dict(method=method, fit_s=el, impute_s_per_10k=np.nan, nfe_per_cell=np.nan, **scores))
+        per_protein[method] = _per_protein(yt_norm, pred)
+        for kind in BASELINE_DRAWS.get(method, ()) if n_samples >= 2 else ():
+            t0 = time.perf_counter()
+            out = fit_predict_draws(method, f_train, norm.transform(y_train), f_test, kind=kind, n_samples=n_samples, seed=seed)
+            scores = _score(yt_norm, out["mean"], y_test, norm.inverse_transform(out["mean"]))
+            scores.update(_score_draws(yt_norm, out["draws"]))
+            rows.append(dict(method=f"{method} + {kind}", fit_s=time.perf_counter() - t0, impute_s_per_10k=np.nan, nfe_per_cell=np.nan, **scores))
 
     # MCD: RNA-only query (the protein table is removed from the query object).
     query = test.copy()
@@ -96,23 +114,8 @@ def run_fold(
         if n_samples >= 2:
             scores.update(_score_draws(yt_norm, post["draws_normalized"]))
         rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=pred_s / n_test * 1e4,
-                         nfe_per_cell=n_samples * network_evaluations(steps), epochs=len(model.history), **scores))
+                         nfe_per_cell=n_samples * model.network_evaluations(steps=steps), epochs=len(model.history), **scores))
         per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
-
-    f_train, f_test, _ = gene_features(train, test)
-    for method in baselines:
-        t0 = time.perf_counter()
-        pred = fit_predict(method, f_train, norm.transform(y_train), f_test, seed=seed)
-        el = time.perf_counter() - t0
-        scores = _score(yt_norm, pred, y_test, norm.inverse_transform(pred))
-        rows.append(dict(method=method, fit_s=el, impute_s_per_10k=np.nan, nfe_per_cell=np.nan, **scores))
-        per_protein[method] = _per_protein(yt_norm, pred)
-        for kind in BASELINE_DRAWS.get(method, ()) if n_samples >= 2 else ():
-            t0 = time.perf_counter()
-            out = fit_predict_draws(method, f_train, norm.transform(y_train), f_test, kind=kind, n_samples=n_samples, seed=seed)
-            scores = _score(yt_norm, out["mean"], y_test, norm.inverse_transform(out["mean"]))
-            scores.update(_score_draws(yt_norm, out["draws"]))
-            rows.append(dict(method=f"{method} + {kind}", fit_s=time.perf_counter() - t0, impute_s_per_10k=np.nan, nfe_per_cell=np.nan, **scores))
 
     if with_totalvi:
         try:
@@ -149,12 +152,15 @@ def run_benchmark(
     groups_key: str | None = None,
     train_cells: int | None = None,
     baselines: tuple[str, ...] = BASELINES,
+    on_fold: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
     """Cross-validation; returns (per-fold rows, summary, mean per-protein r_p).
 
     Folds are K-fold over cells, or with ``groups_key`` (e.g. ``"donor"``) leave one group out.
     ``train_cells`` draws that many training cells of each fold (a learning curve; the test
-    cells stay the same)."""
+    cells stay the same). ``on_fold(df, summary, per_protein)`` is called after every fold
+    with the results so far (the driver writes them). Ctrl+C stops the run and returns the
+    methods finished so far (``df.attrs["interrupted"]``), or re-raises if none is."""
     from sklearn.model_selection import KFold, LeaveOneGroupOut
 
     names = list(map(str, get_obsm_frame(adata, protein_key).columns))
@@ -167,23 +173,45 @@ def run_benchmark(
         fold_names = groups
     all_rows: list[dict[str, Any]] = []
     per_protein: dict[str, list[np.ndarray]] = {}
-    for k, (tr, te) in enumerate(splits):
-        if max_folds is not None and k >= max_folds:
-            break
-        if train_cells is not None and train_cells < len(tr):
-            tr = np.sort(np.random.default_rng(seed).choice(tr, train_cells, replace=False))
-        rows, pp = run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator,
-                            mcd_kwargs, baselines)
-        for r in rows:
-            r.update(dataset=dataset, fold=k, n_train=len(tr), n_test=len(te), held_out=None if fold_names is None else fold_names[te[0]])
-            dist = f"  crps={r['crps_norm']:.4f}  es={r['es_norm']:.3f}  cov90={r['cov90']:.2f}" if np.isfinite(r.get("crps_norm", np.nan)) else ""
-            print(f"[{dataset} fold {k}] {r['method']:>20s}  r_p={r['r_p_norm']:.3f}  r_c={r['r_c_norm']:.3f}  rmse={r['rmse_norm']:.3f}{dist}", flush=True)
-        all_rows.extend(rows)
-        for m, v in pp.items():
-            per_protein.setdefault(m, []).append(v)
+    interrupted = False
+    try:
+        for k, (tr, te) in enumerate(splits):
+            if max_folds is not None and k >= max_folds:
+                break
+            if train_cells is not None and train_cells < len(tr):
+                tr = np.sort(np.random.default_rng(seed).choice(tr, train_cells, replace=False))
+            info = dict(dataset=dataset, fold=k, n_train=len(tr), n_test=len(te), held_out=None if fold_names is None else fold_names[te[0]])
+            rows: list[dict[str, Any]] = []
+            pp: dict[str, np.ndarray] = {}
+            try:
+                run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator,
+                         mcd_kwargs, baselines, rows=rows, per_protein=pp)
+            finally:  # an interrupted fold keeps the methods it finished
+                for r in rows:
+                    r.update(info)
+                    dist = f"  crps={r['crps_norm']:.4f}  es={r['es_norm']:.3f}  cov90={r['cov90']:.2f}" if np.isfinite(r.get("crps_norm", np.nan)) else ""
+                    print(f"[{dataset} fold {k}] {r['method']:>20s}  r_p={r['r_p_norm']:.3f}  r_c={r['r_c_norm']:.3f}  rmse={r['rmse_norm']:.3f}{dist}", flush=True)
+                all_rows.extend(rows)
+                for m, v in pp.items():
+                    per_protein.setdefault(m, []).append(v)
+            if on_fold is not None:
+                on_fold(*_summarise(all_rows, per_protein, names))
+    except KeyboardInterrupt:
+        if not all_rows:
+            raise
+        interrupted = True
+        print(f"interrupted: keeping the {len(all_rows)} result row(s) finished so far", flush=True)
+    df, summary, pp_frame = _summarise(all_rows, per_protein, names)
+    df.attrs["interrupted"] = interrupted
+    return df, summary, pp_frame
+
+
+def _summarise(all_rows: list[dict[str, Any]], per_protein: dict[str, list[np.ndarray]], names: list[str]):
+    """(rows, summary mean / sd across folds with MCD first, mean per-protein r_p)."""
     df = pd.DataFrame(all_rows)
     metric_cols = [c for c in df.columns if c.startswith(("r_p", "r_c", "rmse", "crps", "es_", "cov"))]
     summary = df.groupby("method", sort=False)[metric_cols + ["fit_s", "impute_s_per_10k", "nfe_per_cell"]].agg(["mean", "std"])
+    summary = summary.loc[sorted(summary.index, key=lambda m: (not str(m).startswith("MCD"), list(summary.index).index(m)))]
     pp_mean = {m: np.nanmean(np.vstack(v), axis=0) for m, v in per_protein.items()}
     pp_frame = pd.DataFrame(pp_mean, index=names)
     return df, summary, pp_frame
@@ -240,16 +268,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--gene-pcs", type=int, default=None, help="MCD gene_pcs (default: genes as condition channels)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for these small models on a busy machine)")
-    p.add_argument("--quick", action="store_true", help="one fold, steps 1 5 18: the README's main job")
+    p.add_argument("--quick", action="store_true",
+                   help="the README's main job: one fold, steps 1 5 18, MCD max_epochs 600 (early stopping ends it near 250)")
     p.add_argument("--out", default="results/citeseq", help="output prefix (.json, .md, _rp.png)")
     args = p.parse_args(argv)
     if args.quick:
         args.max_folds, args.steps = 1, [1, 5, 18]
+        args.max_epochs = args.max_epochs or 600
 
-    if args.threads is not None:
-        import torch
+    from _cli import limit_threads  # sibling module of the drivers
 
-        torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     from biodiffuse.datasets import citeseq as ds
 
     if args.data is None and args.dataset == "abseq":
@@ -262,36 +291,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         adata, name = ad.read_h5ad(args.data), args.name or Path(args.data).stem
         if args.protein_key in adata.obsm and not isinstance(adata.obsm[args.protein_key], pd.DataFrame):
             adata.obsm[args.protein_key] = get_obsm_frame(adata, args.protein_key)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(df: pd.DataFrame, summary: pd.DataFrame, pp: pd.DataFrame, final: bool = False) -> dict[str, Any]:
+        """Write the .json / .md (and, at the end, the plot) for the folds done so far."""
+        table = format_table(summary)
+        n_folds = df["fold"].nunique()
+        split = (f"{n_folds} leave-one-donor-out folds ({', '.join(map(str, df['held_out'].unique()))})" if args.split == "donor"
+                 else f"{n_folds} of {args.folds} folds over cells")
+        status = "" if final and not df.attrs.get("interrupted") else (
+            "; INTERRUPTED: partial results" if final else "; in progress: folds done so far")
+        header = (f"{name}: {adata.n_obs} cells x {pp.shape[0]} proteins, {split} "
+                  f"(seed {args.seed}), mean ± sd across folds; n_samples={args.n_samples}"
+                  + (f"; {args.train_cells} training cells per fold" if args.train_cells else "")
+                  + (f"; MCD max_epochs={args.max_epochs}" if args.max_epochs else "")
+                  + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else "") + status)
+        result = {"dataset": name, "header": header, "args": vars(args), "complete": bool(final and not df.attrs.get("interrupted")),
+                  "rows": json.loads(df.to_json(orient="records")), "per_protein_r_p_norm": json.loads(pp.to_json())}
+        Path(f"{out}.json").write_text(json.dumps(result, indent=1))
+        Path(f"{out}.md").write_text(header + "\n\n" + table + "\n")
+        if final:
+            print("\n" + header + "\n" + table)
+            from biodiffuse.pl import protein_correlation_bars
+
+            best_mcd = [m for m in pp.columns if m.startswith("MCD")]
+            cols = [c for c in [best_mcd[-1] if best_mcd else None, "krr", "ridge", "knn", "totalVI"] if c in pp.columns]
+            fig = protein_correlation_bars(pp[cols], title=f"{name}: per-protein r_p on held-out cells")
+            fig.savefig(f"{out}_rp.png", dpi=120, bbox_inches="tight")
+            print(f"wrote {out}.json, {out}.md, {out}_rp.png")
+        return result
+
     df, summary, pp = run_benchmark(
         adata, name, args.protein_key, args.folds, tuple(args.steps), args.n_samples, args.max_epochs,
         args.seed, args.totalvi, args.accelerator, args.max_folds,
         mcd_kwargs={"gene_pcs": args.gene_pcs} if args.gene_pcs else None,
         groups_key="donor" if args.split == "donor" else None, train_cells=args.train_cells,
-        baselines=tuple(b for b in BASELINES if b not in args.skip),
+        baselines=tuple(b for b in BASELINES if b not in args.skip), on_fold=write,
     )
-    table = format_table(summary)
-    n_folds = df["fold"].nunique()
-    split = (f"{n_folds} leave-one-donor-out folds ({', '.join(map(str, df['held_out'].unique()))})" if args.split == "donor"
-             else f"{n_folds} of {args.folds} folds over cells")
-    header = (f"{name}: {adata.n_obs} cells x {pp.shape[0]} proteins, {split} "
-              f"(seed {args.seed}), mean ± sd across folds; n_samples={args.n_samples}"
-              + (f"; {args.train_cells} training cells per fold" if args.train_cells else "")
-              + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else ""))
-    print("\n" + header + "\n" + table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"dataset": name, "header": header, "args": vars(args), "rows": json.loads(df.to_json(orient="records")),
-              "per_protein_r_p_norm": json.loads(pp.to_json())}
-    Path(f"{out}.json").write_text(json.dumps(result, indent=1))
-    Path(f"{out}.md").write_text(header + "\n\n" + table + "\n")
-    from biodiffuse.pl import protein_correlation_bars
-
-    best_mcd = [m for m in pp.columns if m.startswith("MCD")]
-    cols = [c for c in [best_mcd[-1] if best_mcd else None, "krr", "ridge", "knn", "totalVI"] if c in pp.columns]
-    fig = protein_correlation_bars(pp[cols], title=f"{name}: per-protein r_p on held-out cells")
-    fig.savefig(f"{out}_rp.png", dpi=120, bbox_inches="tight")
-    print(f"wrote {out}.json, {out}.md, {out}_rp.png")
-    return result
+    return write(df, summary, pp, final=True)
 
 
 if __name__ == "__main__":

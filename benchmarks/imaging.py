@@ -209,10 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/imaging_mibi")
     args = p.parse_args(argv)
-    if args.threads is not None:
-        import torch
+    from _cli import limit_threads  # sibling module of the drivers
 
-        torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed)
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "

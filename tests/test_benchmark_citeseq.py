@@ -36,6 +36,7 @@ def test_driver_scores_points_and_distributions(tmp_path):
     md = (tmp_path / "res.md").read_text()
     assert "| CRPS | energy score |" in md and "ridge + residuals" in md
     assert json.loads((tmp_path / "res.json").read_text())["dataset"] == "eccite_pbmc500"
+    assert res["complete"] is True and "INTERRUPTED" not in res["header"]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "citeseq" / "triana_bm_abseq.h5ad").is_file(), reason="needs the shared Abseq data")
@@ -54,3 +55,19 @@ def test_donor_split_holds_out_whole_donors(tmp_path):
     assert {r["n_test"] for r in rows} == {int((donors == held.pop()).sum())}
     assert {r["n_train"] for r in rows} == {300}
     assert "leave-one-donor-out" in res["header"]
+
+
+def test_interrupted_run_writes_what_it_has(tmp_path, monkeypatch):
+    """Ctrl+C while MCD samples: the baselines of that fold are kept and written, marked partial."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(citeseq.MCD, "posterior", interrupt)
+    out = tmp_path / "res"
+    res = citeseq.main(["--max-folds", "1", "--max-epochs", "1", "--steps", "1", "--n-samples", "2",
+                        "--skip", "krr", "--out", str(out)])
+    methods = {r["method"] for r in res["rows"]}
+    assert {"ridge", "knn", "mean"} <= methods and not any(m.startswith("MCD") for m in methods)
+    assert res["complete"] is False and "INTERRUPTED" in res["header"]
+    assert "INTERRUPTED" in (tmp_path / "res.md").read_text()
+    assert json.loads((tmp_path / "res.json").read_text())["complete"] is False

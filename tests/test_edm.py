@@ -145,3 +145,51 @@ def test_heun_sampler_step_counts_and_single_step() -> None:
     direct = exact(lat * 80.0, torch.full((16,), 80.0, dtype=torch.float64))
     assert torch.allclose(one, direct)
     assert math.isfinite(one.sum().item())
+
+
+def test_euler_solver_costs_one_evaluation_a_step_and_converges_to_the_ode() -> None:
+    """Euler skips Heun's correction: ``steps`` evaluations, the same single step, and with many
+    steps the same flow as Heun (the exact Gaussian conditional)."""
+    mean = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+    exact = gaussian_denoiser(mean, cov)
+    calls = {"n": 0}
+
+    def counting(x, sigma, cond=None):
+        calls["n"] += 1
+        return exact(x, sigma)
+
+    lat = torch.randn(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for steps in (1, 3, 5):
+        calls["n"] = 0
+        heun_sampler(counting, lat, steps=steps, solver="euler")
+        assert calls["n"] == network_evaluations(steps, "euler") == steps
+    assert torch.equal(heun_sampler(exact, lat, steps=1, solver="euler"), heun_sampler(exact, lat, steps=1))
+    euler = heun_sampler(exact, lat, steps=400, sigma_max=10.0, solver="euler")
+    heun = heun_sampler(exact, lat, steps=40, sigma_max=10.0)
+    assert torch.allclose(euler.mean(0), heun.mean(0), atol=0.01)
+    assert torch.allclose(torch.cov(euler.T), torch.cov(heun.T), atol=0.02)
+    assert torch.allclose(torch.cov(euler.T), cov, atol=0.03)
+    with pytest.raises(ValueError, match="solver"):
+        heun_sampler(exact, lat, steps=2, solver="rk4")
+    with pytest.raises(ValueError, match="solver"):
+        network_evaluations(3, "midpoint")
+
+
+def test_schedule_grid_respects_the_budget_and_choose_schedule_ranks() -> None:
+    from biodiffuse.diffusion import choose_schedule, schedule_grid
+
+    for nfe in (1, 4, 5):
+        grid = schedule_grid(nfe)
+        assert grid and all(c["nfe"] <= nfe and c["nfe"] == network_evaluations(c["steps"], c["solver"]) for c in grid)
+        assert all(c["sigma_min"] < c["sigma_max"] for c in grid)
+    assert {c["steps"] for c in schedule_grid(5) if c["solver"] == "heun"} == {3}
+    table = choose_schedule(lambda c: {"crps": abs(c["sigma_max"] - 10.0) + c["rho"] / 100}, schedule_grid(5))
+    assert table.iloc[0]["sigma_max"] == 10.0 and table.iloc[0]["rho"] == 3.0
+    assert list(table["crps"]) == sorted(table["crps"])
+    with pytest.raises(ValueError, match="nfe"):
+        schedule_grid(0)
+    with pytest.raises(KeyError, match="crps"):
+        choose_schedule(lambda c: {"rmse": 1.0}, schedule_grid(1))
+    with pytest.raises(ValueError, match="empty"):
+        schedule_grid(3, sigma_max=(0.01,), sigma_min=(0.05,))

@@ -437,3 +437,52 @@ def test_load_validates_query_and_version(trained, split, tmp_path) -> None:
         MCD.load(tmp_path / "m")
     with pytest.raises(FileNotFoundError):
         MCD.load(tmp_path / "nothing")
+
+
+def test_tune_sampler_chooses_on_validation_cells_and_keeps_the_choice(trained, split, tmp_path) -> None:
+    """The schedule comes from the training run's validation cells; the chosen 5-evaluation
+    sampler must score on held-out cells at least as well (CRPS) as 60 Heun steps from EDM's
+    sigma_max = 80, and the choice survives save / load."""
+    import copy
+
+    model = copy.deepcopy(trained)
+    table = model.tune_sampler(nfe=5, n_samples=8)
+    assert len(table) == len(bd.diffusion.schedule_grid(5)) and list(table["crps"]) == sorted(table["crps"])
+    best = table.iloc[0]
+    assert model.init_args["solver"] == best["solver"] and model.init_args["sigma_max"] == best["sigma_max"]
+    assert model.registry["sampler_tuning"]["nfe"] == 5 == model.network_evaluations(steps=int(best["steps"]))
+    assert trained.init_args["solver"] == "euler"  # the copy was tuned, not the fixture
+
+    _, test = split
+    norm = ChannelNormalizer.from_dict(model.registry["normalizer"])
+    y = norm.transform(test.obsm[KEY].to_numpy(float))
+    few = model.posterior(rna_only(test), n_samples=8, steps=int(best["steps"]), return_draws=True)
+    ref_model = copy.deepcopy(trained)
+    ref_model.init_args.update(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    many = ref_model.posterior(rna_only(test), n_samples=8, steps=60, return_draws=True)
+    crps_few = bd.metrics.crps(y, few["draws_normalized"]).mean()
+    crps_many = bd.metrics.crps(y, many["draws_normalized"]).mean()
+    assert crps_few <= 1.01 * crps_many, (crps_few, crps_many)
+
+    model.save(tmp_path / "tuned")
+    loaded = MCD.load(tmp_path / "tuned", test)
+    assert loaded._sampler_settings() == model._sampler_settings()
+    with pytest.raises(ValueError, match="validation cells"):
+        loaded.tune_sampler(nfe=3)  # a loaded model does not know its validation cells
+    with pytest.raises(ValueError, match="n_samples"):
+        model.tune_sampler(nfe=3, n_samples=1)
+
+
+def test_sampler_settings_are_validated_and_old_models_keep_heun(split) -> None:
+    a = split[0][:60].copy()
+    MCD.setup_anndata(a, protein_obsm_key=KEY)
+    for bad, match in (({"solver": "rk4"}, "solver"), ({"sigma_max": -1.0}, "sigma_max"), ({"sigma_min": 20.0}, "sigma_min"),
+                       ({"P_std": 0.0}, "P_std"), ({"P_mean": float("nan")}, "P_mean"), ({"rho": "7"}, "rho")):
+        with pytest.raises(ValueError, match=match):
+            MCD(a, n_genes=50, **bad)
+    model = MCD(a, n_genes=50)
+    assert model._sampler_settings() == {"solver": "euler", "sigma_max": 10.0, "sigma_min": 0.05, "rho": 7.0}
+    for k in ("solver", "sigma_max", "sigma_min", "rho"):  # a model saved before these were settings
+        del model.init_args[k]
+    assert model._sampler_settings() == {"solver": "heun", "sigma_max": 80.0, "sigma_min": 0.002, "rho": 7.0}
+    assert model.network_evaluations(steps=5) == 9

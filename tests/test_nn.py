@@ -61,3 +61,52 @@ def test_output_recalibration_starts_as_identity() -> None:
     rec = OutputRecalibration(6)
     y = torch.randn(3, 6, 1, 1)
     assert torch.equal(rec(y), y)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_on_1x1_inputs_is_the_convolution(kernel: int) -> None:
+    """The matrix-product path for 1 x 1 inputs gives the convolution's output and gradients."""
+    from torch.nn import functional as F
+
+    from biodiffuse.nn import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(6, 5, kernel, padding=kernel // 2)
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(4, 6, 1, 1, requires_grad=True)
+    y = conv(x)
+    ref_w = conv.weight.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = F.conv2d(x_ref, ref_w, conv.bias.detach(), padding=kernel // 2)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    (y**2).sum().backward()
+    (ref**2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv.weight.grad, ref_w.grad, rtol=1e-5, atol=1e-6)
+    # larger inputs take the ordinary convolution
+    z = torch.randn(2, 6, 7, 7)
+    torch.testing.assert_close(conv(z), F.conv2d(z, conv.weight, conv.bias, padding=kernel // 2))
+
+
+def test_conv_without_same_padding_keeps_the_convolution() -> None:
+    from biodiffuse.nn import Conv2d
+
+    conv = Conv2d(3, 4, 3, padding=0)  # a 1 x 1 input is too small: the convolution must say so
+    with pytest.raises(RuntimeError):
+        conv(torch.randn(2, 3, 1, 1))
+
+
+def test_channel_attention_1x1_path_matches_sdpa() -> None:
+    """At 1 x 1 the attention is computed as outer products; it must equal SDPA's result."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    att = ChannelAttention(16, heads=4)
+    torch.nn.init.normal_(att.proj.weight)
+    with torch.no_grad():
+        att.temperature.fill_(1.7)
+    x = torch.randn(5, 16, 1, 1)
+    b, c = x.shape[:2]
+    q, k, v = att.qkv(att.norm(x)).reshape(b, 3, 4, c // 4, 1).unbind(1)
+    ref = x + att.proj(F.scaled_dot_product_attention(q * att.temperature, k, v, scale=1.0).reshape(b, c, 1, 1))
+    torch.testing.assert_close(att(x), ref, rtol=1e-5, atol=1e-6)

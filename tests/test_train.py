@@ -404,3 +404,44 @@ def test_training_is_quiet_but_for_epoch_lines(capfd):
             bd.settings.verbosity = "loud"
     finally:
         bd.settings.verbosity = before
+
+
+def test_num_threads_setting_is_applied_for_the_call_and_reported(capfd):
+    """Training runs with biodiffuse.settings.num_threads, logs it, and puts torch's count back."""
+    import biodiffuse as bd
+
+    seen = []
+
+    class _Threads(Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+    before_setting, before_torch = bd.settings.num_threads, torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        bd.settings.num_threads = 1
+        _fit(_net(), max_epochs=1, enable_progress_bar=None, callbacks=[_Threads()])
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        assert "1 CPU thread(s): biodiffuse.settings.num_threads=1" in capfd.readouterr().err
+        bd.settings.num_threads = "auto"  # never more than torch's own setting, at least one
+        assert 1 <= bd.settings.resolved_threads() <= 2
+        for bad in (0, -1, 1.5, "many", True):
+            with pytest.raises(ValueError, match="num_threads"):
+                bd.settings.num_threads = bad
+    finally:
+        bd.settings.num_threads = before_setting
+        torch.set_num_threads(before_torch)
+
+
+def test_epoch_lines_are_written_at_least_every_interval(capfd):
+    """A slow run is never silent for long: with interval=0 every epoch writes a line even when
+    the blocks would give one line per run."""
+    from biodiffuse.train import EpochLine
+
+    _fit(_net(), max_epochs=4, enable_progress_bar=True, callbacks=[EpochLine(4, lines=1, interval=0.0)])
+    err = capfd.readouterr().err
+    assert all(f"epoch {e}/4" in err for e in (1, 2, 3, 4))
+    _fit(_net(), max_epochs=4, enable_progress_bar=True, callbacks=[EpochLine(4, lines=1, interval=1e9)])
+    err = capfd.readouterr().err
+    assert "epoch 4/4" in err and not any(f"epoch {e}/4" in err for e in (1, 2, 3))

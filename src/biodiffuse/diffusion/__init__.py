@@ -2,10 +2,11 @@
 masking, the coherent consensus of several denoisers, and the one batched posterior loop
 (:func:`sample_rows`) every model samples through."""
 
-from .edm import EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evaluations
+from .edm import SOLVERS, EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evaluations
 from .ensemble import CoherentConsensus, coherent_sample, coherent_sampler
 from .flow import FLOW_METHODS, FlowLoss, flow_evaluations, flow_sampler, flow_solve
 from .masking import masked_condition, random_channel_mask
+from .tuning import choose_schedule, schedule_grid
 from .posterior import Batch, FixedChunks, Moments, RowNoise, edm_sampler, point_sampler, row_seeds, sample_rows
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "point_sampler",
     "row_seeds",
     "sample_rows",
+    "choose_schedule",
+    "schedule_grid",
     "CoherentConsensus",
     "coherent_sample",
     "coherent_sampler",
@@ -25,6 +28,7 @@ __all__ = [
     "heun_sampler",
     "karras_sigmas",
     "network_evaluations",
+    "SOLVERS",
     "masked_condition",
     "random_channel_mask",
     "FLOW_METHODS",

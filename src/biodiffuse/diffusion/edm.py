@@ -10,7 +10,10 @@ Models" (Karras, Aittala, Aila, Laine; NeurIPS 2022), Table 1 and Algorithm 1:
 * :func:`heun_sampler` integrates the probability-flow ODE on the Karras schedule
   (:func:`karras_sigmas`) with Heun's second-order method; ``steps`` steps cost
   ``2 * steps - 1`` network evaluations, and ``steps=1`` is a single Euler step
-  (the denoiser's output at ``sigma_max``).
+  (the denoiser's output at ``sigma_max``). ``solver="euler"`` takes first-order steps
+  only (``steps`` evaluations): at a handful of evaluations it is the better of the two
+  for MCD's tables (``docs/benchmarks.md``: Heun's correction near ``sigma_min`` divides by
+  a tiny noise level and throws the sample off).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["masked_mean", "EDMPrecond", "EDMLoss", "karras_sigmas", "heun_sampler", "network_evaluations"]
+__all__ = ["masked_mean", "EDMPrecond", "EDMLoss", "karras_sigmas", "heun_sampler", "network_evaluations", "SOLVERS"]
 
 
 def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -185,20 +188,34 @@ def karras_sigmas(
     return torch.cat([t, torch.zeros(1, dtype=dtype, device=device)])
 
 
-def network_evaluations(steps: int) -> int:
-    """Denoiser calls made by :func:`heun_sampler` with ``steps`` steps (``2 * steps - 1``).
+SOLVERS = ("heun", "euler")
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+
+
+def network_evaluations(steps: int, solver: str = "heun") -> int:
+    """Denoiser calls made by :func:`heun_sampler` with ``steps`` steps: ``2 * steps - 1``
+    (Heun) or ``steps`` (Euler).
 
     Parameters
     ----------
     steps
-        Heun steps.
+        Sampler steps (noise levels).
+    solver
+        ``"heun"`` or ``"euler"``.
 
     Examples
     --------
     >>> bd.diffusion.network_evaluations(18)
     35
+    >>> bd.diffusion.network_evaluations(5, solver="euler")
+    5
     """
-    return 2 * int(steps) - 1
+    _check_solver(solver)
+    return 2 * int(steps) - 1 if solver == "heun" else int(steps)
 
 
 @torch.no_grad()
@@ -210,6 +227,7 @@ def heun_sampler(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
+    solver: str = "heun",
 ) -> torch.Tensor:
     """Deterministic Heun sampler of the probability-flow ODE (EDM Algorithm 1).
 
@@ -222,9 +240,13 @@ def heun_sampler(
     cond
         Passed through to the denoiser at every step (e.g. cached condition features).
     steps
-        Number of noise levels; costs ``2 * steps - 1`` denoiser evaluations.
+        Number of noise levels; costs ``2 * steps - 1`` denoiser evaluations (Heun) or
+        ``steps`` (Euler).
     sigma_min, sigma_max, rho
         The Karras schedule.
+    solver
+        ``"heun"`` (second order; EDM's) or ``"euler"`` (first order: the Heun correction is
+        skipped, so the last step returns the denoiser's output at ``sigma_min``).
 
     Returns
     -------
@@ -238,6 +260,7 @@ def heun_sampler(
     >>> x.shape
     torch.Size([16, 8])
     """
+    _check_solver(solver)
     t_steps = karras_sigmas(steps, sigma_min, sigma_max, rho, device=latents.device)
     b = latents.shape[0]
     x_next = latents.to(torch.float64) * t_steps[0]
@@ -251,7 +274,7 @@ def heun_sampler(
         x_cur = x_next
         d_cur = (x_cur - d(x_cur, t_cur)) / t_cur
         x_next = x_cur + (t_next - t_cur) * d_cur
-        if i < len(t_steps) - 2:
+        if solver == "heun" and i < len(t_steps) - 2:
             d_prime = (x_next - d(x_next, t_next)) / t_next
             x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next.to(latents.dtype)

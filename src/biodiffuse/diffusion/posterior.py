@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .edm import heun_sampler
+from .._settings import settings
+from .edm import heun_sampler, karras_sigmas, network_evaluations
 
 __all__ = ["row_seeds", "RowNoise", "Batch", "FixedChunks", "Moments", "edm_sampler", "sample_rows"]
 
@@ -192,18 +193,23 @@ class FixedChunks:
         return torch.cat(out)
 
 
-def edm_sampler(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0) -> Callable:
-    """The EDM Heun sampler (:func:`~biodiffuse.diffusion.heun_sampler`) as a loop sampler.
+def edm_sampler(
+    steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0, solver: str = "heun"
+) -> Callable:
+    """The EDM ODE sampler (:func:`~biodiffuse.diffusion.heun_sampler`) as a loop sampler.
 
-    ``steps`` steps cost ``2 * steps - 1`` network evaluations; ``steps=1`` returns the
-    denoiser's output at ``sigma_max`` (its estimate of the conditional mean).
+    ``steps`` steps cost ``2 * steps - 1`` network evaluations (Heun) or ``steps`` (Euler);
+    ``steps=1`` returns the denoiser's output at ``sigma_max`` (its estimate of the
+    conditional mean) with either solver.
 
     Parameters
     ----------
     steps
-        Heun steps (noise levels), at least 1.
+        Sampler steps (noise levels), at least 1.
     sigma_max, sigma_min, rho
         The Karras schedule (:func:`~biodiffuse.diffusion.karras_sigmas`).
+    solver
+        ``"heun"`` or ``"euler"``.
 
     Examples
     --------
@@ -213,12 +219,17 @@ def edm_sampler(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, r
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
+    network_evaluations(steps, solver)  # and a bad solver
 
     def sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
-        x = heun_sampler(denoiser, latents, cond, steps=int(steps), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+        x = heun_sampler(
+            denoiser, latents, cond, steps=int(steps), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, solver=solver
+        )
         return x, {}
 
     sampler.steps = int(steps)  # type: ignore[attr-defined]
+    sampler.nfe = network_evaluations(steps, solver)  # type: ignore[attr-defined]
     return sampler
 
 
@@ -364,21 +375,22 @@ def sample_rows(
     shape = tuple(int(s) for s in shape)
     reducer = Moments(n_rows) if reducer is None else reducer
     noise = RowNoise(seeds)
-    for start in range(0, n_rows, batch_size):
-        rows = np.arange(start, min(start + batch_size, n_rows))
-        batch = prepare(rows, device)
-        latents = noise.randn(rows, n_samples, shape).to(device)
+    with settings.torch_threads():  # biodiffuse.settings.num_threads, put back after
+        for start in range(0, n_rows, batch_size):
+            rows = np.arange(start, min(start + batch_size, n_rows))
+            batch = prepare(rows, device)
+            latents = noise.randn(rows, n_samples, shape).to(device)
 
-        def redraw(draw_rows: torch.Tensor, _rows: np.ndarray = rows) -> torch.Tensor:
-            """Fresh latents for draws ``draw_rows`` (indices into this batch's draws)."""
-            owners = _rows[np.asarray(draw_rows.cpu()) // n_samples]
-            return torch.cat([noise.randn([r], 1, shape) for r in owners]).to(device)
+            def redraw(draw_rows: torch.Tensor, _rows: np.ndarray = rows) -> torch.Tensor:
+                """Fresh latents for draws ``draw_rows`` (indices into this batch's draws)."""
+                owners = _rows[np.asarray(draw_rows.cpu()) // n_samples]
+                return torch.cat([noise.randn([r], 1, shape) for r in owners]).to(device)
 
-        draws, diagnostics = sampler(batch.denoiser, latents, _repeat_rows(batch.cond, n_samples), redraw)
-        draws = draws.reshape(len(rows), n_samples, *shape)
-        if batch.clamp_mask is not None:
-            mask = batch.clamp_mask.to(device)
-            draws = torch.where(mask[:, None], batch.clamp_values.to(draws.dtype)[:, None], draws)
-        diag = {k: v.reshape(len(rows), n_samples, *v.shape[1:]).cpu().numpy() for k, v in diagnostics.items()}
-        reducer(rows, draws.to(torch.float64).cpu().numpy(), diag)
+            draws, diagnostics = sampler(batch.denoiser, latents, _repeat_rows(batch.cond, n_samples), redraw)
+            draws = draws.reshape(len(rows), n_samples, *shape)
+            if batch.clamp_mask is not None:
+                mask = batch.clamp_mask.to(device)
+                draws = torch.where(mask[:, None], batch.clamp_values.to(draws.dtype)[:, None], draws)
+            diag = {k: v.reshape(len(rows), n_samples, *v.shape[1:]).cpu().numpy() for k, v in diagnostics.items()}
+            reducer(rows, draws.to(torch.float64).cpu().numpy(), diag)
     return reducer.result() if hasattr(reducer, "result") else reducer

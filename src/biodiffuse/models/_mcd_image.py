@@ -35,7 +35,7 @@ from ..data.tiles import (
     tiles_inside,
     upsample_to,
 )
-from ..diffusion import edm_sampler, row_seeds, sample_rows
+from ..diffusion import row_seeds, sample_rows
 from ..module.mcd import make_prepare
 from .base import resolve_device
 
@@ -321,7 +321,7 @@ class MCDImageMixin:
         net = self.network.to(dev).eval()
         seeds = row_seeds(seed, [f"{y * f},{x * f}" for y, x in origins])
         out = sample_rows(
-            make_prepare(net, read, self._tile_chunk), len(origins), (c, tile, tile), seeds=seeds, sampler=edm_sampler(steps),
+            make_prepare(net, read, self._tile_chunk), len(origins), (c, tile, tile), seeds=seeds, sampler=self._sampler(steps),
             n_samples=n_samples, batch_size=self._inference_tiles if batch_size is None else batch_size, device=dev,
             reducer=TileMoments(origins, (c, h, w), tile, norm.inverse_transform),
         )
@@ -394,5 +394,6 @@ class MCDImageMixin:
             image_key=image_key, n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing,
             imputed=names, variance_key_added=vkey, table_key=table_key if with_table else None,
             table_obsm_keys=[cell_key, cell_vkey] if with_table else None,
+            network_evaluations_per_draw=self.network_evaluations(steps=steps), **self._sampler_settings(),
         ))
         return sdata.images[key]

@@ -103,12 +103,17 @@ class MCDObjective:
         EDM's data standard deviation.
     target_mask
         Optional (C,) booleans of always-hidden channels.
+    P_mean, P_std
+        The lognormal training noise levels, ``ln sigma ~ N(P_mean, P_std^2)``.
     """
 
-    def __init__(self, observed_fraction: float, loss_on: str, sigma_data: float, target_mask: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, observed_fraction: float, loss_on: str, sigma_data: float, target_mask: torch.Tensor | None = None,
+        *, P_mean: float = -1.2, P_std: float = 1.2,
+    ) -> None:
         self.observed_fraction = observed_fraction
         self.loss_on = loss_on
-        self.loss = EDMLoss(sigma_data=sigma_data)
+        self.loss = EDMLoss(P_mean=P_mean, P_std=P_std, sigma_data=sigma_data)
         self.target_mask = target_mask
 
     def __call__(self, denoiser: EDMPrecond, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from .attention import ChannelAttention, OutputRecalibration, SpatialAttention, SqueezeExcitation
 from .dit import DiTBlock, GeneDiT, ReferenceAttention
 from .blocks import Downsample, ResBlock, UNetBlock, Upsample
+from .conv import Conv2d
 from .mlp import MLPDenoiser
 from .patchgan import PatchDiscriminator
 from .embeddings import NoiseEmbedding, PositionalEmbedding
@@ -12,6 +13,7 @@ from .unet import ConditionEncoder, MCDUNet
 
 __all__ = [
     "ChannelAttention",
+    "Conv2d",
     "OutputRecalibration",
     "SpatialAttention",
     "SqueezeExcitation",

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .conv import Conv2d
+
 __all__ = ["SqueezeExcitation", "ChannelAttention", "SpatialAttention", "OutputRecalibration"]
 
 
@@ -81,15 +83,19 @@ class ChannelAttention(nn.Module):
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads}).")
         self.heads = heads
         self.norm = nn.GroupNorm(_groups(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = Conv2d(channels, 3 * channels, 1)
+        self.proj = Conv2d(channels, channels, 1)
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         q = q * (self.temperature / (h * w) ** 0.5)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        if h * w == 1:  # 1 x 1 inputs (tables): the same attention as a plain product, far cheaper on CPU than SDPA
+            attn = torch.softmax(q * k.transpose(-2, -1), dim=-1)  # (b, heads, d, d): outer products
+            out = (attn * v.transpose(-2, -1)).sum(dim=-1, keepdim=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         return x + self.proj(out.reshape(b, c, h, w))
 
 
@@ -116,8 +122,8 @@ class SpatialAttention(nn.Module):
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads}).")
         self.heads = heads
         self.norm = nn.GroupNorm(_groups(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = Conv2d(channels, 3 * channels, 1)
+        self.proj = Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -145,7 +151,7 @@ class OutputRecalibration(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.se = SqueezeExcitation(channels, reduction=2)
-        self.conv = nn.Conv2d(channels, channels, 1)
+        self.conv = Conv2d(channels, channels, 1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .conv import Conv2d
 from .attention import ChannelAttention, SpatialAttention, _groups
 
 __all__ = ["ResBlock", "UNetBlock", "Downsample", "Upsample"]
@@ -45,14 +46,14 @@ class ResBlock(nn.Module):
         super().__init__()
         pad = kernel_size // 2
         self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size, padding=pad)
         self.emb = nn.Linear(emb_channels, 2 * out_channels) if emb_channels else None
         self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size, padding=pad)
+        self.conv2 = Conv2d(out_channels, out_channels, kernel_size, padding=pad)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -136,7 +137,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, spatial: bool) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if spatial else nn.Identity()
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1) if spatial else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -163,7 +164,7 @@ class Upsample(nn.Module):
     def __init__(self, channels: int, spatial: bool) -> None:
         super().__init__()
         self.spatial = spatial
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if spatial else nn.Identity()
+        self.conv = Conv2d(channels, channels, 3, padding=1) if spatial else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if not self.spatial:

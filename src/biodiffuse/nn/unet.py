@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from .attention import OutputRecalibration, SqueezeExcitation, _groups
 from .blocks import Downsample, UNetBlock, Upsample
+from .conv import Conv2d
 from .embeddings import NoiseEmbedding
 
 __all__ = ["MCDUNet", "ConditionEncoder"]
@@ -40,7 +41,7 @@ class _Encoder(nn.Module):
     ) -> None:
         super().__init__()
         k = 3 if spatial else 1
-        self.conv_in = nn.Conv2d(in_channels, model_channels, k, padding=k // 2)
+        self.conv_in = Conv2d(in_channels, model_channels, k, padding=k // 2)
         self.blocks = nn.ModuleList()
         self.skip_channels = [model_channels]
         ch = model_channels
@@ -200,7 +201,7 @@ class MCDUNet(nn.Module):
             if level > 0:
                 self.decoder.append(Upsample(ch, spatial))
         self.out_norm = nn.GroupNorm(_groups(ch), ch)
-        self.out_conv = nn.Conv2d(ch, channels, k, padding=k // 2)
+        self.out_conv = Conv2d(ch, channels, k, padding=k // 2)
         self.out_recalibration = OutputRecalibration(channels)
 
     def encode_condition(self, cond: torch.Tensor) -> list[torch.Tensor]:

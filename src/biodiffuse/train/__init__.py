@@ -2,6 +2,6 @@
 
 from .data import TensorDictDataset, make_loader
 from .module import GenerativeModule, TrainingDivergedError
-from .trainer import LossHistory, fit
+from .trainer import EpochLine, LossHistory, fit
 
-__all__ = ["TensorDictDataset", "make_loader", "GenerativeModule", "TrainingDivergedError", "LossHistory", "fit"]
+__all__ = ["TensorDictDataset", "make_loader", "GenerativeModule", "TrainingDivergedError", "EpochLine", "LossHistory", "fit"]

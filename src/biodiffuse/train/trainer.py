@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, EMA
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from torch.utils.data import DataLoader, Sampler
 
+from .._settings import settings
 from .data import TensorDictDataset, make_loader
 from .module import GenerativeModule
 
@@ -61,26 +62,45 @@ class LossHistory(Callback):
 
 class EpochLine(Callback):
     """One log line (``"biodiffuse"`` logger, INFO) per block of epochs: epoch, losses, seconds;
-    about ``lines`` lines per run, and always the last epoch."""
+    about ``lines`` lines per run, at least one every ``interval`` seconds (a slow run is never
+    silent for long), and always the last epoch.
 
-    def __init__(self, max_epochs: int, lines: int = 20) -> None:
+    Parameters
+    ----------
+    max_epochs
+        The run's epochs (sets the block length).
+    lines
+        About this many lines per run.
+    interval
+        Also write a line once this many seconds have passed since the last one.
+
+    Examples
+    --------
+    >>> bd.train.fit(module, train, val, max_epochs=3000, callbacks=[bd.train.EpochLine(3000, interval=10)])
+    """
+
+    def __init__(self, max_epochs: int, lines: int = 20, interval: float = 30.0) -> None:
         self.every = max(1, -(-int(max_epochs) // int(lines)))
         self.max_epochs = int(max_epochs)
+        self.interval = float(interval)
         self.start = 0.0
+        self.last = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == 0 or not self.start:
-            self.start = time.perf_counter()
+            self.start = self.last = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         e = trainer.current_epoch + 1
         if trainer.sanity_checking or not logger.isEnabledFor(logging.INFO):
             return
-        if e % self.every and e != self.max_epochs and not trainer.should_stop:
+        now = time.perf_counter()
+        if e % self.every and e != self.max_epochs and not trainer.should_stop and now - self.last < self.interval:
             return
+        self.last = now
         m = trainer.callback_metrics
         losses = ", ".join(f"{k} {float(m[k]):.4g}" for k in ("train_loss", "val_loss") if k in m)
-        logger.info("epoch %d/%d: %s (%.1f s)", e, self.max_epochs, losses, time.perf_counter() - self.start)
+        logger.info("epoch %d/%d: %s (%.1f s)", e, self.max_epochs, losses, now - self.start)
 
 
 @contextmanager
@@ -324,8 +344,6 @@ def fit(
     has_val = val_tensors is not None and len(next(iter(val_tensors.values()))) > 0
     guard = _FitGuard()
     if enable_progress_bar is None:
-        from .._settings import settings
-
         enable_progress_bar = settings.progress_bar
     internal: list[Callback] = [LossHistory()]
     if not enable_progress_bar:
@@ -368,10 +386,6 @@ def fit(
     kwargs.update(trainer_kwargs)
     with quiet_lightning():
         trainer = pl.Trainer(**kwargs)
-    logger.info(
-        "biodiffuse: training on %s (%s device(s), precision %s)",
-        trainer.accelerator.__class__.__name__, trainer.num_devices, trainer.precision,
-    )
 
     if seed is None:
         train_loader = make_loader(train_tensors, batch_size, shuffle=True)
@@ -387,6 +401,12 @@ def fit(
         )
     val_loader = make_loader(val_tensors, batch_size, shuffle=False) if has_val else None
 
+    threads = settings.torch_threads()
+    n_threads = threads.__enter__()
+    logger.info(
+        "biodiffuse: training on %s (%s device(s), precision %s, %d CPU thread(s): biodiffuse.settings.num_threads=%r)",
+        trainer.accelerator.__class__.__name__, trainer.num_devices, trainer.precision, n_threads, settings.num_threads,
+    )
     in_main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
     was_training = module.training
@@ -403,6 +423,7 @@ def fit(
         # A Ctrl+C that Lightning did not handle (e.g. while it set up, or another version).
         interrupted = True
     finally:
+        threads.__exit__(None, None, None)
         if in_main_thread and sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
             signal.signal(signal.SIGINT, sigint)
 
