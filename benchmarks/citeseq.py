@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,9 @@ def _summarise(all_rows: list[dict[str, Any]], per_protein: dict[str, list[np.nd
     metric_cols = [c for c in df.columns if c.startswith(("r_p", "r_c", "rmse", "crps", "es_", "cov"))]
     summary = df.groupby("method", sort=False)[metric_cols + ["fit_s", "impute_s_per_10k", "nfe_per_cell"]].agg(["mean", "std"])
     summary = summary.loc[sorted(summary.index, key=lambda m: (not str(m).startswith("MCD"), list(summary.index).index(m)))]
-    pp_mean = {m: np.nanmean(np.vstack(v), axis=0) for m, v in per_protein.items()}
+    with warnings.catch_warnings():  # a protein with no finite r_p (e.g. the constant "mean" predictor) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pp_mean = {m: np.nanmean(np.vstack(v), axis=0) for m, v in per_protein.items()}
     pp_frame = pd.DataFrame(pp_mean, index=names)
     return df, summary, pp_frame
 
