@@ -28,15 +28,17 @@ def test_plain_and_fast_paths_agree():
         if p.ndim > 1:
             torch.nn.init.normal_(p, std=0.2)
     x, cond, sigma = torch.randn(5, 7, 1, 1), torch.randn(5, 34, 1, 1), torch.rand(5) + 0.1
+    fast = net(x, sigma, cond)  # with gradients: the training paths (outer-product attention)
     with torch.no_grad():
-        fast = net(x, sigma, cond)
-        original = ChannelAttention.forward
-        try:
-            for m in net.modules():
-                if isinstance(m, Conv2d):
-                    m._pointwise_ok = False
-            ChannelAttention.forward = mcd_speed._plain_channel_attention
-            plain = net(x, sigma, cond)
-        finally:
-            ChannelAttention.forward = original
+        fast_sampling = net(x, sigma, cond)  # without: SDPA, as when sampling
+    original = ChannelAttention.forward
+    try:
+        for m in net.modules():
+            if isinstance(m, Conv2d):
+                m._pointwise_ok = False
+        ChannelAttention.forward = mcd_speed._plain_channel_attention
+        plain = net(x, sigma, cond)
+    finally:
+        ChannelAttention.forward = original
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_sampling, plain, rtol=1e-4, atol=1e-5)

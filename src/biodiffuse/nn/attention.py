@@ -91,7 +91,9 @@ class ChannelAttention(nn.Module):
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         q = q * (self.temperature / (h * w) ** 0.5)
-        if h * w == 1:  # 1 x 1 inputs (tables): the same attention as a plain product, far cheaper on CPU than SDPA
+        if h * w == 1 and torch.is_grad_enabled():
+            # 1 x 1 inputs (tables) in training: the same attention as outer products, whose backward is far
+            # cheaper on CPU than SDPA's; without gradients (sampling) SDPA's fused kernel is the faster one
             attn = torch.softmax(q * k.transpose(-2, -1), dim=-1)  # (b, heads, d, d): outer products
             out = (attn * v.transpose(-2, -1)).sum(dim=-1, keepdim=True)
         else:
