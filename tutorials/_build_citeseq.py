@@ -146,8 +146,8 @@ plt.close(fig)"""
         """## 3. Impute the proteins of RNA-only cells
 
 To mimic an RNA-only data set we remove the protein table from a copy of the test cells. `impute`
-draws `n_samples` posterior samples per cell with the Heun sampler (`steps` sampler steps; few here,
-to keep it fast) and writes two DataFrames to `obsm`: `MCD_imputed` (posterior mean) and
+draws `n_samples` posterior samples per cell with the model's ODE sampler (`steps` Euler steps from
+noise level 10, one network evaluation each; few here, to keep it fast) and writes two DataFrames to `obsm`: `MCD_imputed` (posterior mean) and
 `MCD_variance` (posterior variance), both on the scale of the raw ADT counts."""
     ),
     code(
