@@ -439,9 +439,9 @@ def test_epoch_lines_are_written_at_least_every_interval(capfd):
     the blocks would give one line per run."""
     from biodiffuse.train import EpochLine
 
-    _fit(_net(), max_epochs=4, enable_progress_bar=True, callbacks=[EpochLine(4, lines=1, interval=0.0)])
+    _fit(_net(), max_epochs=4, enable_progress_bar=None, callbacks=[EpochLine(4, lines=1, interval=0.0)])
     err = capfd.readouterr().err
     assert all(f"epoch {e}/4" in err for e in (1, 2, 3, 4))
-    _fit(_net(), max_epochs=4, enable_progress_bar=True, callbacks=[EpochLine(4, lines=1, interval=1e9)])
+    _fit(_net(), max_epochs=4, enable_progress_bar=None, callbacks=[EpochLine(4, lines=1, interval=1e9)])
     err = capfd.readouterr().err
     assert "epoch 4/4" in err and not any(f"epoch {e}/4" in err for e in (1, 2, 3))

@@ -129,7 +129,7 @@ def quiet_lightning() -> Iterator[None]:
 
 
 #: Internal callback types that a user callback of the same (base) type replaces.
-_REPLACEABLE: tuple[type, ...] = (LossHistory, EarlyStopping, WeightAveraging, Checkpoint)
+_REPLACEABLE: tuple[type, ...] = (LossHistory, EpochLine, EarlyStopping, WeightAveraging, Checkpoint)
 
 
 # --- seeds ------------------------------------------------------------------------------------
@@ -299,8 +299,8 @@ def fit(
         Lightning callbacks added to the internal ones (loss history, early stopping, EMA,
         checkpoint). A user callback that is a :class:`~lightning.pytorch.callbacks.EarlyStopping`,
         a weight-averaging callback (EMA / SWA), a :class:`~lightning.pytorch.callbacks.Checkpoint`
-        (both internal checkpoints: best and last) or a :class:`LossHistory` replaces the
-        internal one(s) of that type, and only those.
+        (both internal checkpoints: best and last), a :class:`LossHistory` or an
+        :class:`EpochLine` replaces the internal one(s) of that type, and only those.
     ckpt_path
         Resume from this Lightning checkpoint (e.g. ``checkpoint_dir/last.ckpt``): weights,
         optimiser, EMA and early-stopping state and the epoch counter.
