@@ -421,9 +421,9 @@ display(fig)
 plt.close(fig)"""
     ),
     md(
-        """In the run shown, the cell-type patterns of progenitor CD34, B-cell CD19, T-cell CD3 and
-myeloid CD11b carry over from the measured Abseq proteins to the imputed Xenium ones
-(correlations printed above), CD20 and CD38 less so, and CD8 and monocyte CD14 not at all. The
+        """In the run shown, the cell-type patterns of B-cell CD19 and CD20, T-cell CD3 and progenitor
+CD34 carry over from the measured Abseq proteins to the imputed Xenium ones (correlations printed
+above), CD38 and CD8 less so, and myeloid CD11b and monocyte CD14 not at all. The
 imputed values are on the Abseq antibody-count scale, and the posterior sd map shows where the
 model is unsure.
 
