@@ -401,18 +401,16 @@ def fit(
         )
     val_loader = make_loader(val_tensors, batch_size, shuffle=False) if has_val else None
 
-    threads = settings.torch_threads()
-    n_threads = threads.__enter__()
-    logger.info(
-        "biodiffuse: training on %s (%s device(s), precision %s, %d CPU thread(s): biodiffuse.settings.num_threads=%r)",
-        trainer.accelerator.__class__.__name__, trainer.num_devices, trainer.precision, n_threads, settings.num_threads,
-    )
     in_main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
     was_training = module.training
     interrupted = False
     try:
-        with _local_rng(seed), quiet_lightning():
+        with _local_rng(seed), quiet_lightning(), settings.torch_threads() as n_threads:
+            logger.info(
+                "biodiffuse: training on %s (%s device(s), precision %s, %d CPU thread(s): biodiffuse.settings.num_threads=%r)",
+                trainer.accelerator.__class__.__name__, trainer.num_devices, trainer.precision, n_threads, settings.num_threads,
+            )
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     except SystemExit as exc:
         # Lightning 2.x: KeyboardInterrupt -> on_exception hooks, teardown, sys.exit(1).
@@ -423,7 +421,6 @@ def fit(
         # A Ctrl+C that Lightning did not handle (e.g. while it set up, or another version).
         interrupted = True
     finally:
-        threads.__exit__(None, None, None)
         if in_main_thread and sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
             signal.signal(signal.SIGINT, sigint)
 
