@@ -24,7 +24,7 @@ from anndata import AnnData
 
 from biodiffuse.baselines import fit_predict, fit_predict_draws, gene_features
 from biodiffuse.data import ChannelNormalizer, get_obsm_frame
-from biodiffuse.metrics import crps, energy_score, imputation_metrics, interval_coverage
+from biodiffuse.metrics import imputation_metrics, score_draws
 from biodiffuse.models import MCD
 
 __all__ = ["run_fold", "run_benchmark", "main"]
@@ -37,9 +37,9 @@ LEVELS = (0.5, 0.8, 0.9)
 
 def _score_draws(y_true_norm: np.ndarray, draws_norm: np.ndarray) -> dict[str, float]:
     """CRPS (mean over proteins), energy score (mean over cells) and interval coverage, normalised scale."""
-    cov = interval_coverage(y_true_norm, draws_norm, LEVELS).mean(axis=0)
-    out = {"crps_norm": float(crps(y_true_norm, draws_norm).mean()), "es_norm": float(energy_score(y_true_norm, draws_norm).mean())}
-    out.update({f"cov{int(100 * q)}": float(cov[q]) for q in LEVELS})
+    s = score_draws(y_true_norm, draws_norm, levels=LEVELS)
+    out = {"crps_norm": s["crps"], "es_norm": s["energy_score"]}
+    out.update({f"cov{round(100 * q)}": s[f"coverage{round(100 * q)}"] for q in LEVELS})
     return out
 
 

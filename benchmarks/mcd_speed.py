@@ -3,10 +3,12 @@
 Run ``python benchmarks/mcd_speed.py --help``. Times, as medians over repeats, one optimiser
 step (forward, backward, AdamW) on a batch of 256 cells and one denoiser call on 2,560 draws,
 for the gene -> protein network at the ECCITE-seq shape (1,000 condition genes, 49 proteins,
-MCD's default sizes), with the package's 1 x 1 paths (convolutions as matrix products, channel
-attention as outer products) and, with ``--plain``, with ordinary convolutions and
-``scaled_dot_product_attention`` (what the network ran before those paths existed). Both give
-the same numbers to float rounding (tests/test_nn.py).
+MCD's default sizes), in three versions: "plain" (ordinary convolutions,
+``scaled_dot_product_attention`` and AdamW's loop over the weight tensors: what training ran
+before the faster paths existed), the package's 1 x 1 paths (convolutions as matrix products,
+channel attention as outer products) with that AdamW loop, and the 1 x 1 paths with the fused
+AdamW that training now uses. All compute the same function to float rounding
+(tests/test_nn.py); sampling does not use the optimiser, so its two 1 x 1 rows differ by noise.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from torch.nn import functional as F
 
 from biodiffuse.module.mcd import MCDObjective, build_network
 from biodiffuse.nn import ChannelAttention, Conv2d
+from biodiffuse.train import GenerativeModule
 
-__all__ = ["time_network", "main"]
+__all__ = ["PATHS", "time_network", "main"]
+
+#: (label, plain network paths, fused AdamW)
+PATHS = (("plain conv + SDPA, AdamW loop", True, False), ("1x1 paths, AdamW loop", False, False), ("1x1 paths, fused AdamW", False, True))
 
 
 def _plain_channel_attention(self: ChannelAttention, x: torch.Tensor) -> torch.Tensor:
@@ -33,8 +39,10 @@ def _plain_channel_attention(self: ChannelAttention, x: torch.Tensor) -> torch.T
     return x + self.proj(F.scaled_dot_product_attention(q, k, v, scale=1.0).reshape(b, c, h, w))
 
 
-def time_network(plain: bool, n_genes: int = 1000, n_proteins: int = 49, batch: int = 256, repeats: int = 20, seed: int = 0) -> dict:
-    """Median seconds of a training step and of a sampling call (``10 * batch`` draws)."""
+def time_network(plain: bool, n_genes: int = 1000, n_proteins: int = 49, batch: int = 256, repeats: int = 20, seed: int = 0,
+                 fused: bool | None = None) -> dict:
+    """Median seconds of a training step and of a sampling call (``10 * batch`` draws); ``fused``
+    (default: not ``plain``) takes the package's fused AdamW instead of AdamW's loop."""
     torch.manual_seed(seed)
     net = build_network(n_proteins, n_genes, spatial=False, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, heads=4,
                         dropout=0.1, cond_dropout=0.5, sigma_data=0.5)
@@ -48,7 +56,10 @@ def time_network(plain: bool, n_genes: int = 1000, n_proteins: int = 49, batch: 
         objective = MCDObjective(0.0, "all", 0.5)
         data = {"x": torch.rand(batch, n_proteins) * 2 - 1, "available": torch.ones(batch, n_proteins, dtype=torch.bool),
                 "genes": torch.randn(batch, n_genes)}
-        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        if (not plain) if fused is None else fused:  # what training runs: the shared module's optimiser
+            opt = GenerativeModule(net, objective, lr=1e-3).configure_optimizers()
+        else:  # AdamW's loop over the weight tensors, as before the fused optimiser
+            opt = torch.optim.AdamW(net.parameters(), 1e-3, fused=False, foreach=False)
 
         def step() -> None:
             loss = objective(net, data, None)
@@ -94,9 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for plain in (True, False):
-                r = time_network(plain, repeats=args.repeats)
-                rows.append(dict(threads=threads, path="plain conv + SDPA" if plain else "1x1 paths", **r))
+            for path, plain, fused in PATHS:
+                rows.append(dict(threads=threads, path=path, **time_network(plain, repeats=args.repeats, fused=fused)))
     finally:
         torch.set_num_threads(before)
     lines = ["| threads | path | train step (ms, batch 256) | train cells / s | sampling call (ms, 2,560 draws) | draws / s |", "|---|---|---|---|---|---|"]

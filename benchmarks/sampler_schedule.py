@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from biodiffuse.data import ChannelNormalizer, get_obsm_frame
-from biodiffuse.metrics import crps, interval_coverage, pearson_per_channel
+from biodiffuse.metrics import score_draws
 from biodiffuse.models import MCD
 
 __all__ = ["run", "main"]
@@ -39,21 +39,17 @@ HEUN_EDM = dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
 
 
 def _score(model: MCD, query, y: np.ndarray, settings: dict[str, Any], steps: int, n_samples: int, seed: int) -> dict[str, Any]:
-    saved = dict(model.init_args)
-    model.init_args.update(settings)
+    before = model.sampler_settings
+    model.set_sampler(**settings)
     try:
         t0 = time.perf_counter()
         post = model.posterior(query, n_samples=n_samples, steps=steps, seed=seed, return_draws=True)
         el = time.perf_counter() - t0
         nfe = model.network_evaluations(steps=steps)
     finally:
-        model.init_args = saved
-    d = post["draws_normalized"]
-    return dict(
-        **settings, steps=steps, nfe=nfe, r_p=float(np.nanmean(pearson_per_channel(y, d.mean(axis=1)))),
-        crps=float(crps(y, d).mean()), coverage80=float(np.asarray(interval_coverage(y, d, (0.8,))).mean()),
-        cells_per_s=len(y) / el,
-    )
+        model.set_sampler(**before)
+    s = score_draws(y, post["draws_normalized"], levels=(0.8,), energy=False)
+    return dict(**settings, steps=steps, nfe=nfe, r_p=s["r_p"], crps=s["crps"], coverage80=s["coverage80"], cells_per_s=len(y) / el)
 
 
 def run(max_epochs: int | None = 600, nfe: int = 5, n_samples: int = 10, reference_steps: int = 500, seed: int = 0,
@@ -71,10 +67,10 @@ def run(max_epochs: int | None = 600, nfe: int = 5, n_samples: int = 10, referen
     t0 = time.perf_counter()
     model.train(max_epochs=max_epochs, seed=seed)
     fit_s = time.perf_counter() - t0
-    default = {k: model.init_args[k] for k in HEUN_EDM}
+    default = model.sampler_settings
 
     val_table = model.tune_sampler(nfe=nfe, n_samples=n_samples, seed=seed)
-    chosen = {k: model.init_args[k] for k in HEUN_EDM}
+    chosen = model.sampler_settings
     query = test.copy()
     del query.obsm[KEY]
     y = ChannelNormalizer.from_dict(model.registry["normalizer"]).transform(get_obsm_frame(test, KEY)[model.target_names].to_numpy(float))

@@ -11,7 +11,7 @@ mcd_speed = pytest.importorskip("mcd_speed")
 def test_driver_times_both_paths(tmp_path):
     res = mcd_speed.main(["--repeats", "1", "--threads", "1", "--out", str(tmp_path / "s")])
     paths = {r["path"] for r in res["rows"]}
-    assert paths == {"plain conv + SDPA", "1x1 paths"}
+    assert paths == {"plain conv + SDPA, AdamW loop", "1x1 paths, AdamW loop", "1x1 paths, fused AdamW"}
     assert all(r["train_step_s"] > 0 and r["sample_draws_per_s"] > 0 for r in res["rows"])
     assert "| threads | path |" in (tmp_path / "s.md").read_text()
 

@@ -85,6 +85,29 @@ def test_gaussian_samples_shape_and_moments(rng):
     np.testing.assert_allclose(draws.std(1), np.tile([1.0, 3.0], (3, 1)), rtol=0.03)
 
 
+def test_score_draws_agrees_with_the_single_scores_and_skips_unmeasured_entries(rng):
+    y = rng.normal(size=(60, 4))
+    draws = 0.6 * y[:, None, :] + rng.normal(size=(60, 12, 4))
+    s = M.score_draws(y, draws)
+    assert s["crps"] == pytest.approx(M.crps(y, draws).mean())
+    assert s["energy_score"] == pytest.approx(M.energy_score(y, draws).mean())
+    assert s["r_p"] == pytest.approx(np.mean([stats.pearsonr(y[:, j], draws[:, :, j].mean(1))[0] for j in range(4)]))
+    cov = M.interval_coverage(y, draws).mean()
+    assert [s["coverage50"], s["coverage80"], s["coverage90"]] == pytest.approx(list(cov))
+    # NaN truths: left out entry by entry; the energy score keeps only complete cells
+    partial = y.copy()
+    partial[:15, 1] = np.nan
+    t = M.score_draws(partial, draws, levels=(0.8,))
+    per_channel = [M.crps(y[:, [0]], draws[:, :, [0]])[0], M.crps(y[15:, [1]], draws[15:, :, [1]])[0],
+                   *M.crps(y[:, 2:], draws[:, :, 2:])]
+    assert t["crps"] == pytest.approx(np.mean(per_channel))
+    assert t["energy_score"] == pytest.approx(M.energy_score(y[15:], draws[15:]).mean())
+    assert set(t) == {"crps", "energy_score", "r_p", "coverage80"}
+    assert "energy_score" not in M.score_draws(y, draws, energy=False)
+    with pytest.raises(ValueError, match="no measured"):
+        M.score_draws(np.full((3, 2), np.nan), draws[:3, :, :2])
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

@@ -326,6 +326,9 @@ def test_xenium_crop_real():
     assert tiles.shape[1:] == (1, 64, 64) and 0.8 * table.n_obs < len(kept) <= table.n_obs
     assert tiles.min() >= 0 and tiles.max() <= 1
     assert tiles[:, 0, 28:36, 28:36].mean() > tiles.mean()  # nuclei at the centre
+    # a box without cells: a clear error, not one from deep inside spatialdata
+    with pytest.raises(ValueError, match="holds no cell centroid"):
+        xenium_bone_marrow(XENIUM, crop=(0, 0, 1500, 1500))
 
 
 @pytest.mark.skipif(not HER2ST.is_dir(), reason=f"shared data folder {HER2ST} not present")

@@ -458,7 +458,7 @@ def test_tune_sampler_chooses_on_validation_cells_and_keeps_the_choice(trained, 
     y = norm.transform(test.obsm[KEY].to_numpy(float))
     few = model.posterior(rna_only(test), n_samples=8, steps=int(best["steps"]), return_draws=True)
     ref_model = copy.deepcopy(trained)
-    ref_model.init_args.update(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    ref_model.set_sampler(solver="heun", sigma_max=80.0, sigma_min=0.002)
     many = ref_model.posterior(rna_only(test), n_samples=8, steps=60, return_draws=True)
     crps_few = bd.metrics.crps(y, few["draws_normalized"]).mean()
     crps_many = bd.metrics.crps(y, many["draws_normalized"]).mean()
@@ -466,7 +466,7 @@ def test_tune_sampler_chooses_on_validation_cells_and_keeps_the_choice(trained, 
 
     model.save(tmp_path / "tuned")
     loaded = MCD.load(tmp_path / "tuned", test)
-    assert loaded._sampler_settings() == model._sampler_settings()
+    assert loaded.sampler_settings == model.sampler_settings
     with pytest.raises(ValueError, match="validation cells"):
         loaded.tune_sampler(nfe=3)  # a loaded model does not know its validation cells
     with pytest.raises(ValueError, match="n_samples"):
@@ -481,8 +481,24 @@ def test_sampler_settings_are_validated_and_old_models_keep_heun(split) -> None:
         with pytest.raises(ValueError, match=match):
             MCD(a, n_genes=50, **bad)
     model = MCD(a, n_genes=50)
-    assert model._sampler_settings() == {"solver": "euler", "sigma_max": 10.0, "sigma_min": 0.05, "rho": 7.0}
+    assert model.sampler_settings == {"solver": "euler", "sigma_max": 10.0, "sigma_min": 0.05, "rho": 7.0}
     for k in ("solver", "sigma_max", "sigma_min", "rho"):  # a model saved before these were settings
         del model.init_args[k]
-    assert model._sampler_settings() == {"solver": "heun", "sigma_max": 80.0, "sigma_min": 0.002, "rho": 7.0}
+    assert model.sampler_settings == {"solver": "heun", "sigma_max": 80.0, "sigma_min": 0.002, "rho": 7.0}
     assert model.network_evaluations(steps=5) == 9
+
+
+def test_set_sampler_checks_like_the_constructor_and_keeps_what_is_not_given(split) -> None:
+    a = split[0][:60].copy()
+    MCD.setup_anndata(a, protein_obsm_key=KEY)
+    model = MCD(a, n_genes=50)
+    model.set_sampler(solver="heun", sigma_max=80.0)
+    assert model.sampler_settings == {"solver": "heun", "sigma_max": 80.0, "sigma_min": 0.05, "rho": 7.0}
+    assert model.network_evaluations(steps=5) == 9
+    for bad, match in (({"solver": "rk4"}, "solver"), ({"sigma_min": 100.0}, "sigma_min"), ({"rho": 0}, "rho")):
+        with pytest.raises(ValueError, match=match):
+            model.set_sampler(**bad)
+    assert model.sampler_settings["solver"] == "heun" and model.sampler_settings["sigma_min"] == 0.05  # a refused change leaves it
+    settings = model.sampler_settings
+    settings["solver"] = "euler"  # a copy: editing it does not change the model
+    assert model.sampler_settings["solver"] == "heun"

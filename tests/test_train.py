@@ -366,6 +366,26 @@ def test_adversarial_objective_alternates_two_optimisers_like_the_hand_written_s
     assert hist["val_loss"].iloc[0] == pytest.approx(float(ref(ref_net, val, None)), rel=1e-5)
 
 
+def test_optimiser_is_fused_adamw_with_the_same_update_as_the_loop():
+    """Training's AdamW runs the fused kernel on CPU float weights, and it takes the same step as
+    AdamW's per-tensor loop (so models train as before, only faster)."""
+    import copy
+
+    net = _net()
+    ref = copy.deepcopy(net)
+    mse = lambda m, batch, gen: ((m(batch["x"]) - batch["y"]) ** 2).mean()  # noqa: E731
+    opt = GenerativeModule(net, mse, lr=1e-2, weight_decay=1e-4).configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    loop = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=1e-4, fused=False, foreach=False)
+    for _ in range(3):
+        for model, o in ((net, opt), (ref, loop)):
+            o.zero_grad()
+            mse(model, _data(), None).backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_adversary_must_be_a_module():
     objective = _ToyAdversarial()
     objective.adversary = "critic"

@@ -202,11 +202,16 @@ def xenium_bone_marrow(
     folder = _folder(_XENIUM, path, XENIUM_BONE_MARROW_FILES)
     meta = pd.read_parquet(folder / "cell_metadata.parquet")
     xy = np.stack(meta["geometry"].to_numpy()).astype(np.float64)
-    image, box, _ = _read_image(folder / "dapi_level15_stitched.png", crop)
+    image, box, (full_h, full_w) = _read_image(folder / "dapi_level15_stitched.png", crop)
     if image.ndim != 2:
         raise ValueError(f"dapi_level15_stitched.png: expected one grey channel, got shape {image.shape}.")
     keep = _inside(xy, box)
     rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise ValueError(
+            f"crop {tuple(int(v) for v in box)} holds no cell centroid (cells lie within x {xy[:, 0].min():.0f}-{xy[:, 0].max():.0f}, "
+            f"y {xy[:, 1].min():.0f}-{xy[:, 1].max():.0f} of the {full_w} x {full_h} image); choose a box with cells."
+        )
 
     with h5py.File(folder / "cell_feature_matrix.h5", "r") as h5:
         m = h5["matrix"]

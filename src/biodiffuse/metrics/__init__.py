@@ -1,6 +1,15 @@
 """Metrics for imputed / generated biological measurements."""
 
-from .calibration import crps, crps_gaussian, energy_score, gaussian_coverage, gaussian_samples, interval_coverage, pit_values
+from .calibration import (
+    crps,
+    crps_gaussian,
+    energy_score,
+    gaussian_coverage,
+    gaussian_samples,
+    interval_coverage,
+    pit_values,
+    score_draws,
+)
 from .conditioning import conditioning_fidelity, paired_difference, tile_features
 from .images import feature_distance, fid, image_fid_kid, inception_features, kid, psnr, ssim
 from .imputation import as_float_2d, imputation_metrics, pearson_per_cell, pearson_per_channel, rmse
@@ -26,6 +35,7 @@ __all__ = [
     "gaussian_samples",
     "interval_coverage",
     "pit_values",
+    "score_draws",
     "MORPHOMETRY_FEATURES",
     "SPATIAL_METRICS",
     "accuracy_score",

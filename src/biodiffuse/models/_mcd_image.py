@@ -394,6 +394,6 @@ class MCDImageMixin:
             image_key=image_key, n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing,
             imputed=names, variance_key_added=vkey, table_key=table_key if with_table else None,
             table_obsm_keys=[cell_key, cell_vkey] if with_table else None,
-            network_evaluations_per_draw=self.network_evaluations(steps=steps), **self._sampler_settings(),
+            network_evaluations_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return sdata.images[key]

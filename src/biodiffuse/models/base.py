@@ -77,6 +77,11 @@ class BaseModel:
     def _build_network(self) -> nn.Module:
         raise NotImplementedError
 
+    def _training_defaults(self) -> dict[str, Any]:
+        """The :meth:`train` defaults for this instance (``_train_defaults``; a model whose
+        modes train differently, e.g. MCD on tables and on images, overrides this)."""
+        return self._train_defaults
+
     def _validate_query(self, adata: Any) -> None:
         raise NotImplementedError
 
@@ -166,7 +171,7 @@ class BaseModel:
                 f"No data attached to this {self._model_name}; pass it to {self._model_name}(...) "
                 f"or {self._model_name}.load(..., adata)."
             )
-        d = self._train_defaults
+        d = self._training_defaults()
         batch_size = int(d["batch_size"] if batch_size is None else batch_size)
         lr = float(d["lr"] if lr is None else lr)
         weight_decay = float(d["weight_decay"] if weight_decay is None else weight_decay)
@@ -186,9 +191,12 @@ class BaseModel:
             early_stopping_patience = d["early_stopping_patience"]
         if ema_decay == "default":
             ema_decay = d["ema_decay"]
-        max_epochs, patience, ema = self._schedule(
-            max_epochs, early_stopping_patience, ema_decay, n_train, batch_size,
-            steps=d["steps"], epochs=tuple(d["epochs"]), min_patience=d["min_patience"],
+        plan = dict(steps=d["steps"], epochs=tuple(d["epochs"]), min_patience=d["min_patience"])
+        max_epochs, patience, ema = self._schedule(max_epochs, early_stopping_patience, ema_decay, n_train, batch_size, **plan)
+        self.registry["training_plan"] = dict(  # what this call ran, and what the defaults choose for these data
+            n_train=int(n_train), batch_size=batch_size, steps_per_epoch=max(1, math.ceil(n_train / batch_size)),
+            max_epochs=int(max_epochs), patience=None if patience is None else int(patience),
+            default_max_epochs=int(self._schedule(d["max_epochs"], None, "auto", n_train, batch_size, **plan)[0]),
         )
         history = self._run_training(
             objective, train_t, val_t if val_t and len(next(iter(val_t.values()))) else None,

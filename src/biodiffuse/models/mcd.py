@@ -38,6 +38,22 @@ __all__ = ["MCD", "MCDObjective", "build_condition"]
 
 logger = logging.getLogger("biodiffuse")
 
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+
+
+def _checked_sampler(*, solver: str, sigma_max: float, sigma_min: float, rho: float) -> dict[str, Any]:
+    """The sampler settings as stored in ``init_args``, after clear errors for bad ones."""
+    network_evaluations(1, solver)  # a clear error for an unknown solver
+    for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min), ("rho", rho)):
+        _check_positive(name, value)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"Need sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    return dict(solver=solver, sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho))
+
+
 _GENE_CHUNK = 256  # rows of the full gene matrix read at once (library sizes)
 
 
@@ -57,8 +73,11 @@ class MCD(img.MCDImageMixin, BaseModel):
     Training (:meth:`train`, the shared signature) defaults: batch 256, AdamW lr 1e-3 and
     weight decay 1e-4, 90 % of the cells for training (the rest for early stopping; the
     normaliser, gene standardisation and gene PCA are fitted on the training cells only), about
-    6,000 optimiser steps within 100-3,000 epochs, patience a tenth of the epochs (at least
-    20), EMA of the weights over about the last tenth of the steps. Data option:
+    1,500 optimiser steps within 20-3,000 epochs for tables (6,000 within 100-3,000 for image
+    tiles), patience a tenth of the epochs (at least 20), EMA of the weights over about the
+    last tenth of the steps. On tables 1,500 steps were as good as 750 and better than 3,000
+    or 6,000 on a held-out donor (``docs/benchmarks.md``), and 3,000 cells trained in 6
+    minutes on two CPU cores. Data option:
     ``holdout`` (images only): boolean ``(H, W)`` mask of pixels never used for training or
     validation (e.g. a test region from :func:`~biodiffuse.data.spatial_split`); for images
     the validation split is a set of whole blocks (``1 - train_size`` of the image) and only
@@ -116,10 +135,15 @@ class MCD(img.MCDImageMixin, BaseModel):
     """
 
     _model_name = "MCD"
+    # Tables: about 1,500 steps. On an Abseq donor fold (3,000 training cells) 750 / 1,500 / 3,000 / 6,000
+    # steps scored CRPS 0.1104 / 0.1097 / 0.1105 / 0.1129 and r_p 0.519 / 0.516 / 0.506 / 0.484 on the
+    # held-out donor (docs/benchmarks.md): longer training fitted the training donors, not the new one.
     _train_defaults = dict(
-        batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=6000,
-        epochs=(100, 3000), early_stopping_patience=None, min_patience=20, ema_decay="auto", lr_warmup_steps=0,
+        batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=1500,
+        epochs=(20, 3000), early_stopping_patience=None, min_patience=20, ema_decay="auto", lr_warmup_steps=0,
     )
+    # Images (tiles): the earlier 6,000 steps, not re-measured.
+    _image_train_defaults = {**_train_defaults, "steps": 6000, "epochs": (100, 3000)}
     _data_kwargs = ("holdout",)
     _inference_batch = 256  # cells per sampling batch (tiles: see MCDImageMixin)
     _network_chunk = 256  # draws per network call (fixed, so results do not depend on batch_size)
@@ -206,15 +230,14 @@ class MCD(img.MCDImageMixin, BaseModel):
         if not 0.0 <= observed_fraction <= 1.0:
             raise ValueError(f"observed_fraction must lie in [0, 1], got {observed_fraction}.")
         table = mode != "image"  # the sampler defaults measured on tables (see the docstring)
-        solver = ("euler" if table else "heun") if solver is None else solver
-        sigma_max = (10.0 if table else 80.0) if sigma_max is None else sigma_max
-        sigma_min = (0.05 if table else 0.002) if sigma_min is None else sigma_min
-        network_evaluations(1, solver)  # a clear error for an unknown solver
-        for name, value in (("sigma_data", sigma_data), ("sigma_max", sigma_max), ("sigma_min", sigma_min), ("rho", rho), ("P_std", P_std)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
-        if sigma_min >= sigma_max:
-            raise ValueError(f"Need sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+        sampler = _checked_sampler(
+            solver=("euler" if table else "heun") if solver is None else solver,
+            sigma_max=(10.0 if table else 80.0) if sigma_max is None else sigma_max,
+            sigma_min=(0.05 if table else 0.002) if sigma_min is None else sigma_min,
+            rho=rho,
+        )
+        for name, value in (("sigma_data", sigma_data), ("P_std", P_std)):
+            _check_positive(name, value)
         if isinstance(P_mean, bool) or not isinstance(P_mean, (int, float)) or not np.isfinite(P_mean):
             raise ValueError(f"P_mean must be a finite number, got {P_mean!r}.")
         self.registry = {"setup": setup, "mode": mode}
@@ -246,13 +269,15 @@ class MCD(img.MCDImageMixin, BaseModel):
             n_genes=n_genes, gene_pcs=gene_pcs, target_channels=target_channels, observed_fraction=observed_fraction,
             loss_on=loss_on, model_channels=model_channels, channel_mult=list(channel_mult), num_blocks=num_blocks,
             heads=heads, dropout=dropout, cond_dropout=cond_dropout, sigma_data=sigma_data,
-            solver=solver, sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho),
-            P_mean=float(P_mean), P_std=float(P_std),
+            **sampler, P_mean=float(P_mean), P_std=float(P_std),
         )
         self.adata = adata
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.network = self._build_network()
+
+    def _training_defaults(self) -> dict[str, Any]:
+        return self._image_train_defaults if self.registry["mode"] == "image" else self._train_defaults
 
     # --- fields and set-up helpers ---------------------------------------------------------
     def _gene_field(self) -> MatrixField:
@@ -387,8 +412,12 @@ class MCD(img.MCDImageMixin, BaseModel):
             P_mean=a.get("P_mean", -1.2), P_std=a.get("P_std", 1.2),
         )
 
-    def _sampler_settings(self) -> dict[str, Any]:
-        """The sampler's solver and Karras schedule (models saved before these were settings: EDM's Heun)."""
+    @property
+    def sampler_settings(self) -> dict[str, Any]:
+        """The sampler's solver and Karras schedule (a copy; change them with :meth:`set_sampler`).
+
+        Models saved before these were settings load with EDM's Heun from 80 to 0.002.
+        """
         a = self.init_args
         return dict(
             solver=a.get("solver", "heun"), sigma_max=a.get("sigma_max", 80.0), sigma_min=a.get("sigma_min", 0.002), rho=a.get("rho", 7.0)
@@ -396,7 +425,7 @@ class MCD(img.MCDImageMixin, BaseModel):
 
     def _sampler(self, steps: int):
         """The ODE sampler on this model's schedule."""
-        return edm_sampler(steps, **self._sampler_settings())
+        return edm_sampler(steps, **self.sampler_settings)
 
     def network_evaluations(self, *, steps: int) -> int:
         """Network evaluations per draw that ``steps`` sampler steps cost with this model's solver.
@@ -411,7 +440,33 @@ class MCD(img.MCDImageMixin, BaseModel):
         >>> model.network_evaluations(steps=5)       # Euler (tables' default): 5; Heun: 9
         5
         """
-        return network_evaluations(steps, self._sampler_settings()["solver"])
+        return network_evaluations(steps, self.sampler_settings["solver"])
+
+    def set_sampler(
+        self, *, solver: str | None = None, sigma_max: float | None = None, sigma_min: float | None = None, rho: float | None = None
+    ) -> None:
+        """Change the sampler (ODE solver and Karras noise schedule) used by :meth:`impute` / :meth:`posterior`.
+
+        Arguments left as None keep their current value; the new settings are checked as in
+        the constructor and kept by :meth:`save`. :meth:`tune_sampler` chooses them on
+        validation cells.
+
+        Parameters
+        ----------
+        solver
+            ``"euler"`` or ``"heun"``.
+        sigma_max, sigma_min, rho
+            The Karras schedule: highest and lowest noise level and its curvature.
+
+        Examples
+        --------
+        >>> model.set_sampler(solver="heun", sigma_max=80.0, sigma_min=0.002)   # EDM's sampler
+        >>> model.network_evaluations(steps=18)
+        35
+        """
+        current = self.sampler_settings
+        given = dict(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
+        self.init_args.update(_checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()}))
 
     def tune_sampler(
         self,
@@ -451,8 +506,9 @@ class MCD(img.MCDImageMixin, BaseModel):
         Returns
         -------
         pandas.DataFrame
-            One row per candidate: its settings, ``crps``, ``r_p`` (mean per-channel Pearson of
-            the draws' mean) and ``coverage80`` (central 80 % intervals), best first. Also kept
+            One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` (mean
+            per-channel Pearson of the draws' mean) and ``coverage80`` (central 80 % intervals)
+            as :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS first. Also kept
             in ``registry["sampler_tuning"]`` (the chosen row).
 
         Examples
@@ -462,7 +518,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         >>> model.impute(query, n_samples=10, steps=int(table.iloc[0]["steps"]))
         """
         from ..diffusion import choose_schedule, schedule_grid
-        from ..metrics import crps, interval_coverage, pearson_per_channel
+        from ..metrics import score_draws
 
         if self.registry["mode"] == "image":
             raise TypeError("tune_sampler scores table models (gene -> protein, channels); image models keep their schedule.")
@@ -489,28 +545,16 @@ class MCD(img.MCDImageMixin, BaseModel):
         y = ChannelNormalizer.from_dict(self.registry["normalizer"]).transform(truth)[:, cols]
         if np.isnan(y).all():
             raise ValueError("The scoring cells have no measured value in the channels to impute.")
-        saved = dict(self.init_args)
+        prepared = self._prepare_query(query, rows, missing=None if self.gene_mode else missing)  # genes read once
 
         def score(cand: dict[str, Any]) -> dict[str, float]:
-            self.init_args.update({k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
-            post = self.posterior(query, indices=rows, n_samples=n_samples, steps=int(cand["steps"]), seed=seed,
-                                  device=device, missing=None if self.gene_mode else missing, return_draws=True)
-            d = post["draws_normalized"][:, :, cols]
-            ok = ~np.isnan(y)
-            full = ok.all(axis=1)  # coverage on cells measured in every imputed channel
-            yy = np.where(ok, y, np.nanmean(y, axis=0))
-            return {
-                "crps": float(np.nanmean(np.where(ok, crps(yy, d), np.nan))),
-                "r_p": float(np.nanmean(pearson_per_channel(yy, d.mean(axis=1)))),
-                "coverage80": float(np.asarray(interval_coverage(yy[full], d[full], (0.8,))).mean()) if full.any() else np.nan,
-            }
+            sampler = edm_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+            draws = self._draw(prepared, sampler, n_samples=n_samples, seed=seed, device=device, return_draws=True)
+            return score_draws(y, draws["draws_normalized"][:, :, cols], levels=(0.8,))
 
-        try:
-            table = choose_schedule(score, list(candidates) if candidates is not None else schedule_grid(nfe))
-        finally:
-            self.init_args = saved
+        table = choose_schedule(score, list(candidates) if candidates is not None else schedule_grid(nfe))
         best = table.iloc[0]
-        self.init_args.update(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
+        self.set_sampler(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
         self.registry["sampler_tuning"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
         logger.info(
             "MCD: sampler chosen on %d validation cells at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (CRPS %.4f)",
@@ -629,7 +673,15 @@ class MCD(img.MCDImageMixin, BaseModel):
             raise TypeError("Image models: use image_posterior(sdata, ...) or impute(sdata, ...).")
         adata, rows = self._query(adata, indices)
         check_adata(adata, "query")  # names are matched and values checked as the rows are read
-        batch_size = self._inference_batch if batch_size is None else batch_size
+        prepared = self._prepare_query(adata, rows, observed=observed, missing=missing)
+        return self._draw(prepared, self._sampler(steps), n_samples=n_samples, seed=seed, device=device,
+                          batch_size=batch_size, return_draws=return_draws)
+
+    def _prepare_query(
+        self, adata: AnnData, rows: np.ndarray, *, observed: Sequence[str] | None = None, missing: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Read the query once: the observed channel values and mask, the model-scale inputs and
+        the standardised genes of ``rows``, ready for :meth:`_draw` (with any sampler)."""
         names = self.registry["target_names"]
         keep = self._observed_mask(observed, missing)
         values = self._target_values(adata, rows, require_all=False)
@@ -642,14 +694,25 @@ class MCD(img.MCDImageMixin, BaseModel):
         obs_mask = ~np.isnan(values)
         if obs_mask.any() and self.init_args["observed_fraction"] == 0:
             warnings.warn("This model was trained without channel masking; observed channels are clamped but not used as condition.")
-        x = np.nan_to_num(self._to_model_scale(values), nan=0.0).astype(np.float32)
-        genes = self._standardised_genes(self._log_genes(adata, rows)) if self.gene_mode else None
+        return dict(
+            values=values, observed=obs_mask, rows=rows, keys=self._row_keys(adata.obs_names[rows]),
+            x=np.nan_to_num(self._to_model_scale(values), nan=0.0).astype(np.float32),
+            genes=self._standardised_genes(self._log_genes(adata, rows)) if self.gene_mode else None,
+        )
+
+    def _draw(
+        self, prepared: dict[str, Any], sampler: Any, *, n_samples: int, seed: int, device: str,
+        batch_size: int | None = None, return_draws: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Sample the prepared query with ``sampler``; the dict :meth:`posterior` returns."""
+        x, obs_mask, genes, values = prepared["x"], prepared["observed"], prepared["genes"], prepared["values"]
+        batch_size = self._inference_batch if batch_size is None else batch_size
 
         def read(r: np.ndarray):
             return x[r], obs_mask[r], None if genes is None else genes[r]
 
         norm = ChannelNormalizer.from_dict(self.registry["normalizer"])
-        c = len(names)
+        c = len(self.registry["target_names"])
 
         def normalized(d: np.ndarray, r: np.ndarray) -> np.ndarray:
             return (d.reshape(*d.shape[:2], c) + 1.0) / 2.0
@@ -660,11 +723,12 @@ class MCD(img.MCDImageMixin, BaseModel):
 
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
+        n = len(prepared["rows"])
         res = sample_rows(
-            make_prepare(net, read, self._network_chunk), len(rows), (c, 1, 1), seeds=row_seeds(seed, self._row_keys(adata.obs_names[rows])),
-            sampler=self._sampler(steps), n_samples=n_samples, batch_size=batch_size, device=dev,
+            make_prepare(net, read, self._network_chunk), n, (c, 1, 1), seeds=row_seeds(seed, prepared["keys"]),
+            sampler=sampler, n_samples=n_samples, batch_size=batch_size, device=dev,
             # the normalised scale first: it is the one whose draws are kept
-            reducer=Moments(len(rows), transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws)),
+            reducer=Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws)),
         )
         out = {
             "mean": np.where(obs_mask, values, res["mean"]),
@@ -672,7 +736,7 @@ class MCD(img.MCDImageMixin, BaseModel):
             "mean_normalized": res["normalized_mean"],
             "variance_normalized": res["normalized_variance"],
             "observed": obs_mask,
-            "rows": rows,
+            "rows": prepared["rows"],
         }
         if return_draws:
             out["draws_normalized"] = res["draws"]
@@ -794,7 +858,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         self._record_run(query, key, dict(
             n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing, variance_key_added=vkey,
             n_cells=len(rows), mode=self.registry["mode"], network_evaluations_per_draw=self.network_evaluations(steps=steps),
-            **self._sampler_settings(),
+            **self.sampler_settings,
         ))
         return mean
 

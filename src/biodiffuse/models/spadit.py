@@ -93,7 +93,9 @@ class SpaDiT(BaseModel):
         Genes per DiT token; default ``max(4, ceil(n_genes / 64))``, so that a 1,000-gene
         model has about 64 tokens (attention cost grows with the square of the tokens).
     dim, depth, heads, dropout
-        The DiT.
+        The DiT. The defaults (64, 2) are the size every SpaDiT benchmark ran; a 4x larger DiT
+        (128, 4) did not predict better on the osmFISH fold it was tried on and trained 3.6x
+        slower on CPU (``docs/benchmarks.md``).
     ref_heads
         Heads of the reference attention.
     alignment
@@ -120,8 +122,9 @@ class SpaDiT(BaseModel):
     **Training** (:meth:`~biodiffuse.models.BaseModel.train`) runs on the reference cells
     (within-panel: on ``adata``'s cells). Defaults: ``batch_size=256``, AdamW with
     ``lr=1e-3``, ``weight_decay=1e-4``; ``train_size=0.9`` (the rest is the validation split
-    for early stopping); ``max_epochs`` about 4,000 optimiser steps, between 50 and 2,000
-    epochs; patience a tenth of the epochs, at least 10; ``ema_decay="auto"``. The first
+    for early stopping); ``max_epochs`` about 1,200 optimiser steps (the osmFISH benchmark's
+    budget), between 20 and 2,000 epochs; patience a tenth of the epochs, at least 10;
+    ``ema_decay="auto"``. The first
     call fits the normalisation (gene shares, z-scores) on the training rows and, in
     reference mode, the quantile alignment of ``adata``'s known genes; later calls reuse
     them. ``seed`` also draws the attention bank (a random subset of ``bank_size`` training
@@ -137,8 +140,8 @@ class SpaDiT(BaseModel):
 
     _model_name = "SpaDiT"
     _train_defaults = dict(
-        batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=4000,
-        epochs=(50, 2000), early_stopping_patience=None, min_patience=10, ema_decay="auto", lr_warmup_steps=0,
+        batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=1200,
+        epochs=(20, 2000), early_stopping_patience=None, min_patience=10, ema_decay="auto", lr_warmup_steps=0,
     )
     _default_batch_size = 256
     network: SpaDiTDenoiser
@@ -210,8 +213,8 @@ class SpaDiT(BaseModel):
         observed_fraction: float | None = None,
         bank_size: int = 2048,
         genes_per_token: int | None = None,
-        dim: int = 128,
-        depth: int = 4,
+        dim: int = 64,
+        depth: int = 2,
         heads: int = 4,
         ref_heads: int = 4,
         dropout: float = 0.0,
