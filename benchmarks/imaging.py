@@ -13,7 +13,13 @@ impute. Scores on the test region:
   regression (per pixel and per cell, trained on the training region / cells);
 * calibration (MCD paper): Pearson between the generated and the true channel-channel
   correlation matrices (pairs involving an imputed channel), and the Spearman correlation
-  between the local (per 64-pixel tile) Pearson and the mean sample variance.
+  between the local (per 64-pixel tile) Pearson and the mean sample variance;
+* the predictive distribution per test pixel and held-out channel (normalised scale): MCD's
+  mean and sample variance as a Gaussian against ridge with its out-of-fold residual
+  variance (``bd.baselines.fit_predict_draws(kind="gaussian")``), both scored from 20 draws
+  by ``bd.metrics.score_draws`` (CRPS, central-interval coverage), and the Spearman
+  correlation between the mean absolute error and the mean predicted sd per (test tile,
+  channel): positive when the spread flags where the model errs.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from biodiffuse.baselines import fit_predict_channels
+from biodiffuse.baselines import fit_predict_channels, fit_predict_draws
 from biodiffuse.data import ChannelNormalizer, image_array, image_channels
 from biodiffuse.data.tiles import crop_to_factor, downsample_mask, downsample_mean, spatial_split, upsample_to
-from biodiffuse.metrics import pearson_per_channel
+from biodiffuse.metrics import gaussian_samples, pearson_per_channel, score_draws
 from biodiffuse.models import MCD
 
-__all__ = ["DEFAULT_HELD_OUT", "run", "main"]
+__all__ = ["DEFAULT_HELD_OUT", "run", "format_distribution", "main"]
 
 DEFAULT_HELD_OUT = ("CD3", "CD8", "CD20", "CD68", "Ki67", "PD-L1")
 PIXEL_BASELINES = ("most_correlated", "ridge", "knn", "krr")
@@ -81,6 +87,35 @@ def _accuracy_uncertainty(truth: np.ndarray, mean: np.ndarray, var: np.ndarray, 
                     r.append(np.corrcoef(a, b)[0, 1])
                     v.append(var[j, y0 : y0 + tile, x0 : x0 + tile].mean())
     return float(spearmanr(r, v).statistic) if len(r) > 2 else float("nan")
+
+
+def _tile_means(values: np.ndarray, test_small: np.ndarray, held_idx: np.ndarray, tile: int) -> np.ndarray:
+    """(test tiles x held-out channels) means of ``values`` (C, H, W) over the tiles lying in the test region."""
+    h, w = test_small.shape
+    out = []
+    for y0 in range(0, h - tile + 1, tile):
+        for x0 in range(0, w - tile + 1, tile):
+            if test_small[y0 : y0 + tile, x0 : x0 + tile].all():
+                out.append(values[held_idx, y0 : y0 + tile, x0 : x0 + tile].mean(axis=(1, 2)))
+    return np.asarray(out).reshape(-1, len(held_idx))
+
+
+def _error_uncertainty(truth: np.ndarray, mean: np.ndarray, var: np.ndarray, test_small: np.ndarray, held_idx: np.ndarray, tile: int) -> float:
+    """Spearman over (test tile, held-out channel) of the mean absolute error vs the mean predicted sd."""
+    from scipy.stats import spearmanr
+
+    err = _tile_means(np.abs(truth - mean), test_small, held_idx, tile).ravel()
+    sd = _tile_means(np.sqrt(np.maximum(var, 0.0)), test_small, held_idx, tile).ravel()
+    return float(spearmanr(err, sd).statistic) if len(err) > 2 else float("nan")
+
+
+def _distribution_rows(y: np.ndarray, draws: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Score the draws ``{name: (pixels, draws, channels)}`` of the pixels ``y`` (pixels x channels)."""
+    rows = []
+    for name, d in draws.items():
+        s = score_draws(y, d, energy=False)
+        rows.append(dict(method=name, crps=s["crps"], r_p=s["r_p"], **{k: v for k, v in s.items() if k.startswith("coverage")}))
+    return rows
 
 
 def run(
@@ -175,11 +210,24 @@ def run(
     mcd_pix = post["mean_normalized"][:, test_small].T
     calib = _calibration(pix_test, np.where(np.isin(np.arange(c), held_idx)[None, :], mcd_pix, pix_test), held_idx)
     acc_unc = _accuracy_uncertainty(z_true, post["mean_normalized"], post["variance_normalized"], test_small, held_idx, tile_size // factor)
+    err_unc = {st: _error_uncertainty(z_true, p["mean_normalized"], p["variance_normalized"], test_small, held_idx, tile_size // factor)
+               for st, p in posts.items()}
+    # the predictive distribution per test pixel: MCD's mean / sample sd against ridge with its residual sd
+    y_held = pix_test[:, held_idx]
+    draws = {f"MCD ({st} step{'s' if st > 1 else ''}, {n_samples} samples) as a Gaussian": gaussian_samples(
+        p["mean_normalized"][held_idx][:, test_small].T, np.sqrt(np.maximum(p["variance_normalized"][held_idx][:, test_small].T, 0.0)),
+        20, seed=seed) for st, p in posts.items()}
+    sub = _subsample(len(pix_train), 50_000, seed)
+    obs_idx = np.setdiff1d(np.arange(c), held_idx)
+    draws["ridge + gaussian"] = fit_predict_draws("ridge", pix_train[sub][:, obs_idx], pix_train[sub][:, held_idx], pix_test[:, obs_idx],
+                                                  kind="gaussian", n_samples=20, seed=seed)["draws"]
+    distribution = _distribution_rows(y_held, draws)
     return {
         "dataset": "mibi_tb_granuloma_point14 (1 FOV, 1024x1024, 39 antibody channels)",
         "split": f"4x4 blocks, 4 test blocks (seed {seed}); {int(test_small.sum())} test / {int(train_small.sum())} train pixels at 1/{factor} resolution; {int(in_test.sum())} test / {int((~in_test).sum())} train cells",
         "held_out": held, "rows": rows, "per_channel_r": per_channel,
         "calibration_corr_of_corr": calib, "accuracy_uncertainty_spearman": acc_unc,
+        "error_uncertainty_spearman": {str(k): v for k, v in err_unc.items()}, "distribution": distribution,
         "epochs": len(model.history), "best_val_loss": float(model.history["val_loss"].min()) if "val_loss" in model.history else None,
         "settings": dict(max_epochs=max_epochs, model_channels=model_channels, batch_size=batch_size, n_samples=n_samples, steps=steps, baseline_max_train=baseline_max_train),
     }
@@ -195,6 +243,14 @@ def format_table(result: dict[str, Any]) -> str:
         fit = "-" if not np.isfinite(row["fit_s"]) else f"{row['fit_s']:.0f}"
         imp = "-" if not np.isfinite(row["impute_s"]) else f"{row['impute_s']:.0f}"
         lines.append(f"| {row['level']} | {row['method']} | {row['mean_r']:.3f} | {cells} | {fit} | {imp} |")
+    return "\n".join(lines)
+
+
+def format_distribution(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the per-pixel predictive distributions (held-out channels, test region)."""
+    lines = ["| predictive distribution (Gaussian, 20 draws) | CRPS | r_p | 50 / 80 / 90 % coverage |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['crps']:.4f} | {r['r_p']:.3f} | {r['coverage50']:.2f} / {r['coverage80']:.2f} / {r['coverage90']:.2f} |")
     return "\n".join(lines)
 
 
@@ -216,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "
              f"accuracy-uncertainty Spearman (local r vs sample variance, per test tile x channel): {res['accuracy_uncertainty_spearman']:.3f}")
+    extra += "; error-uncertainty Spearman (mean |error| vs mean sd, per test tile x channel): " + ", ".join(
+        f"{st} step(s) {v:.3f}" for st, v in res["error_uncertainty_spearman"].items())
+    extra += "\n\n" + format_distribution(res["distribution"])
     print(res["dataset"] + "\n" + res["split"] + "\n" + table + "\n" + extra)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
