@@ -12,9 +12,10 @@ the epochs it ran, whether early stopping ended it, seconds and training cells (
 * ``mcd-image``: MCD on the MIBI-TOF granuloma image (39 channels, 1,024 x 1,024, the
   default 64-pixel tiles at 16 x 16).
 
-``--max-epochs`` caps every run (for models whose default training takes hours on CPU); a
-capped row also gives the time its default epochs would take at the measured seconds per
-epoch ("projected", an estimate: early stopping could end it sooner).
+``--init`` replaces constructor defaults (e.g. an older network size). ``--max-epochs`` caps
+every run (for models whose default training takes hours on CPU); a capped row also gives
+the time its default epochs would take at the measured seconds per epoch ("projected", an
+estimate: early stopping could end it sooner).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["MODELS", "run_model", "main"]
 MODELS = ("mcd", "spadit", "mcd-image")
 
 
-def _abseq(cells: int, seed: int):
+def _abseq(cells: int, seed: int, init: dict[str, Any]):
     from biodiffuse.datasets import triana_bm_abseq
     from biodiffuse.models import MCD
 
@@ -40,10 +41,10 @@ def _abseq(cells: int, seed: int):
     rows = np.sort(np.random.default_rng(seed).choice(adata.n_obs, min(cells, adata.n_obs), replace=False))
     adata = adata[rows].copy()
     MCD.setup_anndata(adata, protein_obsm_key="protein_expression")
-    return MCD(adata), f"Abseq bone marrow, {adata.n_obs} cells x {adata.n_vars} mRNAs -> 97 proteins"
+    return MCD(adata, **init), f"Abseq bone marrow, {adata.n_obs} cells x {adata.n_vars} mRNAs -> 97 proteins"
 
 
-def _xenium(cells: int, genes: int, seed: int, crop: tuple[int, int, int, int]):
+def _xenium(cells: int, genes: int, seed: int, crop: tuple[int, int, int, int], init: dict[str, Any]):
     import anndata as ad
     import pandas as pd
 
@@ -58,28 +59,30 @@ def _xenium(cells: int, genes: int, seed: int, crop: tuple[int, int, int, int]):
     sub = table[rows][:, keep_genes]
     adata = ad.AnnData(sub.X.copy(), var=pd.DataFrame(index=sub.var_names.copy()))
     SpaDiT.setup_anndata(adata)
-    return SpaDiT(adata), f"Xenium bone marrow crop {crop} (within panel), {adata.n_obs} cells x {adata.n_vars} genes"
+    return SpaDiT(adata, **init), f"Xenium bone marrow crop {crop} (within panel), {adata.n_obs} cells x {adata.n_vars} genes"
 
 
-def _mibi():
+def _mibi(init: dict[str, Any]):
     from biodiffuse.datasets import mibi_granuloma
     from biodiffuse.models import MCD
 
     sdata = mibi_granuloma()
     MCD.setup_spatialdata(sdata, image_key="mibi")
     c, h, w = sdata.images["mibi"].shape
-    return MCD(sdata), f"MIBI-TOF granuloma image, {c} channels, {h} x {w}"
+    return MCD(sdata, **init), f"MIBI-TOF granuloma image, {c} channels, {h} x {w}"
 
 
 def run_model(name: str, cells: int = 3000, genes: int = 158, max_epochs: int | None = None, seed: int = 0,
-              crop: tuple[int, int, int, int] = (0, 0, 8000, 8571)) -> dict[str, Any]:
-    """Build ``name`` with its defaults on its data set, train (defaults; ``max_epochs`` caps), time it."""
+              crop: tuple[int, int, int, int] = (0, 0, 8000, 8571), init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build ``name`` with its defaults (``init``: constructor arguments that replace some) on its data
+    set, train (defaults; ``max_epochs`` caps), time it."""
+    init = dict(init or {})
     if name == "mcd":
-        model, data = _abseq(cells, seed)
+        model, data = _abseq(cells, seed, init)
     elif name == "spadit":
-        model, data = _xenium(cells, genes, seed, crop)
+        model, data = _xenium(cells, genes, seed, crop, init)
     elif name == "mcd-image":
-        model, data = _mibi()
+        model, data = _mibi(init)
     else:
         raise ValueError(f"Unknown model {name!r}; choose from {MODELS}.")
     t0 = time.perf_counter()
@@ -89,7 +92,7 @@ def run_model(name: str, cells: int = 3000, genes: int = 158, max_epochs: int | 
     epochs = len(model.history)
     per_epoch = seconds / max(epochs, 1)
     return dict(
-        model=name, data=data, n_train=plan["n_train"], batch_size=plan["batch_size"], default_epochs=plan["default_max_epochs"],
+        model=name + (f" {json.dumps(init)}" if init else ""), data=data, n_train=plan["n_train"], batch_size=plan["batch_size"], default_epochs=plan["default_max_epochs"],
         default_steps=plan["default_max_epochs"] * plan["steps_per_epoch"], max_epochs=plan["max_epochs"], epochs=epochs,
         early_stopped=epochs < plan["max_epochs"], seconds=seconds, s_per_epoch=per_epoch,
         train_rows_per_s=plan["n_train"] * epochs / seconds,
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--genes", type=int, default=158, help="spadit: genes with the most counts")
     p.add_argument("--crop", type=int, nargs=4, default=[0, 0, 8000, 8571], help="spadit: Xenium image box (x0 y0 x1 y1) the cells come from")
     p.add_argument("--max-epochs", type=int, default=None, help="cap every run (default: the models' own schedules)")
+    p.add_argument("--init", type=json.loads, default=None,
+                   help='constructor arguments for every model run, as JSON (e.g. \'{"dim": 128, "depth": 4}\' for spadit)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/default_training")
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limit_threads(args.threads)
     rows = []
     for name in args.models:
-        rows.append(run_model(name, args.cells, args.genes, args.max_epochs, args.seed, tuple(args.crop)))
+        rows.append(run_model(name, args.cells, args.genes, args.max_epochs, args.seed, tuple(args.crop), args.init))
         print(f"{name}: {rows[-1]['epochs']} epochs in {rows[-1]['seconds']:.0f} s", flush=True)
     import torch
 

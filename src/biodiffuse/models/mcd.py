@@ -76,8 +76,8 @@ class MCD(img.MCDImageMixin, BaseModel):
     1,500 optimiser steps within 20-3,000 epochs for tables (6,000 within 100-3,000 for image
     tiles), patience a tenth of the epochs (at least 20), EMA of the weights over about the
     last tenth of the steps. On tables 1,500 steps were as good as 750 and better than 3,000
-    or 6,000 on a held-out donor (``docs/benchmarks.md``), and 3,000 cells trained in 6
-    minutes on two CPU cores. Data option:
+    or 6,000 on a held-out donor (``docs/benchmarks.md``), and 3,000 cells trained in 4.5
+    minutes on two CPU cores (``benchmarks/default_training.py``). Data option:
     ``holdout`` (images only): boolean ``(H, W)`` mask of pixels never used for training or
     validation (e.g. a test region from :func:`~biodiffuse.data.spatial_split`); for images
     the validation split is a set of whole blocks (``1 - train_size`` of the image) and only
