@@ -94,7 +94,7 @@ class SpaDiT(BaseModel):
         model has about 64 tokens (attention cost grows with the square of the tokens).
     dim, depth, heads, dropout
         The DiT. The defaults (64, 2) are the size every SpaDiT benchmark ran; a 4x larger DiT
-        (128, 4) did not predict better on the osmFISH fold it was tried on and trained 3.6x
+        (128, 4) did not predict better on the osmFISH fold it was tried on and trained 3.3x
         slower on CPU (``docs/benchmarks.md``).
     ref_heads
         Heads of the reference attention.
