@@ -118,3 +118,30 @@ def test_coherent_redraws_come_from_the_row_streams() -> None:
     assert a["retries"].tolist() == [[0, 0], [2, 2], [0, 0], [2, 2]]
     assert a["rejected"][[1, 3]].all() and not a["rejected"][[0, 2]].any()
     np.testing.assert_array_equal(a["mean"], b["mean"])
+
+
+@pytest.mark.parametrize(
+    "family, kwargs, nfe",
+    [("edm", {"steps": 4}, 7), ("edm", {"steps": 4, "solver": "euler"}, 4), ("flow", {"steps": 3, "method": "heun"}, 6),
+     ("flow", {"steps": 5}, 5), ("point", {"steps": 9}, 1)],
+)
+def test_sampler_for_reports_the_evaluations_it_makes(family, kwargs, nfe) -> None:
+    """Every family's sampler reports ``nfe`` per draw, equal to the network calls it really made
+    and to ``evaluations_for``."""
+    from biodiffuse.diffusion import evaluations_for, sampler_for
+
+    calls = []
+
+    def net(x, t, cond):
+        calls.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    steps = kwargs.pop("steps")
+    sampler = sampler_for(family, steps, **kwargs)
+    out = sample_rows(lambda rows, device: Batch(net, None), 4, (2,), seeds=row_seeds(0, range(4)), sampler=sampler,
+                      n_samples=2, batch_size=4, reducer=Moments(4))
+    assert len(calls) == nfe
+    assert (out["nfe"] == nfe).all() and out["nfe"].shape == (4, 2)
+    assert evaluations_for(family, steps, **kwargs) == nfe
+    with pytest.raises(ValueError, match="family"):
+        sampler_for("ddpm", 3)

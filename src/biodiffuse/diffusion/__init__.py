@@ -7,6 +7,7 @@ from .ensemble import CoherentConsensus, coherent_sample, coherent_sampler
 from .flow import FLOW_METHODS, FlowLoss, flow_evaluations, flow_sampler, flow_solve
 from .masking import masked_condition, random_channel_mask
 from .tuning import choose_schedule, schedule_grid
+from .samplers import FAMILIES, evaluations_for, sampler_for
 from .posterior import Batch, FixedChunks, Moments, RowNoise, edm_sampler, point_sampler, row_seeds, sample_rows
 
 __all__ = [
@@ -18,6 +19,9 @@ __all__ = [
     "point_sampler",
     "row_seeds",
     "sample_rows",
+    "FAMILIES",
+    "sampler_for",
+    "evaluations_for",
     "choose_schedule",
     "schedule_grid",
     "CoherentConsensus",

@@ -220,16 +220,16 @@ def edm_sampler(
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
-    network_evaluations(steps, solver)  # and a bad solver
+    nfe = network_evaluations(steps, solver)  # and a bad solver
 
     def sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
         x = heun_sampler(
             denoiser, latents, cond, steps=int(steps), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, solver=solver
         )
-        return x, {}
+        return x, {"nfe": torch.full((latents.shape[0],), nfe, dtype=torch.int64)}
 
     sampler.steps = int(steps)  # type: ignore[attr-defined]
-    sampler.nfe = network_evaluations(steps, solver)  # type: ignore[attr-defined]
+    sampler.nfe = nfe  # type: ignore[attr-defined]
     return sampler
 
 

@@ -37,8 +37,8 @@ from ..data.histology import (
     WindowCells, cell_tiles, cpm_log1p, region_split, row_positions, tile_footprint, tile_scaling, window_cells,
 )
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
-from ..diffusion import Moments, row_seeds, sample_rows
-from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, make_sampler, to_tiles
+from ..diffusion import Moments, row_seeds, sample_rows, sampler_for
+from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, SAMPLER_FAMILY, to_tiles
 from .base import BaseModel, resolve_device
 
 __all__ = ["GeneFlow"]
@@ -495,7 +495,7 @@ class GeneFlow(BaseModel):
         try:
             out = sample_rows(
                 make_prepare(net, kind, read, chunk=self._network_chunk), len(rows), shape, seeds=row_seeds(seed, keys),
-                sampler=make_sampler(kind, steps=steps, method=method), n_samples=n_samples,
+                sampler=sampler_for(SAMPLER_FAMILY[kind], steps, method=method), n_samples=n_samples,
                 batch_size=int(batch_size or 64), device=dev, reducer=Moments(len(rows), keep_draws=True),
             )
         finally:

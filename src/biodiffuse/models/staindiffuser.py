@@ -36,7 +36,7 @@ from ..data import write_setup_record
 from ..data.histology import row_positions
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..data.tiles import TileAccumulator, extract_tiles, tile_origins
-from ..diffusion import row_seeds, sample_rows
+from ..diffusion import evaluations_for, row_seeds, sample_rows, sampler_for
 from ..metrics.staining import stain_masks
 from ..module.staindiffuser import (
     KINDS,
@@ -46,8 +46,7 @@ from ..module.staindiffuser import (
     build_adversary,
     build_network,
     make_prepare,
-    make_sampler,
-    network_evaluations,
+    SAMPLER_FAMILY,
     to_unit,
 )
 from .base import BaseModel, resolve_device
@@ -616,7 +615,7 @@ class StainDiffuser(BaseModel):
         try:
             sample_rows(
                 make_prepare(net, read, n_stains=n_stains, chunk=self._network_chunk, kind=self.kind), len(row_crop), (channels, c, c),
-                seeds=row_seeds(seed, keys), sampler=make_sampler(self.kind, int(steps)), n_samples=int(n_samples),
+                seeds=row_seeds(seed, keys), sampler=sampler_for(SAMPLER_FAMILY[self.kind], int(steps)), n_samples=int(n_samples),
                 batch_size=int(batch_size or 64), device=dev, reducer=stitcher,
             )
         finally:
@@ -635,7 +634,7 @@ class StainDiffuser(BaseModel):
         self._record_run(obj, key, dict(
             labels_key=labels_key, cells_key=cells_key, image_key=image_key, n_samples=int(n_samples), steps=int(steps), seed=int(seed), overlap=float(overlap),
             crop_size=c, stride=stride, multiplex=self.init_args["multiplex"], n_crops=len(crops),
-            tiles=names, seg_key=seg_key, nfe_per_crop=network_evaluations(self.kind, int(steps)), objective=self.kind,
+            tiles=names, seg_key=seg_key, nfe_per_crop=evaluations_for(SAMPLER_FAMILY[self.kind], int(steps)), objective=self.kind,
         ))
         return {k: obj.tables[k] if k == cells_key else obj.images[k] for k in written}
 

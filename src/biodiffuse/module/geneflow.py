@@ -12,8 +12,9 @@
   ``"flow"`` (GeneFlow: rectified flow with the small stochastic term), ``"edm"`` (the
   paper's diffusion baseline, on the shared EDM core) and ``"mse"`` (the paper's conditional
   UNet regressed on the tile: one deterministic evaluation at ``x = 0, t = 0``).
-* **Sampling** (:func:`make_sampler`, :func:`make_prepare`): the loop sampler of each
-  objective and the ``prepare`` of :func:`biodiffuse.diffusion.sample_rows`.
+* **Sampling** (:func:`make_prepare`): the ``prepare`` of
+  :func:`biodiffuse.diffusion.sample_rows`; the loop sampler of each objective is
+  :func:`~biodiffuse.diffusion.sampler_for` of its :data:`SAMPLER_FAMILY`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, FlowLoss, edm_sampler, flow_sampler, point_sampler
+from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, FlowLoss, point_sampler
 from ..nn import ConditionalImageUNet, RNAEncoder
 
 __all__ = [
@@ -32,13 +33,15 @@ __all__ = [
     "GeneFlowNetwork",
     "GeneFlowObjective",
     "build_network",
-    "make_sampler",
+    "SAMPLER_FAMILY",
     "make_prepare",
     "to_model",
     "to_tiles",
 ]
 
 OBJECTIVES = ("flow", "edm", "mse")
+#: The sampler family of each objective (:func:`~biodiffuse.diffusion.sampler_for`).
+SAMPLER_FAMILY = {"flow": "flow", "edm": "edm", "mse": "point"}
 #: EDM's data standard deviation for images in [-1, 1] (Karras et al.).
 SIGMA_DATA = 0.5
 
@@ -164,25 +167,6 @@ class GeneFlowObjective:
             n = enc.relation_net[0].weight.numel() + enc.in_proj.weight.numel()
             loss = loss + self.gene_l1 * enc.gene_l1() / n
         return loss
-
-
-def make_sampler(kind: str, *, steps: int, method: str = "euler", sigma_max: float = 80.0) -> Callable:
-    """The loop sampler of ``kind``: :func:`~biodiffuse.diffusion.flow_sampler` (``steps`` of
-    ``method``: ``"euler"``, ``"heun"``, ``"dopri5"``), :func:`~biodiffuse.diffusion.edm_sampler`
-    (``steps`` Heun steps, ``2 * steps - 1`` evaluations) or one evaluation (``"mse"``)."""
-    if kind == "flow":
-        return flow_sampler(steps, method)
-    if kind == "edm":
-        base = edm_sampler(steps, sigma_max=sigma_max)
-
-        def sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
-            x, _ = base(denoiser, latents, cond, redraw)
-            return x, {"nfe": torch.full((latents.shape[0],), 2 * int(steps) - 1, dtype=torch.int64)}
-
-        return sampler
-    if kind == "mse":
-        return point_sampler
-    raise ValueError(f"objective must be one of {OBJECTIVES}, got {kind!r}.")
 
 
 def make_prepare(

@@ -25,8 +25,9 @@
   (``kind="pix2pix"``: the same regression with pix2pix's loss ``100 L1 + GAN`` against a
   :class:`~biodiffuse.nn.PatchDiscriminator`, optimised by the shared trainer's adversarial
   step).
-* **Sampling** (:func:`make_prepare`, :func:`make_sampler`): EDM Heun (or one evaluation for the
-  point models) through :func:`~biodiffuse.diffusion.sample_rows`, one row per crop
+* **Sampling** (:func:`make_prepare`; the sampler is
+  :func:`~biodiffuse.diffusion.sampler_for` of the objective's :data:`SAMPLER_FAMILY`): EDM
+  Heun (or one evaluation for the point models) through :func:`~biodiffuse.diffusion.sample_rows`, one row per crop
   (``"joint"``) or per (crop, stain) pair (``"token"``).
 """
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, edm_sampler, point_sampler
+from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, point_sampler
 from ..diffusion.edm import masked_mean
 from ..nn import ConditionalImageUNet, PatchDiscriminator
 
@@ -50,9 +51,8 @@ __all__ = [
     "StainDiffuserObjective",
     "build_adversary",
     "build_network",
-    "network_evaluations",
     "make_prepare",
-    "make_sampler",
+    "SAMPLER_FAMILY",
     "to_model",
     "to_unit",
 ]
@@ -60,6 +60,8 @@ __all__ = [
 MULTIPLEX = ("joint", "token")
 #: Objectives: the diffusion model and the two point baselines on the same UNet.
 KINDS = ("edm", "l1", "pix2pix")
+#: The sampler family of each objective (:func:`~biodiffuse.diffusion.sampler_for`).
+SAMPLER_FAMILY = {"edm": "edm", "l1": "point", "pix2pix": "point"}
 #: EDM's data standard deviation for images in [-1, 1] (Karras et al.).
 SIGMA_DATA = 0.5
 
@@ -245,18 +247,6 @@ def build_adversary(n_stains: int, source_channels: int, *, crop_size: int, segm
     layers = int(np.clip(int(np.log2(max(int(crop_size), 2))) - 3, 1, 3))
     return PatchDiscriminator(int(source_channels) + int(n_stains) * (2 if segmentation else 1),
                               base_channels=int(base_channels), layers=layers)
-
-
-def make_sampler(kind: str, steps: int) -> Callable:
-    """EDM Heun with ``steps`` steps (``2 steps - 1`` evaluations) or one evaluation for the point models."""
-    if kind not in KINDS:
-        raise ValueError(f"objective must be one of {KINDS}, got {kind!r}.")
-    return edm_sampler(int(steps)) if kind == "edm" else point_sampler
-
-
-def network_evaluations(kind: str, steps: int) -> int:
-    """Network evaluations per crop of :func:`make_sampler`."""
-    return 2 * int(steps) - 1 if kind == "edm" else 1
 
 
 def make_prepare(
