@@ -8,8 +8,12 @@
 2. **Within-panel** on the 915-gene imaging data (``--starmap``): a cell split; models train on
    the training cells (all genes) and predict held-out genes for test cells whose object
    lacks them. SpaDiT (no reference) against kNN regression and MCD's any-subset imputation.
+3. **Predictive distributions** (``--distribution``, issue 15): the reference-mode folds,
+   SpaDiT's draws against kNN's (neighbours as samples; kNN mean + leave-one-out Gaussian
+   residual), scored by CRPS, energy score and interval coverage (:func:`kfold_distribution`).
 
 ``python benchmarks/spatial_genes.py --threads 1 --out results/spatial_genes``
+``python benchmarks/spatial_genes.py --distribution --threads 2 --out results/spatial_distribution``
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from biodiffuse.baselines import EXTERNAL_SPATIAL_BASELINES, SPATIAL_BASELINES
 from biodiffuse.data import log_normalize
 from biodiffuse.metrics import accuracy_score, spatial_gene_metrics
 
-__all__ = ["fit_predict_spadit", "kfold_over_genes", "held_out_truth", "summarize", "within_panel"]
+__all__ = ["fit_predict_spadit", "kfold_over_genes", "kfold_distribution", "held_out_truth", "summarize",
+           "summarize_distribution", "within_panel"]
 
 Method = Callable[..., pd.DataFrame]
 
@@ -52,6 +57,13 @@ def fit_predict_spadit(
     The prediction is the mean of ``n_samples`` one-step outputs (``steps=1``): the model's
     conditional-mean estimate, the better point prediction for PCC (see
     :meth:`~biodiffuse.models.SpaDiT.predict`)."""
+    model = _fit_spadit(sp, sc, test_genes, seed=seed, max_epochs=max_epochs, **model_kwargs)
+    return model.predict(genes=list(map(str, test_genes)), n_samples=n_samples, steps=steps, seed=seed)
+
+
+def _fit_spadit(sp: AnnData, sc: AnnData, test_genes: Sequence[str], *, seed: int, max_epochs: int | None, **model_kwargs):
+    """A SpaDiT trained on the reference for ``test_genes``, set up on a copy of ``sp`` (which
+    must hold only the known genes)."""
     from biodiffuse.models import SpaDiT
 
     test_genes = list(map(str, test_genes))
@@ -62,7 +74,79 @@ def fit_predict_spadit(
     SpaDiT.setup_anndata(sp, reference=sc)
     model = SpaDiT(sp, reference=sc, target_genes=test_genes, seed=seed, **model_kwargs)
     model.train(max_epochs=max_epochs, seed=seed, enable_progress_bar=False)
-    return model.predict(genes=test_genes, n_samples=n_samples, steps=steps, seed=seed)
+    return model
+
+
+def kfold_distribution(
+    sp: AnnData,
+    sc: AnnData,
+    *,
+    n_folds: int = 5,
+    max_folds: int | None = None,
+    seed: int = 0,
+    steps: Sequence[int] = (1, 18),
+    n_samples: int = 10,
+    k: int = 50,
+    max_epochs: int | None = None,
+    **spadit_kwargs,
+) -> pd.DataFrame:
+    """Predictive distributions of the held-out genes, K-fold over genes as :func:`kfold_over_genes`.
+
+    In each fold: SpaDiT's ``n_samples`` draws per cell at each of ``steps``, and kNN's draws
+    (``bd.baselines.fit_predict_knn_draws``: the ``k`` neighbours' values as samples, and the
+    kNN mean with its leave-one-out Gaussian residual), all scored on the fold's genes by
+    ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
+    mean, 50 / 80 / 90 % coverage). One row per (fold, method), with ``n_genes``, the fit and
+    sampling seconds and SpaDiT's network evaluations per draw.
+    """
+    from biodiffuse.baselines import fit_predict_knn_draws
+    from biodiffuse.diffusion import network_evaluations
+    from biodiffuse.metrics import score_draws
+
+    genes = sorted(set(map(str, sp.var_names)) & set(map(str, sc.var_names)))
+    if len(genes) < n_folds:
+        raise ValueError(f"{len(genes)} shared genes cannot make {n_folds} folds.")
+    rows = []
+    for fold, (tr, te) in enumerate(KFold(n_folds, shuffle=True, random_state=seed).split(genes)):
+        if max_folds is not None and fold >= max_folds:
+            break
+        known, test = [genes[i] for i in tr], [genes[i] for i in te]
+        sp_known = sp[:, known].copy()
+        truth = held_out_truth(sp, known, test).to_numpy()
+        base = dict(fold=fold, n_genes=len(test))
+
+        def score(method: str, draws: np.ndarray, **extra) -> None:
+            rows.append({**base, "method": method, **score_draws(truth, draws), **extra})
+
+        for kind in ("neighbours", "gaussian"):
+            t0 = time.perf_counter()
+            out = fit_predict_knn_draws(sp_known, sc, test, kind=kind, n_samples=n_samples, seed=seed, k=k)
+            score(f"kNN + {kind}", out["draws"], seconds=time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        model = _fit_spadit(sp_known, sc, test, seed=seed, max_epochs=max_epochs, **spadit_kwargs)
+        fit_s = time.perf_counter() - t0
+        for st in steps:
+            t0 = time.perf_counter()
+            post = model.posterior(genes=test, n_samples=n_samples, steps=int(st), seed=seed, return_draws=True)
+            order = [list(post["genes"]).index(g) for g in test]
+            score(f"SpaDiT ({st} step{'s' if st > 1 else ''})", post["draws"][:, :, order], fit_s=fit_s,
+                  seconds=time.perf_counter() - t0, nfe=network_evaluations(int(st)), epochs=len(model.history))
+    return pd.DataFrame(rows)
+
+
+def summarize_distribution(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Per method: CRPS, r_p and coverage averaged over genes (folds weighted by their genes),
+    the energy score averaged over folds, the folds, and the summed fit and sampling seconds."""
+    rows = {}
+    for method, g in per_fold.groupby("method", sort=False):
+        w = (g["n_genes"] / g["n_genes"].sum()).to_numpy()
+        row = {c: float(g[c].to_numpy() @ w) for c in g.columns if c in ("crps", "r_p") or c.startswith("coverage")}
+        row["energy_score"] = float(g["energy_score"].mean())
+        row["folds"] = len(g)
+        row["fit_s"] = float(g["fit_s"].sum()) if "fit_s" in g and g["fit_s"].notna().all() else np.nan
+        row["sample_s"] = float(g["seconds"].sum())
+        rows[method] = row
+    return pd.DataFrame(rows).T
 
 
 def held_out_truth(sp_full: AnnData, known: Sequence[str], test: Sequence[str]) -> pd.DataFrame:
@@ -176,6 +260,7 @@ def _load_methods(out: Path, config: dict) -> tuple[dict[str, pd.DataFrame], dic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: see ``--help``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all available)")
     p.add_argument("--max-epochs", type=int, default=None, help="SpaDiT / MCD epochs (default: the models')")
@@ -183,6 +268,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--starmap", action="store_true", help="run the within-panel benchmark instead")
+    p.add_argument("--distribution", action="store_true",
+                   help="score predictive distributions (SpaDiT draws against kNN draws) instead of point predictions")
+    p.add_argument("--max-folds", type=int, default=None, help="--distribution: run only the first folds")
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 18], help="--distribution: SpaDiT sampler steps")
+    p.add_argument("--n-samples", type=int, default=10, help="--distribution: draws per cell")
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
     limit_threads(args.threads)
@@ -190,6 +280,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.distribution:
+        sp, sc = datasets.osmfish_allen_visp()
+        per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
+                                      n_samples=args.n_samples, max_epochs=args.max_epochs, **json.loads(args.spadit))
+        per_fold.to_csv(out / "distribution_per_fold.csv", index=False)
+        table = summarize_distribution(per_fold)
+        (out / "distribution.json").write_text(json.dumps(
+            {"settings": vars(args), "summary": json.loads(table.to_json(orient="index"))}, indent=1))
+        print(table.round(4).to_string())
+        return
     if args.starmap:
         adata = datasets.starmap_915()
         rng = np.random.default_rng(0)

@@ -146,3 +146,46 @@ def test_real_osmfish_beats_shuffled_cells():
         scores[name] = r
     # quantile alignment of the known genes onto the reference helps the same kNN
     assert scores["kNN-quantile"] > scores["kNN"] + 0.01, scores
+
+
+def _clusters():
+    """Reference: 3 clusters of 4 cells, identical known genes within a cluster (so every cell's
+    nearest neighbours are its cluster mates, at distance 0), a test gene that varies within
+    clusters; spatial cells copy cluster 0's or cluster 2's known genes."""
+    known_counts = np.array([[20, 1, 1], [1, 20, 1], [1, 1, 20]], dtype=np.float32)
+    test_counts = np.array([[0, 3, 6, 9], [2, 2, 8, 8], [5, 1, 0, 4]], dtype=np.float32)
+    X = np.column_stack([np.repeat(known_counts, 4, axis=0), test_counts.reshape(-1)])
+    sc = AnnData(X, obs=pd.DataFrame(index=[f"c{i}" for i in range(12)]), var=pd.DataFrame(index=["a", "b", "c", "t"]))
+    sp = AnnData(np.repeat(known_counts[[0, 2]], 10, axis=0), obs=pd.DataFrame(index=[f"s{i}" for i in range(20)]),
+                 var=pd.DataFrame(index=["a", "b", "c"]))
+    y = log_normalize(test_counts.reshape(-1, 1), np.repeat(known_counts.sum(axis=1), 4)).reshape(3, 4)
+    return sp, sc, y
+
+
+def test_knn_draws_neighbours_are_the_neighbours_targets(rng):
+    from biodiffuse.baselines import fit_predict_knn_draws
+
+    sp, sc, y = _clusters()
+    out = fit_predict_knn_draws(sp, sc, ["t"], kind="neighbours", n_samples=200, k=4, seed=1)
+    pd.testing.assert_frame_equal(out["mean"], fit_predict_knn(sp, sc, ["t"], k=4))
+    draws = out["draws"]
+    assert draws.shape == (20, 200, 1)
+    for cell, cluster in ((0, 0), (15, 2)):
+        np.testing.assert_allclose(np.unique(draws[cell, :, 0]), np.unique(y[cluster]), rtol=1e-6)
+    assert not np.array_equal(draws, fit_predict_knn_draws(sp, sc, ["t"], n_samples=200, k=4, seed=2)["draws"])
+    with pytest.raises(ValueError, match="kind"):
+        fit_predict_knn_draws(sp, sc, ["t"], kind="conformal")
+    with pytest.raises(ValueError, match="n_samples"):
+        fit_predict_knn_draws(sp, sc, ["t"], n_samples=0)
+
+
+def test_knn_draws_gaussian_uses_the_leave_one_out_residual_variance():
+    from biodiffuse.baselines import fit_predict_knn_draws
+
+    sp, sc, y = _clusters()
+    # leave-one-out kNN (k = 3: the cell's three cluster mates) on the reference, by hand
+    loo = np.array([[y[c, i] - np.delete(y[c], i).mean() for i in range(4)] for c in range(3)])
+    sd = np.sqrt((loo**2).mean())
+    out = fit_predict_knn_draws(sp, sc, ["t"], kind="gaussian", n_samples=5000, k=3, seed=0)
+    noise = out["draws"] - out["mean"].to_numpy()[:, None, :]
+    np.testing.assert_allclose(noise.std(), sd, rtol=0.02)

@@ -9,7 +9,8 @@
   :func:`fit_predict_draws`), scored like a generative model's draws;
 - :mod:`.channels`: channel -> channel imputation within a panel (mean, most-correlated
   channel, ridge, kNN, kernel ridge; :class:`ChannelRegressor`);
-- :mod:`.spatial`: unmeasured spatial genes from an scRNA-seq reference (kNN, SpaGE-style);
+- :mod:`.spatial`: unmeasured spatial genes from an scRNA-seq reference (kNN, SpaGE-style;
+  kNN with a predictive distribution: :func:`fit_predict_knn_draws`);
 - :mod:`.external`: wrappers of Tangram and gimVI (optional extra
   ``biodiffuse[spatial-baselines]``);
 - :mod:`.modality`: a missing omics modality from the others (mean, kNN, ridge;
@@ -32,7 +33,7 @@ from .channels import CHANNEL_METHODS, ChannelRegressor, MostCorrelatedChannel, 
 from .histology import NearestTile, fit_predict_nearest_tile
 from .external import EXTERNAL_SPATIAL_BASELINES, fit_predict_gimvi, fit_predict_stdiff, fit_predict_tangram
 from .modality import MODALITY_METHODS, ModalityRegressor, cross_validate_modality, fit_predict_modality, summarize_folds
-from .spatial import SPATIAL_BASELINES, fit_predict_knn, fit_predict_spage, shared_log_normalized
+from .spatial import SPATIAL_BASELINES, fit_predict_knn, fit_predict_knn_draws, fit_predict_spage, shared_log_normalized
 from .distributions import DRAW_KINDS, fit_predict_draws
 from .tables import METHODS, BaselineRegressor, fit_predict, gene_features
 from .totalvi import totalvi_impute

@@ -33,7 +33,7 @@ from scipy import sparse
 from ..data import check_adata, check_values, log_normalize
 from ..data.alignment import quantile_align
 
-__all__ = ["shared_log_normalized", "fit_predict_knn", "fit_predict_spage", "SPATIAL_BASELINES"]
+__all__ = ["shared_log_normalized", "fit_predict_knn", "fit_predict_knn_draws", "fit_predict_spage", "SPATIAL_BASELINES"]
 
 
 def _gene_list(test_genes: Sequence[str]) -> list[str]:
@@ -199,11 +199,25 @@ def fit_predict_knn(
     >>> pred = bd.baselines.fit_predict_knn(panel, adata_sc, ["Gad2", "Vip"], k=50)
     >>> pred_q = bd.baselines.fit_predict_knn(panel, adata_sc, ["Gad2", "Vip"], alignment="quantile")
     """
+    sp_known, sc_test, idx, _ = _knn_neighbours(sp, sc, test_genes, k=k, metric=metric, alignment=alignment)
+    pred = sc_test.to_numpy(np.float64)[idx].mean(axis=1)
+    return pd.DataFrame(pred, index=sp_known.index, columns=sc_test.columns)
+
+
+def _knn_neighbours(
+    sp: AnnData, sc: AnnData, test_genes: Sequence[str], *, k: int, metric: str, alignment: str, reference: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """:func:`fit_predict_knn`'s matching: (spatial known genes, reference test genes, the ``k``
+    reference neighbours of every spatial cell, and with ``reference=True`` the ``k``
+    neighbours of every reference cell among the OTHER reference cells)."""
     from sklearn.neighbors import NearestNeighbors
     from sklearn.preprocessing import StandardScaler
 
     sp_known, sc_known, sc_test, _ = shared_log_normalized(sp, sc, test_genes)
-    k = _check_k(k, sc_known.shape[0])
+    n_ref = sc_known.shape[0]
+    if reference and n_ref < 2:
+        raise ValueError("kind='gaussian' needs at least 2 reference cells (leave-one-out residuals).")
+    k = _check_k(k, n_ref - 1 if reference else n_ref)
     if alignment not in ("zscore", "quantile"):
         raise ValueError(f"alignment must be 'zscore' or 'quantile', got {alignment!r}.")
     ref_values, sp_values = sc_known.to_numpy(np.float64), sp_known.to_numpy(np.float64)
@@ -211,9 +225,75 @@ def fit_predict_knn(
         sp_values = quantile_align(sp_values, ref_values)
     scaler = StandardScaler().fit(ref_values)
     ref, query = scaler.transform(ref_values), scaler.transform(sp_values)
-    idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(ref).kneighbors(query, return_distance=False)
-    pred = sc_test.to_numpy(np.float64)[idx].mean(axis=1)
-    return pd.DataFrame(pred, index=sp_known.index, columns=sc_test.columns)
+    nn = NearestNeighbors(n_neighbors=k, metric=metric).fit(ref)
+    idx = nn.kneighbors(query, return_distance=False)
+    ref_idx = None
+    if reference:  # leave-one-out: each reference cell's neighbours without itself
+        own = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(ref).kneighbors(ref, return_distance=False)
+        not_self = own != np.arange(len(ref))[:, None]
+        not_self[not_self.all(axis=1), -1] = False  # itself not among them (ties): drop the farthest
+        ref_idx = own[not_self].reshape(len(ref), k)
+    return sp_known, sc_test, idx, ref_idx
+
+
+def fit_predict_knn_draws(
+    sp: AnnData,
+    sc: AnnData,
+    test_genes: Sequence[str],
+    *,
+    kind: str = "neighbours",
+    n_samples: int = 20,
+    seed: int = 0,
+    k: int = 50,
+    metric: str = "euclidean",
+    alignment: str = "zscore",
+) -> dict[str, pd.DataFrame | np.ndarray]:
+    """:func:`fit_predict_knn` with a predictive distribution, to score it like a generative model.
+
+    Parameters
+    ----------
+    sp, sc, test_genes
+        See the module docstring.
+    kind
+        ``"neighbours"``: each draw is the test genes of one of the cell's ``k`` nearest
+        reference cells, drawn uniformly (the local conditional distribution, with the genes'
+        dependence kept); ``"gaussian"``: the kNN prediction plus independent Gaussian noise
+        per gene with the leave-one-out residual variance of kNN on the reference cells.
+    n_samples
+        Draws per cell.
+    seed
+        Seed of the draws.
+    k, metric, alignment
+        As in :func:`fit_predict_knn`.
+
+    Returns
+    -------
+    dict
+        ``mean``: the kNN prediction (``sp.obs_names`` x ``test_genes``, as
+        :func:`fit_predict_knn`); ``draws``: ``(cells, n_samples, genes)`` float64, same scale.
+
+    Examples
+    --------
+    >>> out = bd.baselines.fit_predict_knn_draws(panel, adata_sc, ["Gad2", "Vip"], n_samples=20)
+    >>> bd.metrics.score_draws(truth.to_numpy(), out["draws"])["crps"]
+    """
+    if kind not in ("neighbours", "gaussian"):
+        raise ValueError(f"kind must be 'neighbours' or 'gaussian', got {kind!r}.")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    sp_known, sc_test, idx, ref_idx = _knn_neighbours(
+        sp, sc, test_genes, k=k, metric=metric, alignment=alignment, reference=kind == "gaussian"
+    )
+    y = sc_test.to_numpy(np.float64)
+    mean = y[idx].mean(axis=1)
+    rng = np.random.default_rng(seed)
+    if kind == "neighbours":
+        pick = rng.integers(idx.shape[1], size=(len(idx), int(n_samples)))
+        draws = y[np.take_along_axis(idx, pick, axis=1)]
+    else:
+        sd = np.sqrt(((y - y[ref_idx].mean(axis=1)) ** 2).mean(axis=0))
+        draws = mean[:, None, :] + rng.standard_normal((len(idx), int(n_samples), y.shape[1])) * sd
+    return {"mean": pd.DataFrame(mean, index=sp_known.index, columns=sc_test.columns), "draws": draws}
 
 
 def _principal_vectors(source: np.ndarray, target: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,48 @@
+"""The spatial-genes driver's distribution mode (benchmarks/spatial_genes.py --distribution):
+SpaDiT's and kNN's draws of the held-out genes, K-fold over genes, scored as distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold
+
+from test_spadit import GENES, _cells
+
+spatial_genes = pytest.importorskip("spatial_genes")
+
+TINY = dict(dim=16, depth=1, heads=2, ref_heads=1, bank_size=16)
+
+
+def test_distribution_folds_score_spadit_and_knn_draws():
+    from biodiffuse.baselines import fit_predict_knn_draws
+    from biodiffuse.metrics import score_draws
+
+    sc, sp = _cells(120, 1, GENES), _cells(60, 2, GENES)
+    per_fold = spatial_genes.kfold_distribution(sp, sc, n_folds=5, max_folds=3, steps=(1, 2), n_samples=4, k=10,
+                                                max_epochs=2, **TINY)
+    methods = ["kNN + neighbours", "kNN + gaussian", "SpaDiT (1 step)", "SpaDiT (2 steps)"]
+    assert list(per_fold["method"]) == methods * 3 and list(per_fold["fold"]) == [0] * 4 + [1] * 4 + [2] * 4
+    assert list(per_fold.loc[per_fold.method == "SpaDiT (2 steps)", "nfe"]) == [3, 3, 3]
+    for col in ("coverage50", "coverage80", "coverage90"):
+        assert per_fold[col].between(0, 1).all()
+    assert np.isfinite(per_fold[["crps", "energy_score", "r_p"]].to_numpy()).all()
+
+    # the kNN row of fold 2 (2 genes; folds 0 and 1 hold 3), scored independently: the same genes, truth and draws
+    genes = sorted(GENES)
+    tr, te = list(KFold(5, shuffle=True, random_state=0).split(genes))[2]
+    known, test = [genes[i] for i in tr], [genes[i] for i in te]
+    truth = spatial_genes.held_out_truth(sp, known, test).to_numpy()
+    draws = fit_predict_knn_draws(sp[:, known].copy(), sc, test, n_samples=4, k=10, seed=0)["draws"]
+    row = per_fold[(per_fold.fold == 2) & (per_fold.method == "kNN + neighbours")].iloc[0]
+    expected = score_draws(truth, draws)
+    assert row["n_genes"] == len(test)
+    np.testing.assert_allclose([row["crps"], row["energy_score"], row["r_p"]],
+                               [expected["crps"], expected["energy_score"], expected["r_p"]], rtol=1e-10)
+
+    table = spatial_genes.summarize_distribution(per_fold)
+    g = per_fold[per_fold.method == "SpaDiT (1 step)"]
+    np.testing.assert_allclose(table.loc["SpaDiT (1 step)", "crps"], (g.crps * g.n_genes).sum() / g.n_genes.sum())
+    np.testing.assert_allclose(table.loc["SpaDiT (1 step)", "energy_score"], g.energy_score.mean())
+    assert list(g.n_genes) == [3, 3, 2]
+    assert table.loc["kNN + gaussian", "folds"] == 3 and np.isnan(table.loc["kNN + gaussian", "fit_s"])
