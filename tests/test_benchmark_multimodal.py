@@ -1,0 +1,38 @@
+"""The TCGA BRCA driver (benchmarks/multimodal.py) scores the modality models' draws and the
+baselines' draws as distributions of the protein values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+
+multimodal = pytest.importorskip("multimodal")
+
+
+def test_distribution_scores_use_the_training_scale():
+    from biodiffuse.metrics import score_draws
+
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 10.0, 0.0])
+    truth = rng.normal(size=(200, 3)) * np.array([1.0, 10.0, 1.0])
+    calibrated = rng.normal(size=(40, 200, 3)) * np.array([1.0, 10.0, 1.0])
+    s = multimodal.distribution_scores(truth, calibrated, scale)
+    ref = score_draws(truth / [1.0, 10.0, 1.0], calibrated.transpose(1, 0, 2) / [1.0, 10.0, 1.0])
+    assert s == {f"dist_{k}": v for k, v in ref.items()}
+    assert 0.85 < s["dist_coverage90"] < 0.95
+    narrow = multimodal.distribution_scores(truth, calibrated * 0.2, scale)
+    assert narrow["dist_coverage90"] < 0.4 and narrow["dist_crps"] > s["dist_crps"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "tcga").exists(), reason="needs ../shared/data/tcga")
+def test_brca_folds_carry_distribution_rows():
+    table = multimodal.run_brca(folds=2, max_epochs=2, n_samples=3, steps=2)
+    methods = set(table["method"])
+    assert {"ridge + gaussian", "ridge + residuals", "knn + neighbours", "MultiConditionDiffusion", "CoherentDenoising"} <= methods
+    for m in ("ridge + gaussian", "knn + neighbours", "MultiConditionDiffusion", "CoherentDenoising"):
+        sub = table[table.method == m]
+        assert len(sub) == 2 and np.isfinite(sub[["dist_crps", "dist_energy_score", "dist_coverage90"]].to_numpy()).all()
+    assert table.loc[table.method == "ridge", "r2_feature"].notna().all()
+    assert table.loc[table.method == "ridge + gaussian", "r2_feature"].isna().all()
