@@ -70,33 +70,30 @@ def _calibration(truth: np.ndarray, pred: np.ndarray, held_idx: np.ndarray) -> f
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def _test_tiles(test_small: np.ndarray, tile: int) -> list[tuple[slice, slice]]:
+    """The (rows, columns) slices of the ``tile`` x ``tile`` grid cells lying entirely in the test region."""
+    h, w = test_small.shape
+    cells = [(slice(y0, y0 + tile), slice(x0, x0 + tile)) for y0 in range(0, h - tile + 1, tile) for x0 in range(0, w - tile + 1, tile)]
+    return [(ys, xs) for ys, xs in cells if test_small[ys, xs].all()]
+
+
 def _accuracy_uncertainty(truth: np.ndarray, mean: np.ndarray, var: np.ndarray, test_small: np.ndarray, held_idx: np.ndarray, tile: int) -> float:
     """Spearman over (test tile, held-out channel) of local Pearson vs mean sample variance."""
     from scipy.stats import spearmanr
 
-    h, w = test_small.shape
     r, v = [], []
-    for y0 in range(0, h - tile + 1, tile):
-        for x0 in range(0, w - tile + 1, tile):
-            if not test_small[y0 : y0 + tile, x0 : x0 + tile].all():
-                continue
-            for j in held_idx:
-                a = truth[j, y0 : y0 + tile, x0 : x0 + tile].ravel()
-                b = mean[j, y0 : y0 + tile, x0 : x0 + tile].ravel()
-                if a.std() > 0 and b.std() > 0:
-                    r.append(np.corrcoef(a, b)[0, 1])
-                    v.append(var[j, y0 : y0 + tile, x0 : x0 + tile].mean())
+    for ys, xs in _test_tiles(test_small, tile):
+        for j in held_idx:
+            a, b = truth[j, ys, xs].ravel(), mean[j, ys, xs].ravel()
+            if a.std() > 0 and b.std() > 0:
+                r.append(np.corrcoef(a, b)[0, 1])
+                v.append(var[j, ys, xs].mean())
     return float(spearmanr(r, v).statistic) if len(r) > 2 else float("nan")
 
 
 def _tile_means(values: np.ndarray, test_small: np.ndarray, held_idx: np.ndarray, tile: int) -> np.ndarray:
     """(test tiles x held-out channels) means of ``values`` (C, H, W) over the tiles lying in the test region."""
-    h, w = test_small.shape
-    out = []
-    for y0 in range(0, h - tile + 1, tile):
-        for x0 in range(0, w - tile + 1, tile):
-            if test_small[y0 : y0 + tile, x0 : x0 + tile].all():
-                out.append(values[held_idx, y0 : y0 + tile, x0 : x0 + tile].mean(axis=(1, 2)))
+    out = [values[held_idx, ys, xs].mean(axis=(1, 2)) for ys, xs in _test_tiles(test_small, tile)]
     return np.asarray(out).reshape(-1, len(held_idx))
 
 
