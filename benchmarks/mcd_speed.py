@@ -20,23 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from biodiffuse.module.mcd import MCDObjective, build_network
-from biodiffuse.nn import ChannelAttention, Conv2d
+from biodiffuse.nn import fast_paths
 from biodiffuse.train import GenerativeModule
 
 __all__ = ["PATHS", "time_network", "main"]
 
 #: (label, plain network paths, fused AdamW)
 PATHS = (("plain conv + SDPA, AdamW loop", True, False), ("1x1 paths, AdamW loop", False, False), ("1x1 paths, fused AdamW", False, True))
-
-
-def _plain_channel_attention(self: ChannelAttention, x: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = x.shape
-    q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-    q = q * (self.temperature / (h * w) ** 0.5)
-    return x + self.proj(F.scaled_dot_product_attention(q, k, v, scale=1.0).reshape(b, c, h, w))
 
 
 def time_network(plain: bool, n_genes: int = 1000, n_proteins: int = 49, batch: int = 256, repeats: int = 20, seed: int = 0,
@@ -46,13 +38,7 @@ def time_network(plain: bool, n_genes: int = 1000, n_proteins: int = 49, batch: 
     torch.manual_seed(seed)
     net = build_network(n_proteins, n_genes, spatial=False, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, heads=4,
                         dropout=0.1, cond_dropout=0.5, sigma_data=0.5)
-    original = ChannelAttention.forward
-    if plain:
-        for m in net.modules():
-            if isinstance(m, Conv2d):
-                m._pointwise_ok = False
-        ChannelAttention.forward = _plain_channel_attention
-    try:
+    with fast_paths(not plain):
         objective = MCDObjective(0.0, "all", 0.5)
         data = {"x": torch.rand(batch, n_proteins) * 2 - 1, "available": torch.ones(batch, n_proteins, dtype=torch.bool),
                 "genes": torch.randn(batch, n_genes)}
@@ -90,8 +76,6 @@ def time_network(plain: bool, n_genes: int = 1000, n_proteins: int = 49, batch: 
         out["train_cells_per_s"] = batch / out["train_step_s"]
         out["sample_draws_per_s"] = len(draws) / out["sample_call_s"]
         return out
-    finally:
-        ChannelAttention.forward = original
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,9 +17,9 @@ def test_driver_times_both_paths(tmp_path):
 
 
 def test_plain_and_fast_paths_agree():
-    """The benchmark's 'plain' network is the same function as the package's."""
+    """The benchmark's 'plain' network (``bd.nn.fast_paths(False)``) is the same function as the package's."""
     from biodiffuse.module.mcd import build_network
-    from biodiffuse.nn import ChannelAttention, Conv2d
+    from biodiffuse.nn import fast_paths
 
     torch.manual_seed(0)
     net = build_network(7, 20, spatial=False, model_channels=16, channel_mult=(1, 2), num_blocks=1, heads=2,
@@ -31,14 +31,7 @@ def test_plain_and_fast_paths_agree():
     fast = net(x, sigma, cond)  # with gradients: the training paths (outer-product attention)
     with torch.no_grad():
         fast_sampling = net(x, sigma, cond)  # without: SDPA, as when sampling
-    original = ChannelAttention.forward
-    try:
-        for m in net.modules():
-            if isinstance(m, Conv2d):
-                m._pointwise_ok = False
-        ChannelAttention.forward = mcd_speed._plain_channel_attention
+    with fast_paths(False):
         plain = net(x, sigma, cond)
-    finally:
-        ChannelAttention.forward = original
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast_sampling, plain, rtol=1e-4, atol=1e-5)

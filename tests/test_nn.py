@@ -110,3 +110,41 @@ def test_channel_attention_1x1_path_matches_sdpa() -> None:
     q, k, v = att.qkv(att.norm(x)).reshape(b, 3, 4, c // 4, 1).unbind(1)
     ref = x + att.proj(F.scaled_dot_product_attention(q * att.temperature, k, v, scale=1.0).reshape(b, c, 1, 1))
     torch.testing.assert_close(att(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_paths_switch_turns_the_1x1_paths_off_and_restores_them(monkeypatch) -> None:
+    """Inside ``fast_paths(False)`` a 1 x 1 input takes the ordinary convolution and SDPA
+    (same numbers); the switch is restored on leaving, also after an error."""
+    from torch.nn import functional as F
+
+    import biodiffuse.nn.attention as attention_module
+    import biodiffuse.nn.conv as conv_module
+    from biodiffuse.nn import Conv2d, fast_paths, fast_paths_enabled
+
+    calls = {"linear": 0, "sdpa": 0}
+    linear, sdpa = F.linear, F.scaled_dot_product_attention
+
+    def counting_linear(*a, **k):
+        calls["linear"] += 1
+        return linear(*a, **k)
+
+    def counting_sdpa(*a, **k):
+        calls["sdpa"] += 1
+        return sdpa(*a, **k)
+
+    monkeypatch.setattr(conv_module.F, "linear", counting_linear)
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", counting_sdpa)
+    torch.manual_seed(0)
+    conv, att = Conv2d(6, 8, 3, padding=1), ChannelAttention(8, heads=2)
+    x = torch.randn(3, 6, 1, 1)
+    fast = att(conv(x))
+    assert calls == {"linear": 3, "sdpa": 0}  # conv + qkv + proj as matrix products, outer-product attention
+    with fast_paths(False):
+        assert not fast_paths_enabled()
+        plain = att(conv(x))
+    assert calls == {"linear": 3, "sdpa": 1}
+    torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-6)
+    assert fast_paths_enabled()
+    with pytest.raises(RuntimeError), fast_paths(False):
+        raise RuntimeError("boom")
+    assert fast_paths_enabled()

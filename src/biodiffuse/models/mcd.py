@@ -105,7 +105,8 @@ class MCD(img.MCDImageMixin, BaseModel):
     loss_on
         ``"all"`` measured channels (paper) or only the ``"missing"`` (masked) ones.
     model_channels, channel_mult, num_blocks, heads
-        UNet size (3 levels by default).
+        UNet size (3 levels by default). ``model_channels`` and ``heads`` default to 32 and 4
+        for tables and to 16 and 2 for image tiles (the size every MIBI benchmark ran).
     dropout, cond_dropout
         Dropout in residual blocks and on the condition input. ``cond_dropout`` defaults to
         0.5 for gene -> protein models (a thousand gene channels) and 0 otherwise (dropping
@@ -197,10 +198,10 @@ class MCD(img.MCDImageMixin, BaseModel):
         target_channels: Sequence[str] | None = None,
         observed_fraction: float | None = None,
         loss_on: str = "all",
-        model_channels: int = 32,
+        model_channels: int | None = None,
         channel_mult: Sequence[int] = (1, 2, 2),
         num_blocks: int = 1,
-        heads: int = 4,
+        heads: int | None = None,
         dropout: float = 0.1,
         cond_dropout: float | None = None,
         sigma_data: float = 0.5,
@@ -229,7 +230,9 @@ class MCD(img.MCDImageMixin, BaseModel):
             cond_dropout = 0.5 if gene_mode else 0.0
         if not 0.0 <= observed_fraction <= 1.0:
             raise ValueError(f"observed_fraction must lie in [0, 1], got {observed_fraction}.")
-        table = mode != "image"  # the sampler defaults measured on tables (see the docstring)
+        table = mode != "image"  # the sampler and size defaults measured per mode (see the docstring)
+        model_channels = (32 if table else 16) if model_channels is None else model_channels
+        heads = (4 if table else 2) if heads is None else heads
         sampler = _checked_sampler(
             solver=("euler" if table else "heun") if solver is None else solver,
             sigma_max=(10.0 if table else 80.0) if sigma_max is None else sigma_max,

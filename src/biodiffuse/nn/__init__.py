@@ -4,6 +4,7 @@ from .attention import ChannelAttention, OutputRecalibration, SpatialAttention, 
 from .dit import DiTBlock, GeneDiT, ReferenceAttention
 from .blocks import Downsample, ResBlock, UNetBlock, Upsample
 from .conv import Conv2d
+from .paths import fast_paths, fast_paths_enabled
 from .mlp import MLPDenoiser
 from .patchgan import PatchDiscriminator
 from .embeddings import NoiseEmbedding, PositionalEmbedding
@@ -14,6 +15,8 @@ from .unet import ConditionEncoder, MCDUNet
 __all__ = [
     "ChannelAttention",
     "Conv2d",
+    "fast_paths",
+    "fast_paths_enabled",
     "OutputRecalibration",
     "SpatialAttention",
     "SqueezeExcitation",

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .conv import Conv2d
+from .paths import fast_paths_enabled
 
 __all__ = ["SqueezeExcitation", "ChannelAttention", "SpatialAttention", "OutputRecalibration"]
 
@@ -91,7 +92,7 @@ class ChannelAttention(nn.Module):
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         q = q * (self.temperature / (h * w) ** 0.5)
-        if h * w == 1 and torch.is_grad_enabled():
+        if h * w == 1 and torch.is_grad_enabled() and fast_paths_enabled():
             # 1 x 1 inputs (tables) in training: the same attention as outer products, whose backward is far
             # cheaper on CPU than SDPA's; without gradients (sampling) SDPA's fused kernel is the faster one
             attn = torch.softmax(q * k.transpose(-2, -1), dim=-1)  # (b, heads, d, d): outer products

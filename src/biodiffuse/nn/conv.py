@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .paths import fast_paths_enabled
+
 __all__ = ["Conv2d"]
 
 
@@ -22,7 +24,7 @@ class Conv2d(nn.Conv2d):
     The path is taken when the input is ``(B, C, 1, 1)`` and the layer has an odd square
     kernel, stride 1, dilation 1, one group and ``padding = kernel // 2`` (the output is then
     ``(B, C_out, 1, 1)`` and only the centre tap of the kernel touches data). Otherwise it is
-    the ordinary convolution.
+    the ordinary convolution (also inside ``with bd.nn.fast_paths(False)``).
 
     Parameters
     ----------
@@ -46,7 +48,7 @@ class Conv2d(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._pointwise_ok and x.ndim == 4 and x.shape[-1] == 1 and x.shape[-2] == 1:
+        if self._pointwise_ok and x.ndim == 4 and x.shape[-1] == 1 and x.shape[-2] == 1 and fast_paths_enabled():
             c = self.kernel_size[0] // 2
             w = self.weight[:, :, c, c] if self.kernel_size[0] > 1 else self.weight.flatten(1)
             return F.linear(x.flatten(1), w, self.bias)[:, :, None, None]
