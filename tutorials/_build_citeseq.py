@@ -120,7 +120,7 @@ statistics fitted on the training cells.
 
 `train` holds out 10 % of the training cells for validation and early stopping. We train for
 {EPOCHS} epochs only (about {STEPS_TRAINED} optimiser steps), a few minutes on a CPU; the default is about
-6,000 steps, and a GPU is used when there is one."""
+1,500 steps, and a GPU is used when there is one."""
     ),
     code(
         """bd.models.MCD.setup_anndata(train, protein_obsm_key="protein_expression")
@@ -219,7 +219,7 @@ How to read these numbers:
   over all five (as in `benchmarks/`) gives the spread; a difference of a few hundredths is
   within it. Nothing was tuned on the test cells.
 * MCD was trained very briefly here ({EPOCHS} epochs) and sampled with {N_SAMPLES} draws of {STEPS}
-  sampler steps, far below the defaults (about 6,000 optimiser steps, 18 sampler steps). In this
+  sampler steps, below the defaults (about 1,500 optimiser steps, 18 sampler steps). In this
   short run the baselines come out ahead: this is a usage example, not a fair comparison.
 * One sampler step (`steps=1`) returns the denoiser's estimate of the conditional mean
   E[proteins | RNA]. It is usually the better point estimate: the mean of a few posterior draws
@@ -322,7 +322,8 @@ assert diff < 1e-4"""
     md(
         """## Next steps
 
-* Train on more cells and for longer (the default `max_epochs` is about 6,000 optimiser steps), and
+* Train on more cells at the default length (about 1,500 optimiser steps: on a held-out Abseq donor
+  longer training scored worse, `docs/benchmarks.md`), and
   use more sampler steps (`steps=18`, the default) for the final imputation.
 * Repeat the comparison over several splits or data sets before drawing conclusions;
   `python benchmarks/citeseq.py` runs the gene → protein comparison with cross-validation.

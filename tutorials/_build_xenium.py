@@ -542,9 +542,9 @@ The settings above are for a CPU in minutes. For the whole slide (84,518 cells, 
 after QC) use a GPU (`model.train()` picks it up) and the defaults:
 
 * `bd.datasets.xenium_bone_marrow()` without `crop`;
-* SpaDiT: the default network (`dim=128, depth=4, bank_size=2048`) and default training length
-  (about 4,000 optimiser steps, early stopping); predict with `n_samples=10`;
-* MCD: default `max_epochs` (about 6,000 optimiser steps) on all four training donors, then
+* SpaDiT: the default network (`dim=64, depth=2, bank_size=2048`) and default training length
+  (about 1,200 optimiser steps, early stopping); predict with `n_samples=10`;
+* MCD: default `max_epochs` (about 1,500 optimiser steps) on all four training donors, then
   all five for the final model; impute with `n_samples=10, steps=18` for the variance;
 * GeneFlow: `tile_size=256, scale=1.0` (or 128 at `scale=0.5`), `model_channels=64`, default
   training (about 3,000 steps; the paper trains far longer), and `n_samples=4` per cell.
