@@ -213,3 +213,27 @@ def test_image_panels_plot(trained):
     assert len(fig.axes) >= 3
     with pytest.raises(KeyError, match="impute"):
         bd.pl.image_imputation_panels(_synthetic(), "img", ["C"])
+
+
+def test_image_defaults_are_the_measured_small_network_and_budget():
+    """Images default to the 16-channel, 2-head UNet and ~500 steps of 64 tiles (the MIBI
+    measurement); tables keep 32 channels, 4 heads, ~1,500 steps of 256 cells."""
+    import anndata as ad
+
+    sdata = _synthetic()
+    bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=16, downsample=1)
+    model = bd.models.MCD(sdata)
+    assert (model.init_args["model_channels"], model.init_args["heads"]) == (16, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    plan = model.registry["training_plan"]
+    assert plan["batch_size"] == 64
+    assert plan["default_max_epochs"] == int(np.clip(round(500 / plan["steps_per_epoch"]), 20, 3000))
+    table = ad.AnnData(np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
+    table.var_names = ["a", "b", "c", "d"]
+    bd.models.MCD.setup_anndata(table)
+    tab = bd.models.MCD(table)
+    assert (tab.init_args["model_channels"], tab.init_args["heads"]) == (32, 4)
+    assert tab._training_defaults()["batch_size"] == 256 and tab._training_defaults()["steps"] == 1500
+    assert bd.models.MCD(sdata, model_channels=8, heads=1).init_args["model_channels"] == 8

