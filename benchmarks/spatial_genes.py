@@ -88,6 +88,7 @@ def kfold_distribution(
     n_samples: int = 10,
     k: int = 50,
     max_epochs: int | None = None,
+    save: Path | None = None,
     **spadit_kwargs,
 ) -> pd.DataFrame:
     """Predictive distributions of the held-out genes, K-fold over genes as :func:`kfold_over_genes`.
@@ -97,7 +98,8 @@ def kfold_distribution(
     kNN mean with its leave-one-out Gaussian residual), all scored on the fold's genes by
     ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
     mean, 50 / 80 / 90 % coverage). One row per (fold, method), with ``n_genes``, the fit and
-    sampling seconds and SpaDiT's network evaluations per draw.
+    sampling seconds and SpaDiT's network evaluations per draw. ``save``: a CSV path rewritten
+    after every fold (an interrupted run keeps the folds it finished).
     """
     from biodiffuse.baselines import fit_predict_knn_draws
     from biodiffuse.diffusion import network_evaluations
@@ -131,6 +133,8 @@ def kfold_distribution(
             order = [list(post["genes"]).index(g) for g in test]
             score(f"SpaDiT ({st} step{'s' if st > 1 else ''})", post["draws"][:, :, order], fit_s=fit_s,
                   seconds=time.perf_counter() - t0, nfe=network_evaluations(int(st)), epochs=len(model.history))
+        if save is not None:
+            pd.DataFrame(rows).to_csv(save, index=False)
     return pd.DataFrame(rows)
 
 
@@ -283,8 +287,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.distribution:
         sp, sc = datasets.osmfish_allen_visp()
         per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
-                                      n_samples=args.n_samples, max_epochs=args.max_epochs, **json.loads(args.spadit))
-        per_fold.to_csv(out / "distribution_per_fold.csv", index=False)
+                                      n_samples=args.n_samples, max_epochs=args.max_epochs,
+                                      save=out / "distribution_per_fold.csv", **json.loads(args.spadit))
         table = summarize_distribution(per_fold)
         (out / "distribution.json").write_text(json.dumps(
             {"settings": vars(args), "summary": json.loads(table.to_json(orient="index"))}, indent=1))

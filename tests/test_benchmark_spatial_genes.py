@@ -14,13 +14,17 @@ spatial_genes = pytest.importorskip("spatial_genes")
 TINY = dict(dim=16, depth=1, heads=2, ref_heads=1, bank_size=16)
 
 
-def test_distribution_folds_score_spadit_and_knn_draws():
+def test_distribution_folds_score_spadit_and_knn_draws(tmp_path):
     from biodiffuse.baselines import fit_predict_knn_draws
     from biodiffuse.metrics import score_draws
 
     sc, sp = _cells(120, 1, GENES), _cells(60, 2, GENES)
     per_fold = spatial_genes.kfold_distribution(sp, sc, n_folds=5, max_folds=3, steps=(1, 2), n_samples=4, k=10,
-                                                max_epochs=2, **TINY)
+                                                max_epochs=2, save=tmp_path / "folds.csv", **TINY)
+    import pandas as pd
+
+    saved = pd.read_csv(tmp_path / "folds.csv")  # rewritten after every fold
+    np.testing.assert_allclose(saved["crps"], per_fold["crps"])
     methods = ["kNN + neighbours", "kNN + gaussian", "SpaDiT (1 step)", "SpaDiT (2 steps)"]
     assert list(per_fold["method"]) == methods * 3 and list(per_fold["fold"]) == [0] * 4 + [1] * 4 + [2] * 4
     assert list(per_fold.loc[per_fold.method == "SpaDiT (2 steps)", "nfe"]) == [3, 3, 3]
