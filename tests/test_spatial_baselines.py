@@ -189,3 +189,11 @@ def test_knn_draws_gaussian_uses_the_leave_one_out_residual_variance():
     out = fit_predict_knn_draws(sp, sc, ["t"], kind="gaussian", n_samples=5000, k=3, seed=0)
     noise = out["draws"] - out["mean"].to_numpy()[:, None, :]
     np.testing.assert_allclose(noise.std(), sd, rtol=0.02)
+
+
+def test_knn_draws_gaussian_mean_is_knn_when_k_covers_the_reference():
+    from biodiffuse.baselines import fit_predict_knn_draws
+
+    sp, sc, _ = _clusters()
+    out = fit_predict_knn_draws(sp, sc, ["t"], kind="gaussian", n_samples=3, k=50)  # k capped at the 12 cells
+    pd.testing.assert_frame_equal(out["mean"], fit_predict_knn(sp, sc, ["t"], k=50))

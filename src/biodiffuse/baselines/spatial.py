@@ -208,8 +208,8 @@ def _knn_neighbours(
     sp: AnnData, sc: AnnData, test_genes: Sequence[str], *, k: int, metric: str, alignment: str, reference: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
     """:func:`fit_predict_knn`'s matching: (spatial known genes, reference test genes, the ``k``
-    reference neighbours of every spatial cell, and with ``reference=True`` the ``k``
-    neighbours of every reference cell among the OTHER reference cells)."""
+    reference neighbours of every spatial cell, and with ``reference=True`` the
+    ``min(k, n_ref - 1)`` neighbours of every reference cell among the OTHER reference cells)."""
     from sklearn.neighbors import NearestNeighbors
     from sklearn.preprocessing import StandardScaler
 
@@ -217,7 +217,7 @@ def _knn_neighbours(
     n_ref = sc_known.shape[0]
     if reference and n_ref < 2:
         raise ValueError("kind='gaussian' needs at least 2 reference cells (leave-one-out residuals).")
-    k = _check_k(k, n_ref - 1 if reference else n_ref)
+    k = _check_k(k, n_ref)
     if alignment not in ("zscore", "quantile"):
         raise ValueError(f"alignment must be 'zscore' or 'quantile', got {alignment!r}.")
     ref_values, sp_values = sc_known.to_numpy(np.float64), sp_known.to_numpy(np.float64)
@@ -225,14 +225,14 @@ def _knn_neighbours(
         sp_values = quantile_align(sp_values, ref_values)
     scaler = StandardScaler().fit(ref_values)
     ref, query = scaler.transform(ref_values), scaler.transform(sp_values)
-    nn = NearestNeighbors(n_neighbors=k, metric=metric).fit(ref)
-    idx = nn.kneighbors(query, return_distance=False)
+    idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(ref).kneighbors(query, return_distance=False)
     ref_idx = None
-    if reference:  # leave-one-out: each reference cell's neighbours without itself
-        own = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(ref).kneighbors(ref, return_distance=False)
-        not_self = own != np.arange(len(ref))[:, None]
+    if reference:  # leave-one-out: each reference cell's min(k, n_ref - 1) neighbours without itself
+        k_ref = min(k, n_ref - 1)
+        own = NearestNeighbors(n_neighbors=k_ref + 1, metric=metric).fit(ref).kneighbors(ref, return_distance=False)
+        not_self = own != np.arange(n_ref)[:, None]
         not_self[not_self.all(axis=1), -1] = False  # itself not among them (ties): drop the farthest
-        ref_idx = own[not_self].reshape(len(ref), k)
+        ref_idx = own[not_self].reshape(n_ref, k_ref)
     return sp_known, sc_test, idx, ref_idx
 
 
