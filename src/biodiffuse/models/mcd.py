@@ -78,7 +78,7 @@ class MCD(img.MCDImageMixin, BaseModel):
     last tenth of the steps. On tables 1,500 steps were as good as 750 and better than 3,000
     or 6,000 on a held-out donor (``docs/benchmarks.md``), and 3,000 cells trained in 4.5
     minutes on two CPU cores (``benchmarks/default_training.py``); on the MIBI image, 450
-    steps scored better on the test region than 900 or 1,800 and trained in 4.5 minutes. Data option:
+    steps scored better on the test region than 900 or 1,800 (about 5 minutes of training). Data option:
     ``holdout`` (images only): boolean ``(H, W)`` mask of pixels never used for training or
     validation (e.g. a test region from :func:`~biodiffuse.data.spatial_split`); for images
     the validation split is a set of whole blocks (``1 - train_size`` of the image) and only
@@ -146,7 +146,7 @@ class MCD(img.MCDImageMixin, BaseModel):
     )
     # Images (tiles): about 500 steps of 64 tiles with the 16-channel UNet. On the MIBI test region
     # 450 / 900 / 1,800 steps scored pixel r 0.461 / 0.442 / 0.418 at one sampler step (ridge 0.461;
-    # docs/benchmarks.md) and 450 steps took 4.5 minutes on two CPU cores; 6,000 steps of 256 tiles of
+    # docs/benchmarks.md) at 5.3-5.9 s per 9-step epoch on two CPU cores (~5 minutes); 6,000 steps of 256 tiles of
     # the 32-channel UNet projected to 6.8 hours.
     _image_train_defaults = {**_train_defaults, "batch_size": 64, "steps": 500, "epochs": (20, 3000)}
     _data_kwargs = ("holdout",)
