@@ -105,14 +105,10 @@ def kfold_distribution(
     from biodiffuse.diffusion import network_evaluations
     from biodiffuse.metrics import score_draws
 
-    genes = sorted(set(map(str, sp.var_names)) & set(map(str, sc.var_names)))
-    if len(genes) < n_folds:
-        raise ValueError(f"{len(genes)} shared genes cannot make {n_folds} folds.")
     rows = []
-    for fold, (tr, te) in enumerate(KFold(n_folds, shuffle=True, random_state=seed).split(genes)):
+    for fold, (known, test) in enumerate(_gene_folds(sp, sc, n_folds, seed)):
         if max_folds is not None and fold >= max_folds:
             break
-        known, test = [genes[i] for i in tr], [genes[i] for i in te]
         sp_known = sp[:, known].copy()
         truth = held_out_truth(sp, known, test).to_numpy()
         base = dict(fold=fold, n_genes=len(test))
@@ -160,6 +156,15 @@ def held_out_truth(sp_full: AnnData, known: Sequence[str], test: Sequence[str]) 
     return pd.DataFrame(vals, index=sp_full.obs_names, columns=list(test))
 
 
+def _gene_folds(sp: AnnData, sc: AnnData, n_folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """(known, held-out) genes of each fold: K-fold over the sorted genes shared by ``sp`` and ``sc``."""
+    genes = sorted(set(map(str, sp.var_names)) & set(map(str, sc.var_names)))
+    if len(genes) < n_folds:
+        raise ValueError(f"{len(genes)} shared genes cannot make {n_folds} folds.")
+    return [([genes[i] for i in tr], [genes[i] for i in te])
+            for tr, te in KFold(n_folds, shuffle=True, random_state=seed).split(genes)]
+
+
 def kfold_over_genes(
     method: Method,
     sp: AnnData,
@@ -172,12 +177,8 @@ def kfold_over_genes(
 
     Returns the predictions and the truth (cells x genes) and the total fit + predict seconds.
     """
-    genes = sorted(set(map(str, sp.var_names)) & set(map(str, sc.var_names)))
-    if len(genes) < n_folds:
-        raise ValueError(f"{len(genes)} shared genes cannot make {n_folds} folds.")
     preds, truths, seconds = [], [], 0.0
-    for tr, te in KFold(n_folds, shuffle=True, random_state=seed).split(genes):
-        known, test = [genes[i] for i in tr], [genes[i] for i in te]
+    for known, test in _gene_folds(sp, sc, n_folds, seed):
         sp_known = sp[:, known].copy()
         t0 = time.perf_counter()
         pred = method(sp_known, sc, test, seed=seed, **kwargs)

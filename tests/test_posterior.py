@@ -145,3 +145,5 @@ def test_sampler_for_reports_the_evaluations_it_makes(family, kwargs, nfe) -> No
     assert evaluations_for(family, steps, **kwargs) == nfe
     with pytest.raises(ValueError, match="family"):
         sampler_for("ddpm", 3)
+    with pytest.raises(ValueError, match="steps"):
+        evaluations_for(family, 0)
