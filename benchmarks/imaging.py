@@ -125,8 +125,13 @@ def run(
     baseline_max_train: int = 3000,
     seed: int = 0,
     path: str | None = None,
+    tune_nfe: int | None = None,
 ) -> dict[str, Any]:
-    """Train MCD on the training region, impute ``held_out`` channels, score everything on the test region."""
+    """Train MCD on the training region, impute ``held_out`` channels, score everything on the test region.
+
+    ``tune_nfe``: also choose the sampler on the training run's validation tiles at this many network
+    evaluations per draw (``MCD.tune_sampler``) and score the choice on the test region (rows "tuned").
+    """
     from biodiffuse.datasets import mibi_granuloma
 
     sdata = mibi_granuloma(path)
@@ -145,12 +150,23 @@ def run(
     t0 = time.perf_counter()
     model.train(max_epochs=max_epochs, batch_size=batch_size, holdout=test_mask, seed=seed, enable_progress_bar=False)
     fit_s = time.perf_counter() - t0
-    posts, impute_s = {}, {}
-    for st in steps:
+    posts, impute_s, nfe = {}, {}, {}
+
+    def sample(label: str, st: int) -> None:
         t0 = time.perf_counter()
-        posts[st] = model.image_posterior(sdata, missing=held, n_samples=n_samples, steps=st, seed=seed)
-        impute_s[st] = time.perf_counter() - t0
-    post = posts[steps[-1]]
+        posts[label] = model.image_posterior(sdata, missing=held, n_samples=n_samples, steps=st, seed=seed)
+        impute_s[label], nfe[label] = time.perf_counter() - t0, model.network_evaluations(steps=st)
+
+    for st in steps:
+        sample(f"{st} step{'s' if st > 1 else ''}", st)
+    post = posts[list(posts)[len(steps) - 1]]
+    tuning = None
+    if tune_nfe is not None:
+        t0 = time.perf_counter()
+        tuning = model.tune_sampler(nfe=tune_nfe, n_samples=n_samples, seed=seed)
+        tune_s = time.perf_counter() - t0
+        best = tuning.iloc[0]
+        sample(f"tuned: {best['solver']} {int(best['steps'])} step{'s' if best['steps'] > 1 else ''} from {best['sigma_max']:g}", int(best["steps"]))
 
     # truth at model resolution, normalised with the model's (training-region) normaliser
     full = image_array(sdata, "mibi", names)
@@ -168,11 +184,11 @@ def run(
     rows: list[dict[str, Any]] = []
     per_channel: dict[str, list[float]] = {}
     for st, pst in posts.items():
-        name = f"MCD ({st} step{'s' if st > 1 else ''}, {n_samples} samples)"
+        name = f"MCD ({st}, {n_samples} samples)"
         mcd_pix = pst["mean_normalized"][:, test_small].T
         r = pearson_per_channel(pix_test[:, held_idx], mcd_pix[:, held_idx])
         per_channel[name] = r.tolist()
-        rows.append(dict(level="pixel", method=name, mean_r=float(np.nanmean(r)), fit_s=fit_s, impute_s=impute_s[st]))
+        rows.append(dict(level="pixel", method=name, mean_r=float(np.nanmean(r)), fit_s=fit_s, impute_s=impute_s[st], nfe=nfe[st]))
     for method, (pred, el) in _baselines(df_train, df_test, observed, held, baseline_max_train, seed).items():
         r = pearson_per_channel(pix_test[:, held_idx], pred[held].to_numpy())
         per_channel[method] = r.tolist()
@@ -190,7 +206,7 @@ def run(
         mean_full = upsample_to(pst["mean"], factor, h, w)
         cells_mcd = aggregate_by_labels(mean_full, labels, names).reindex(cells_true.index)
         r = pearson_per_channel(cells_true.to_numpy()[in_test][:, held_idx], cells_mcd.to_numpy()[in_test][:, held_idx])
-        name = f"MCD ({st} step{'s' if st > 1 else ''}) (cells)"
+        name = f"MCD ({st}) (cells)"
         per_channel[name] = r.tolist()
         rows.append(dict(level="cell", method=name.replace(" (cells)", ""), mean_r=float(np.nanmean(r)), fit_s=np.nan, impute_s=np.nan))
     cnorm = ChannelNormalizer().fit(cells_true.to_numpy()[~in_test])
@@ -211,7 +227,7 @@ def run(
                for st, p in posts.items()}
     # the predictive distribution per test pixel: MCD's mean / sample sd against ridge with its residual sd
     y_held = pix_test[:, held_idx]
-    draws = {f"MCD ({st} step{'s' if st > 1 else ''}, {n_samples} samples) as a Gaussian": gaussian_samples(
+    draws = {f"MCD ({st}, {n_samples} samples) as a Gaussian": gaussian_samples(
         p["mean_normalized"][held_idx][:, test_small].T, np.sqrt(np.maximum(p["variance_normalized"][held_idx][:, test_small].T, 0.0)),
         20, seed=seed) for st, p in posts.items()}
     sub = _subsample(len(pix_train), 50_000, seed)
@@ -226,7 +242,10 @@ def run(
         "calibration_corr_of_corr": calib, "accuracy_uncertainty_spearman": acc_unc,
         "error_uncertainty_spearman": {str(k): v for k, v in err_unc.items()}, "distribution": distribution,
         "epochs": len(model.history), "best_val_loss": float(model.history["val_loss"].min()) if "val_loss" in model.history else None,
-        "settings": dict(max_epochs=max_epochs, model_channels=model_channels, batch_size=batch_size, n_samples=n_samples, steps=steps, baseline_max_train=baseline_max_train),
+        "settings": dict(max_epochs=max_epochs, model_channels=model_channels, batch_size=batch_size, n_samples=n_samples, steps=steps,
+                         baseline_max_train=baseline_max_train, tune_nfe=tune_nfe),
+        "nfe_per_draw": nfe,
+        "sampler_tuning": None if tuning is None else {"seconds": tune_s, "table": json.loads(tuning.to_json(orient="records"))},
     }
 
 
@@ -260,17 +279,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 18])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tune-nfe", type=int, default=None,
+                   help="also choose the sampler on the validation tiles at this many network evaluations per draw")
     p.add_argument("--out", default="results/imaging_mibi")
     args = p.parse_args(argv)
     from _cli import limit_threads  # sibling module of the drivers
 
     limit_threads(args.threads)
-    res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed)
+    res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed,
+              tune_nfe=args.tune_nfe)
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "
              f"accuracy-uncertainty Spearman (local r vs sample variance, per test tile x channel): {res['accuracy_uncertainty_spearman']:.3f}")
     extra += "; error-uncertainty Spearman (mean |error| vs mean sd, per test tile x channel): " + ", ".join(
-        f"{st} step(s) {v:.3f}" for st, v in res["error_uncertainty_spearman"].items())
+        f"{st} {v:.3f}" for st, v in res["error_uncertainty_spearman"].items())
+    extra += "\n\nnetwork evaluations per draw: " + ", ".join(f"{k} {v}" for k, v in res["nfe_per_draw"].items())
+    if res["sampler_tuning"] is not None:
+        tuned = pd.DataFrame(res["sampler_tuning"]["table"])
+        extra += (f"\n\nsampler chosen on the validation tiles ({res['sampler_tuning']['seconds']:.0f} s; best 8 of {len(tuned)}):\n\n"
+                  + tuned.head(8).to_markdown(index=False, floatfmt=".4f"))
     extra += "\n\n" + format_distribution(res["distribution"])
     print(res["dataset"] + "\n" + res["split"] + "\n" + table + "\n" + extra)
     out = Path(args.out)

@@ -89,6 +89,7 @@ def kfold_distribution(
     k: int = 50,
     max_epochs: int | None = None,
     save: Path | None = None,
+    resume: pd.DataFrame | None = None,
     **spadit_kwargs,
 ) -> pd.DataFrame:
     """Predictive distributions of the held-out genes, K-fold over genes as :func:`kfold_over_genes`.
@@ -99,16 +100,20 @@ def kfold_distribution(
     ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
     mean, 50 / 80 / 90 % coverage). One row per (fold, method), with ``n_genes``, the fit and
     sampling seconds and SpaDiT's network evaluations per draw. ``save``: a CSV path rewritten
-    after every fold (an interrupted run keeps the folds it finished).
+    after every fold (an interrupted run keeps the folds it finished); ``resume``: the rows such a
+    run saved (same data and settings), whose folds are kept and not run again.
     """
     from biodiffuse.baselines import fit_predict_knn_draws
     from biodiffuse.diffusion import network_evaluations
     from biodiffuse.metrics import score_draws
 
-    rows = []
+    rows = [] if resume is None else resume.to_dict("records")
+    done = set() if resume is None else set(resume["fold"].astype(int))
     for fold, (known, test) in enumerate(_gene_folds(sp, sc, n_folds, seed)):
         if max_folds is not None and fold >= max_folds:
             break
+        if fold in done:
+            continue
         sp_known = sp[:, known].copy()
         truth = held_out_truth(sp, known, test).to_numpy()
         base = dict(fold=fold, n_genes=len(test))
@@ -132,6 +137,21 @@ def kfold_distribution(
         if save is not None:
             pd.DataFrame(rows).to_csv(save, index=False)
     return pd.DataFrame(rows)
+
+
+_RUN_SETTINGS = ("folds", "steps", "n_samples", "max_epochs", "spadit")
+
+
+def _resumable(out: Path, args: argparse.Namespace) -> pd.DataFrame | None:
+    """The per-fold rows an earlier ``--distribution`` run saved in ``out``, if its settings match."""
+    csv, meta = out / "distribution_per_fold.csv", out / "distribution.json"
+    if not csv.exists() or not meta.exists():
+        return None
+    before = json.loads(meta.read_text())["settings"]
+    changed = [k for k in _RUN_SETTINGS if before.get(k) != getattr(args, k)]
+    if changed:
+        raise ValueError(f"--resume: the run saved in {out} used other settings ({', '.join(changed)}); use a new --out.")
+    return pd.read_csv(csv)
 
 
 def summarize_distribution(per_fold: pd.DataFrame) -> pd.DataFrame:
@@ -276,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--distribution", action="store_true",
                    help="score predictive distributions (SpaDiT draws against kNN draws) instead of point predictions")
     p.add_argument("--max-folds", type=int, default=None, help="--distribution: run only the first folds")
+    p.add_argument("--resume", action="store_true",
+                   help="--distribution: keep the folds an earlier run with the same settings saved in --out")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 18], help="--distribution: SpaDiT sampler steps")
     p.add_argument("--n-samples", type=int, default=10, help="--distribution: draws per cell")
     p.add_argument("--out", default="results/spatial_genes")
@@ -289,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sp, sc = datasets.osmfish_allen_visp()
         per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
                                       n_samples=args.n_samples, max_epochs=args.max_epochs,
-                                      save=out / "distribution_per_fold.csv", **json.loads(args.spadit))
+                                      save=out / "distribution_per_fold.csv", resume=_resumable(out, args) if args.resume else None,
+                                      **json.loads(args.spadit))
         table = summarize_distribution(per_fold)
         (out / "distribution.json").write_text(json.dumps(
             {"settings": vars(args), "summary": json.loads(table.to_json(orient="index"))}, indent=1))

@@ -237,3 +237,48 @@ def test_image_defaults_are_the_measured_small_network_and_budget():
     assert (tab.init_args["model_channels"], tab.init_args["heads"]) == (32, 4)
     assert tab._training_defaults()["batch_size"] == 256 and tab._training_defaults()["steps"] == 1500
     assert bd.models.MCD(sdata, model_channels=8, heads=1).init_args["model_channels"] == 8
+
+
+def test_tune_sampler_scores_validation_tiles_and_keeps_the_better_schedule(trained, tmp_path):
+    """Images tune on the validation tiles of their training run: of a good schedule (Euler from
+    sigma 10) and EDM's 3 Heun steps from 80 (which throws draws off), the tuner must keep the
+    one that also scores better on an image it never saw; the missing channel is never read."""
+    import copy
+
+    sdata, trained_model = trained
+    model = copy.deepcopy(trained_model)
+    assert len(model._validation_origins) > 0
+    good = dict(solver="euler", steps=5, nfe=5, sigma_max=10.0, sigma_min=0.05, rho=7.0)
+    bad = dict(solver="heun", steps=3, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    table = model.tune_sampler(candidates=[bad, good], n_samples=6)
+    assert list(table["crps"]) == sorted(table["crps"]) and len(table) == 2
+    best = table.iloc[0]
+    assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
+    assert model.registry["sampler_tuning"]["crps"] == best["crps"]
+
+    # the choice holds on a new image: score both schedules' draws of channel C there
+    query = _synthetic(seed=2)
+    tiles = np.concatenate([model._normalize_image(np.asarray(query.images["img"].data))[None, :, y:y + 16, x:x + 16]
+                            for y in (0, 24, 48) for x in (0, 24, 48)])
+    observed = np.array([True, True, False])
+    y = (tiles[:, 2:3] + 1.0) / 2.0
+    crps = {}
+    for name, cand in (("good", good), ("bad", bad)):
+        sampler = bd.diffusion.edm_sampler(cand["steps"], **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+        d = model._tile_draws(tiles, observed, sampler, n_samples=6, seed=1, device="cpu")
+        assert d.shape == (9, 6, 1, 16, 16)
+        crps[name] = bd.metrics.crps(y.transpose(0, 2, 3, 1).reshape(-1, 1), d.transpose(0, 3, 4, 1, 2).reshape(-1, 6, 1)).mean()
+        # the unobserved channel is never read
+        noisy = tiles.copy()
+        noisy[:, 2] = np.random.default_rng(0).normal(size=noisy[:, 2].shape)
+        np.testing.assert_array_equal(d, model._tile_draws(noisy, observed, sampler, n_samples=6, seed=1, device="cpu"))
+    chosen = "good" if best["solver"] == "euler" else "bad"
+    assert crps[chosen] == min(crps.values()), (chosen, crps)
+
+    with pytest.raises(TypeError, match="validation tiles"):
+        model.tune_sampler(sdata, candidates=[good])
+    model.save(tmp_path / "tuned")
+    loaded = bd.models.MCD.load(tmp_path / "tuned", sdata)
+    assert loaded.sampler_settings == model.sampler_settings
+    with pytest.raises(ValueError, match="No validation tiles"):
+        loaded.tune_sampler(candidates=[good])

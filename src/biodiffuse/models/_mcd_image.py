@@ -35,7 +35,7 @@ from ..data.tiles import (
     tiles_inside,
     upsample_to,
 )
-from ..diffusion import row_seeds, sample_rows
+from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.mcd import make_prepare
 from .base import resolve_device
 
@@ -207,6 +207,7 @@ class MCDImageMixin:
             hold = downsample_mask(holdout, f) if f > 1 else holdout
         origins, train, val = region_tiles(small.shape[1:], tile, hold, train_size, seed)
         self.train_indices, self.validation_indices = np.flatnonzero(train), np.flatnonzero(val)
+        self._validation_origins = origins[val]  # for tune_sampler (model resolution)
         if self.registry["normalizer"] is None:
             in_train = np.zeros(small.shape[1:], bool)
             for y0, x0 in origins[train]:
@@ -224,6 +225,42 @@ class MCDImageMixin:
             return {"x": torch.from_numpy(x), "available": torch.ones((len(x), len(names)), dtype=torch.bool)}
 
         return part(train), part(val) if val.any() else None, int(train.sum())
+
+    def _validation_tiles(self, max_tiles: int, seed: int) -> np.ndarray:
+        """The last training run's validation tiles (model scale, NaN kept), at most ``max_tiles`` of them."""
+        from ..data.tiles import extract_tiles
+
+        origins = getattr(self, "_validation_origins", None)
+        if origins is None or len(origins) == 0:
+            raise ValueError(
+                "No validation tiles: this image model has not been trained in this session, or its training "
+                "region was too small for a validation block (train_size=1 or under two tiles across)."
+            )
+        if len(origins) > max_tiles:
+            origins = origins[np.sort(np.random.default_rng(seed).choice(len(origins), max_tiles, replace=False))]
+        setup = self.registry["setup"]
+        f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
+        full = image_array(self.adata, setup["image_key"], self.registry["target_names"])
+        small = downsample_mean(crop_to_factor(full, f), f) if f > 1 else full
+        return extract_tiles(self._normalize_image(small), origins, tile)
+
+    def _tile_draws(self, tiles: np.ndarray, observed: np.ndarray, sampler, *, n_samples: int, seed: int, device: str) -> np.ndarray:
+        """Draws of the unobserved channels of ``tiles`` (n, C, T, T; model scale) in the normalised
+        [0, 1] scale: (n, n_samples, C_missing, T, T). Observed channels condition; the others are never read."""
+        c = len(observed)
+        x = np.where(observed[None, :, None, None], np.nan_to_num(tiles, nan=0.0), 0.0).astype(np.float32)
+
+        def read(rows: np.ndarray):
+            return x[rows], np.broadcast_to(observed, (len(rows), c)), None
+
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        out = sample_rows(
+            make_prepare(net, read, self._tile_chunk), len(x), x.shape[1:], seeds=row_seeds(seed, [f"validation tile {i}" for i in range(len(x))]),
+            sampler=sampler, n_samples=n_samples, batch_size=self._inference_tiles, device=dev,
+            reducer=Moments(len(x), transforms={"": lambda d, r: (d[:, :, ~observed] + 1.0) / 2.0}, keep_draws=True),
+        )
+        return out["draws"]
 
     def _normalize_image(self, small: np.ndarray) -> np.ndarray:
         """(C, h, w) values -> model scale [-1, 1]-ish, NaN kept."""

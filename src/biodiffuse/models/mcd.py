@@ -483,30 +483,35 @@ class MCD(img.MCDImageMixin, BaseModel):
         indices: Sequence[int] | np.ndarray | None = None,
         n_samples: int = 10,
         candidates: Sequence[dict[str, Any]] | None = None,
+        max_tiles: int = 128,
         seed: int = 0,
         device: str = "auto",
     ) -> pd.DataFrame:
-        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation cells.
+        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation data.
 
         Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
-        evaluations per draw samples the validation cells (by default those the training run
-        held out for early stopping, never the test cells); the one with the lowest CRPS
-        (normalised scale, over the imputed channels) becomes the model's schedule
-        (``init_args``, kept by :meth:`save`), and sampling with ``steps`` equal to its
-        ``steps`` then costs ``nfe`` evaluations per draw.
+        evaluations per draw samples the validation cells (tables) or validation tiles (images):
+        by default those the training run held out for early stopping, never the test data. The
+        one with the lowest CRPS (normalised scale, over the imputed channels; per pixel for
+        images) becomes the model's schedule (``init_args``, kept by :meth:`save`), and sampling
+        with ``steps`` equal to its ``steps`` then costs ``nfe`` evaluations per draw.
 
         Parameters
         ----------
         adata, indices
-            Cells to score on (with their measured targets); default: the training object's
-            validation cells.
+            Tables: cells to score on (with their measured targets); default: the training
+            object's validation cells. Image models always score the validation tiles of their
+            last training run (a loaded model has none: train it, or keep its schedule).
         nfe
             Network evaluations per draw to tune for.
         n_samples
-            Draws per cell (at least 2).
+            Draws per cell or tile (at least 2).
         candidates
             Schedules to try (dicts as :func:`~biodiffuse.diffusion.schedule_grid` returns);
             default: that grid.
+        max_tiles
+            Images: score at most this many validation tiles (a random subset; the same for
+            every candidate).
         seed, device
             As in :meth:`impute`.
 
@@ -521,25 +526,24 @@ class MCD(img.MCDImageMixin, BaseModel):
         Examples
         --------
         >>> model.train()
-        >>> table = model.tune_sampler(nfe=5)           # validation cells only
+        >>> table = model.tune_sampler(nfe=5)           # validation cells (or tiles) only
         >>> model.impute(query, n_samples=10, steps=int(table.iloc[0]["steps"]))
         """
         from ..diffusion import choose_schedule, schedule_grid
         from ..metrics import score_draws
 
-        if self.registry["mode"] == "image":
-            raise TypeError("tune_sampler scores table models (gene -> protein, channels); image models keep their schedule.")
         if n_samples < 2:
             raise ValueError(f"tune_sampler needs at least 2 draws per cell to score a distribution, got n_samples={n_samples}.")
-        if adata is None and indices is None:
+        image = self.registry["mode"] == "image"
+        if image and (adata is not None or indices is not None):
+            raise TypeError("Image models score the validation tiles of their last training run; adata= and indices= are for tables.")
+        if adata is None and indices is None and not image:
             indices = getattr(self, "validation_indices", None)
             if indices is None or len(indices) == 0:
                 raise ValueError(
                     "No validation cells: this model has not been trained in this session (or with train_size=1); "
                     "pass adata= and indices= of cells that were not used for training."
                 )
-        query, rows = self._query(adata, indices)
-        truth = self._target_values(query, rows, require_all=False)
         names = self.registry["target_names"]
         if self.gene_mode:
             missing = list(names)
@@ -549,23 +553,36 @@ class MCD(img.MCDImageMixin, BaseModel):
             k = max(1, int(round((1.0 - self.init_args["observed_fraction"]) * len(names))))
             missing = list(np.random.default_rng(seed).choice(names, size=min(k, len(names) - 1), replace=False))
         cols = np.isin(names, missing)
-        y = ChannelNormalizer.from_dict(self.registry["normalizer"]).transform(truth)[:, cols]
+        if image:
+            tiles = self._validation_tiles(max_tiles, seed)
+            y = _pixels(((tiles[:, cols] + 1.0) / 2.0)[:, None])[:, 0]
+            n_scored = f"{len(tiles)} validation tiles"
+
+            def draw(sampler) -> np.ndarray:
+                return _pixels(self._tile_draws(tiles, ~cols, sampler, n_samples=n_samples, seed=seed, device=device))
+        else:
+            query, rows = self._query(adata, indices)
+            truth = self._target_values(query, rows, require_all=False)
+            y = ChannelNormalizer.from_dict(self.registry["normalizer"]).transform(truth)[:, cols]
+            prepared = self._prepare_query(query, rows, missing=None if self.gene_mode else missing)  # genes read once
+            n_scored = f"{len(rows)} validation cells"
+
+            def draw(sampler) -> np.ndarray:
+                return self._draw(prepared, sampler, n_samples=n_samples, seed=seed, device=device, return_draws=True)["draws_normalized"][:, :, cols]
         if np.isnan(y).all():
-            raise ValueError("The scoring cells have no measured value in the channels to impute.")
-        prepared = self._prepare_query(query, rows, missing=None if self.gene_mode else missing)  # genes read once
+            raise ValueError("The scoring data have no measured value in the channels to impute.")
 
         def score(cand: dict[str, Any]) -> dict[str, float]:
             sampler = edm_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
-            draws = self._draw(prepared, sampler, n_samples=n_samples, seed=seed, device=device, return_draws=True)
-            return score_draws(y, draws["draws_normalized"][:, :, cols], levels=(0.8,))
+            return score_draws(y, draw(sampler), levels=(0.8,))
 
         table = choose_schedule(score, list(candidates) if candidates is not None else schedule_grid(nfe))
         best = table.iloc[0]
         self.set_sampler(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
         self.registry["sampler_tuning"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
         logger.info(
-            "MCD: sampler chosen on %d validation cells at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (CRPS %.4f)",
-            len(rows), int(best["nfe"]), best["solver"], int(best["steps"]), best["sigma_max"], best["sigma_min"], best["rho"], best["crps"],
+            "MCD: sampler chosen on %s at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (CRPS %.4f)",
+            n_scored, int(best["nfe"]), best["solver"], int(best["steps"]), best["sigma_max"], best["sigma_min"], best["rho"], best["crps"],
         )
         return table
 
@@ -878,3 +895,9 @@ class MCD(img.MCDImageMixin, BaseModel):
         if not isinstance(variance_key_added, str) or not variance_key_added:
             raise ValueError(f"variance_key_added must be a non-empty string, None or False, got {variance_key_added!r}.")
         return variance_key_added
+
+
+def _pixels(draws: np.ndarray) -> np.ndarray:
+    """Tile draws (n, S, C, T, T) -> per-pixel draws (n * T * T, S, C), the layout ``score_draws`` takes."""
+    n, k, c, h, w = draws.shape
+    return draws.transpose(0, 3, 4, 1, 2).reshape(n * h * w, k, c)
