@@ -67,11 +67,14 @@ def run_fold(
     rows: list[dict[str, Any]] | None = None,
     per_protein: dict[str, np.ndarray] | None = None,
     point_draws: Sequence[int] = (),
+    tune_nfe: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train every method on ``train_idx`` and score it on ``test_idx``.
 
     ``point_draws``: also score MCD's point estimate as the mean of that many one-step draws per
     cell (imputation time: median of three calls), the speed / accuracy trade-off against totalVI.
+    ``tune_nfe``: then choose MCD's sampler on its validation cells at that many network
+    evaluations per draw (``MCD.tune_sampler``) and score the tuned sampler again (rows "tuned").
 
     Returns one result row per method and the per-protein r_p (normalised space) per method.
     ``rows`` / ``per_protein``, when given, are filled as each method finishes (the fast
@@ -121,17 +124,33 @@ def run_fold(
         rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=pred_s / n_test * 1e4,
                          nfe_per_cell=n_samples * model.network_evaluations(steps=steps), epochs=len(model.history), **scores))
         per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
-    for k in point_draws:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            post = model.posterior(query, n_samples=int(k), steps=1, seed=seed)
-            times.append(time.perf_counter() - t0)
-        name = f"MCD (mean of {k} x 1 step)"
-        rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=float(np.median(times)) / n_test * 1e4,
-                         nfe_per_cell=int(k) * model.network_evaluations(steps=1), epochs=len(model.history),
-                         **_score(yt_norm, post["mean_normalized"], y_test, post["mean"])))
+    def point_rows(tag: str) -> None:
+        for k in point_draws:
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                post = model.posterior(query, n_samples=int(k), steps=1, seed=seed)
+                times.append(time.perf_counter() - t0)
+            name = f"MCD{tag} (mean of {k} x 1 step)"
+            rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=float(np.median(times)) / n_test * 1e4,
+                             nfe_per_cell=int(k) * model.network_evaluations(steps=1), epochs=len(model.history),
+                             **_score(yt_norm, post["mean_normalized"], y_test, post["mean"])))
+            per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
+
+    point_rows("")
+    if tune_nfe is not None:
+        best = model.tune_sampler(nfe=int(tune_nfe), n_samples=max(2, n_samples), seed=seed).iloc[0]
+        tag = f" tuned at {tune_nfe} NFE: {best['solver']} from {best['sigma_max']:g}"
+        st = int(best["steps"])
+        post = model.posterior(query, n_samples=n_samples, steps=st, seed=seed, return_draws=n_samples >= 2)
+        scores = _score(yt_norm, post["mean_normalized"], y_test, post["mean"])
+        if n_samples >= 2:
+            scores.update(_score_draws(yt_norm, post["draws_normalized"]))
+        name = f"MCD{tag} ({st} step{'s' if st > 1 else ''})"
+        rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=np.nan, nfe_per_cell=n_samples * int(best["nfe"]),
+                         epochs=len(model.history), **scores))
         per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
+        point_rows(tag)
 
     if with_totalvi:
         try:
@@ -170,6 +189,7 @@ def run_benchmark(
     baselines: tuple[str, ...] = BASELINES,
     on_fold: Any = None,
     point_draws: Sequence[int] = (),
+    tune_nfe: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
     """Cross-validation; returns (per-fold rows, summary, mean per-protein r_p).
 
@@ -202,7 +222,7 @@ def run_benchmark(
             pp: dict[str, np.ndarray] = {}
             try:
                 run_fold(adata, tr, te, protein_key, list(steps_list), n_samples, max_epochs, seed, with_totalvi, accelerator,
-                         mcd_kwargs, baselines, rows=rows, per_protein=pp, point_draws=point_draws)
+                         mcd_kwargs, baselines, rows=rows, per_protein=pp, point_draws=point_draws, tune_nfe=tune_nfe)
             finally:  # an interrupted fold keeps the methods it finished
                 for r in rows:
                     r.update(info)
@@ -283,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-samples", type=int, default=10)
     p.add_argument("--point-draws", type=int, nargs="*", default=[],
                    help="also score MCD's mean of this many one-step draws per cell (e.g. 1 2 3 5), timed")
+    p.add_argument("--tune-nfe", type=int, default=None,
+                   help="then choose MCD's sampler on its validation cells at this many evaluations per draw and score it again")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--totalvi", action="store_true", help="also run totalVI (needs scvi-tools)")
@@ -349,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mcd_kwargs={"gene_pcs": args.gene_pcs} if args.gene_pcs else None,
         groups_key="donor" if args.split == "donor" else None, train_cells=args.train_cells,
         baselines=tuple(b for b in BASELINES if b not in args.skip), on_fold=write, point_draws=tuple(args.point_draws),
+        tune_nfe=args.tune_nfe,
     )
     return write(df, summary, pp, final=True)
 

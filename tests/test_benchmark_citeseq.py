@@ -21,7 +21,7 @@ def test_driver_scores_points_and_distributions(tmp_path):
     out = tmp_path / "res"
     res = citeseq.main([
         "--max-folds", "1", "--max-epochs", "2", "--steps", "1", "3", "--n-samples", "3",
-        "--skip", "krr", "--point-draws", "1", "3", "--out", str(out),
+        "--skip", "krr", "--point-draws", "1", "3", "--tune-nfe", "1", "--out", str(out),
     ])
     rows = {r["method"]: r for r in res["rows"]}
     # the mean of 3 one-step draws is the 3-draw posterior's mean: the same per-cell streams
@@ -29,6 +29,10 @@ def test_driver_scores_points_and_distributions(tmp_path):
     assert rows["MCD (mean of 1 x 1 step)"]["r_p_norm"] != pytest.approx(rows["MCD (1 step)"]["r_p_norm"], rel=1e-6)
     assert [rows[f"MCD (mean of {k} x 1 step)"]["nfe_per_cell"] for k in (1, 3)] == [1, 3]
     assert rows["MCD (mean of 1 x 1 step)"]["impute_s_per_10k"] > 0
+    # --tune-nfe 1: the sampler chosen on validation cells, scored again with its point rows
+    tuned = [m for m in rows if "tuned at 1 NFE" in m]
+    assert len(tuned) == 3 and any(m.endswith("(1 step)") for m in tuned)
+    assert all(rows[m]["nfe_per_cell"] in (1, 3) for m in tuned if "mean of" in m)
     assert {"MCD (1 step)", "MCD (3 steps)", "ridge", "knn", "mean", "ridge + gaussian", "ridge + residuals", "knn + neighbours"} <= set(rows)
     assert "krr" not in rows
     for m in ("MCD (3 steps)", "ridge + gaussian", "knn + neighbours"):

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+import biodiffuse as bd
+
 sampler_schedule = pytest.importorskip("sampler_schedule")
 
 
@@ -23,3 +25,18 @@ def test_driver_tunes_on_validation_and_scores_on_test(tmp_path):
     assert test.set_index("sampler").loc["EDM Heun, 4 steps", "nfe"] == 7
     saved = json.loads((tmp_path / "s.json").read_text())
     assert len(saved["validation"]) == len(val) and "Test cells" in (tmp_path / "s.md").read_text()
+
+
+def test_exact_gaussian_spread_shows_few_euler_steps_narrow_the_draws():
+    """With the exact denoiser the ODE carries N(0, sigma_max^2) to the target: many Euler steps
+    give the target's variance, few give less (the solver, not the network, narrows them)."""
+    table = sampler_schedule.exact_gaussian_spread(n=4000, euler_steps=(1, 3, 5, 50, 200), heun_steps=(18,))
+    euler = table[table["sampler"] == "MCD table default"].set_index("steps")["variance_ratio"]
+    assert list(euler.index) == [1, 3, 5, 50, 200] and euler.is_monotonic_increasing
+    assert abs(euler[200] - 1.0) < 0.06 and euler[5] < 0.6 and euler[1] < 0.01
+    heun = table[table["sampler"] == "EDM Heun"].iloc[0]
+    assert heun["nfe"] == 35 and abs(heun["variance_ratio"] - 1.0) < 0.2
+    # the coverage of a central 80 % interval of calibrated Gaussian draws is 0.8
+    row = table[(table["sampler"] == "MCD table default") & (table["steps"] == 200)].iloc[0]
+    assert abs(row["coverage80"] - 0.8) < 0.01
+    assert (table["sampler"] == "grid at 5 NFE").sum() == len(bd.diffusion.schedule_grid(5))
