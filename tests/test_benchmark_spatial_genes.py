@@ -44,6 +44,27 @@ def test_distribution_folds_score_spadit_and_knn_draws(tmp_path):
     np.testing.assert_allclose([row["crps"], row["energy_score"], row["r_p"]],
                                [expected["crps"], expected["energy_score"], expected["r_p"]], rtol=1e-10)
 
+    # --resume: the saved folds are kept and not run again; the rest gives the same rows
+    fits = []
+    real_fit = spatial_genes._fit_spadit
+    spatial_genes._fit_spadit = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
+    try:
+        resumed = spatial_genes.kfold_distribution(sp, sc, n_folds=5, max_folds=3, steps=(1, 2), n_samples=4, k=10, max_epochs=2,
+                                                   resume=saved[saved.fold < 2], **TINY)
+    finally:
+        spatial_genes._fit_spadit = real_fit
+    assert len(fits) == 1 and list(resumed["fold"]) == list(per_fold["fold"])
+    np.testing.assert_allclose(resumed["crps"], per_fold["crps"], rtol=1e-6)
+    import argparse
+    import json
+
+    (tmp_path / "distribution_per_fold.csv").write_text((tmp_path / "folds.csv").read_text())
+    settings = dict(folds=5, steps=[1, 2], n_samples=4, max_epochs=2, spadit="{}")
+    (tmp_path / "distribution.json").write_text(json.dumps({"settings": settings}))
+    assert len(spatial_genes._resumable(tmp_path, argparse.Namespace(**settings))) == 12
+    with pytest.raises(ValueError, match="n_samples"):
+        spatial_genes._resumable(tmp_path, argparse.Namespace(**{**settings, "n_samples": 10}))
+
     table = spatial_genes.summarize_distribution(per_fold)
     g = per_fold[per_fold.method == "SpaDiT (1 step)"]
     np.testing.assert_allclose(table.loc["SpaDiT (1 step)", "crps"], (g.crps * g.n_genes).sum() / g.n_genes.sum())
