@@ -248,7 +248,7 @@ class MCDImageMixin:
         """Draws of the unobserved channels of ``tiles`` (n, C, T, T; model scale) in the normalised
         [0, 1] scale: (n, n_samples, C_missing, T, T). Observed channels condition; the others are never read."""
         c = len(observed)
-        x = np.where(observed[None, :, None, None], np.nan_to_num(tiles, nan=0.0), 0.0).astype(np.float32)
+        x = np.nan_to_num(tiles, nan=0.0).astype(np.float32)  # make_prepare conditions on observed channels only
 
         def read(rows: np.ndarray):
             return x[rows], np.broadcast_to(observed, (len(rows), c)), None
