@@ -126,11 +126,13 @@ def run(
     seed: int = 0,
     path: str | None = None,
     tune_nfe: int | None = None,
+    sampler: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train MCD on the training region, impute ``held_out`` channels, score everything on the test region.
 
     ``tune_nfe``: also choose the sampler on the training run's validation tiles at this many network
     evaluations per draw (``MCD.tune_sampler``) and score the choice on the test region (rows "tuned").
+    ``sampler``: ``MCD.set_sampler`` settings for the ``steps`` rows (default: the model's).
     """
     from biodiffuse.datasets import mibi_granuloma
 
@@ -146,7 +148,7 @@ def run(
     _, test_mask = spatial_split(h, w, tile_size, test_fraction=0.25, n_blocks=4, seed=seed)
 
     MCD.setup_spatialdata(sdata, image_key="mibi", tile_size=tile_size, downsample=factor)
-    model = MCD(sdata, model_channels=model_channels, heads=2)
+    model = MCD(sdata, model_channels=model_channels, heads=2, **(sampler or {}))
     t0 = time.perf_counter()
     model.train(max_epochs=max_epochs, batch_size=batch_size, holdout=test_mask, seed=seed, enable_progress_bar=False)
     fit_s = time.perf_counter() - t0
@@ -243,7 +245,7 @@ def run(
         "error_uncertainty_spearman": {str(k): v for k, v in err_unc.items()}, "distribution": distribution,
         "epochs": len(model.history), "best_val_loss": float(model.history["val_loss"].min()) if "val_loss" in model.history else None,
         "settings": dict(max_epochs=max_epochs, model_channels=model_channels, batch_size=batch_size, n_samples=n_samples, steps=steps,
-                         baseline_max_train=baseline_max_train, tune_nfe=tune_nfe),
+                         baseline_max_train=baseline_max_train, tune_nfe=tune_nfe, sampler=model.sampler_settings if sampler else None),
         "nfe_per_draw": nfe,
         "sampler_tuning": None if tuning is None else {"seconds": tune_s, "table": json.loads(tuning.to_json(orient="records"))},
     }
@@ -270,6 +272,16 @@ def format_distribution(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _sampler_arg(text: str | None) -> dict[str, Any] | None:
+    """``"euler,80,0.002,3"`` -> MCD sampler settings."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise SystemExit(f"--sampler takes SOLVER,SIGMA_MAX,SIGMA_MIN,RHO, got {text!r}")
+    return dict(solver=parts[0], sigma_max=float(parts[1]), sigma_min=float(parts[2]), rho=float(parts[3]))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--held-out", nargs="+", default=list(DEFAULT_HELD_OUT))
@@ -281,13 +293,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tune-nfe", type=int, default=None,
                    help="also choose the sampler on the validation tiles at this many network evaluations per draw")
+    p.add_argument("--sampler", default=None, metavar="SOLVER,SIGMA_MAX,SIGMA_MIN,RHO",
+                   help="the sampler of the --steps rows, e.g. euler,80,0.002,3 (default: the model's)")
     p.add_argument("--out", default="results/imaging_mibi")
     args = p.parse_args(argv)
     from _cli import limit_threads  # sibling module of the drivers
 
     limit_threads(args.threads)
     res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed,
-              tune_nfe=args.tune_nfe)
+              tune_nfe=args.tune_nfe, sampler=_sampler_arg(args.sampler))
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "
              f"accuracy-uncertainty Spearman (local r vs sample variance, per test tile x channel): {res['accuracy_uncertainty_spearman']:.3f}")

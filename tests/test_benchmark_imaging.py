@@ -36,3 +36,10 @@ def test_distribution_rows_reward_calibrated_draws():
     assert rows["calibrated"]["coverage90"] > 0.75 and rows["too narrow"]["coverage90"] < 0.4
     table = imaging.format_distribution(list(rows.values()))
     assert "| calibrated |" in table and "/ 0." in table
+
+
+def test_sampler_argument_reads_the_four_settings_and_rejects_others():
+    assert imaging._sampler_arg("euler,80,0.002,3") == dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
+    assert imaging._sampler_arg(None) is None
+    with pytest.raises(SystemExit, match="SOLVER"):
+        imaging._sampler_arg("euler,80")
