@@ -277,6 +277,8 @@ def test_tune_sampler_scores_validation_tiles_and_keeps_the_better_schedule(trai
 
     with pytest.raises(TypeError, match="validation tiles"):
         model.tune_sampler(sdata, candidates=[good])
+    with pytest.raises(ValueError, match="max_tiles"):
+        model.tune_sampler(candidates=[good], max_tiles=0)
     model.save(tmp_path / "tuned")
     loaded = bd.models.MCD.load(tmp_path / "tuned", sdata)
     assert loaded.sampler_settings == model.sampler_settings

@@ -538,6 +538,8 @@ class MCD(img.MCDImageMixin, BaseModel):
         if n_samples < 2:
             raise ValueError(f"tune_sampler needs at least 2 draws per cell to score a distribution, got n_samples={n_samples}.")
         image = self.registry["mode"] == "image"
+        if isinstance(max_tiles, bool) or not isinstance(max_tiles, (int, np.integer)) or max_tiles < 1:
+            raise ValueError(f"max_tiles must be a positive integer, got {max_tiles!r}.")
         if image and (adata is not None or indices is not None):
             raise TypeError("Image models score the validation tiles of their last training run; adata= and indices= are for tables.")
         if adata is None and indices is None and not image:
