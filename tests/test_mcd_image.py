@@ -224,6 +224,9 @@ def test_image_defaults_are_the_measured_small_network_and_budget():
     bd.models.MCD.setup_spatialdata(sdata, image_key="img", tile_size=16, downsample=1)
     model = bd.models.MCD(sdata)
     assert (model.init_args["model_channels"], model.init_args["heads"]) == (16, 2)
+    # the image sampler chosen on the MIBI validation tiles; tables keep theirs
+    assert model.sampler_settings == dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
+    assert model.network_evaluations(steps=5) == 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(max_epochs=1, enable_progress_bar=False)
@@ -235,6 +238,7 @@ def test_image_defaults_are_the_measured_small_network_and_budget():
     bd.models.MCD.setup_anndata(table)
     tab = bd.models.MCD(table)
     assert (tab.init_args["model_channels"], tab.init_args["heads"]) == (32, 4)
+    assert tab.sampler_settings == dict(solver="euler", sigma_max=10.0, sigma_min=0.05, rho=7.0)
     assert tab._training_defaults()["batch_size"] == 256 and tab._training_defaults()["steps"] == 1500
     assert bd.models.MCD(sdata, model_channels=8, heads=1).init_args["model_channels"] == 8
 

@@ -10,7 +10,8 @@ Method (MCD paper, sections 3.1-3.3 and appendix C):
   (:class:`~biodiffuse.data.MatrixField`, :class:`~biodiffuse.data.ObsmField`), in row chunks.
 * **Network, objective, condition.** :mod:`biodiffuse.module.mcd`: MCD UNet inside EDM
   preconditioning; EDM loss with random channel masks; condition ``[genes, x * m, m]``.
-* **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with the EDM Heun sampler, one random
+* **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with the EDM ODE sampler (Euler steps by
+  default, on a schedule :meth:`MCD.tune_sampler` can choose), one random
   stream per cell (``row_seeds(seed, obs_names)``); the condition branch runs once per batch
   and observed channels are clamped to their values.
 """
@@ -120,11 +121,12 @@ class MCD(img.MCDImageMixin, BaseModel):
         (``rho=7``), chosen on the validation cells of one ECCITE-seq split; there 5 Euler
         steps (5 network evaluations per draw) scored a CRPS of 0.128 against 0.131 for 500 Heun
         steps from EDM's ``sigma_max=80`` (999 evaluations), while 3 Heun steps from 80 scored
-        0.33 (``docs/benchmarks.md``). Images keep EDM's Heun from 80 to 0.002; on the MIBI
-        image :meth:`tune_sampler` chose 5 Euler steps from 80 (``rho=3``) on the validation
-        tiles, which beat 5 Heun steps on the test region (CRPS 0.141 against 0.228, pixel r
-        0.458 against 0.292). :meth:`tune_sampler` chooses them on a model's own validation
-        cells or tiles.
+        0.33 (``docs/benchmarks.md``). Images: Euler from ``sigma_max=80`` to 0.002 with
+        ``rho=3``, the schedule :meth:`tune_sampler` chose on the validation tiles of the MIBI
+        image; on its test region 5 steps scored CRPS 0.141 and pixel r 0.458 against 0.228 and
+        0.292 for EDM's Heun from 80, and 18 steps 0.143 / 0.427 against 0.152 / 0.405 for
+        18 Heun steps (35 evaluations). :meth:`tune_sampler` chooses them on a model's own
+        validation cells or tiles.
     P_mean, P_std
         Training noise levels, ``ln sigma ~ N(P_mean, P_std^2)`` (EDM's defaults).
     seed
@@ -215,7 +217,7 @@ class MCD(img.MCDImageMixin, BaseModel):
         solver: str | None = None,
         sigma_max: float | None = None,
         sigma_min: float | None = None,
-        rho: float = 7.0,
+        rho: float | None = None,
         P_mean: float = -1.2,
         P_std: float = 1.2,
         seed: int = 0,
@@ -241,10 +243,10 @@ class MCD(img.MCDImageMixin, BaseModel):
         model_channels = (32 if table else 16) if model_channels is None else model_channels
         heads = (4 if table else 2) if heads is None else heads
         sampler = _checked_sampler(
-            solver=("euler" if table else "heun") if solver is None else solver,
+            solver="euler" if solver is None else solver,
             sigma_max=(10.0 if table else 80.0) if sigma_max is None else sigma_max,
             sigma_min=(0.05 if table else 0.002) if sigma_min is None else sigma_min,
-            rho=rho,
+            rho=(7.0 if table else 3.0) if rho is None else rho,
         )
         for name, value in (("sigma_data", sigma_data), ("P_std", P_std)):
             _check_positive(name, value)
@@ -447,7 +449,7 @@ class MCD(img.MCDImageMixin, BaseModel):
 
         Examples
         --------
-        >>> model.network_evaluations(steps=5)       # Euler (tables' default): 5; Heun: 9
+        >>> model.network_evaluations(steps=5)       # Euler (the default): 5; Heun: 9
         5
         """
         return network_evaluations(steps, self.sampler_settings["solver"])
@@ -817,9 +819,8 @@ class MCD(img.MCDImageMixin, BaseModel):
             uncertainty.
         steps
             Sampler steps: network evaluations per draw are ``steps`` with the Euler solver
-            (tables' default) and ``2 * steps - 1`` with Heun (images'; see
-            :meth:`network_evaluations`); ``steps=1`` is the denoiser's estimate of the
-            conditional mean.
+            (the default) and ``2 * steps - 1`` with Heun (see :meth:`network_evaluations`);
+            ``steps=1`` is the denoiser's estimate of the conditional mean.
         seed
             Same seed, same numbers (on the same device), whatever ``batch_size`` and whatever
             other cells are in the query: every cell (tile) draws from its own random stream
