@@ -124,6 +124,7 @@ def run_fold(
         rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=pred_s / n_test * 1e4,
                          nfe_per_cell=n_samples * model.network_evaluations(steps=steps), epochs=len(model.history), **scores))
         per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
+
     def point_rows(tag: str) -> None:
         for k in point_draws:
             times = []
