@@ -194,11 +194,9 @@ class MCDImageMixin:
         setup = self.registry["setup"]
         f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
         names = self.registry["target_names"]
-        full = image_array(self.adata, setup["image_key"], names)
-        if np.isnan(full).all(axis=(1, 2)).any():
+        small = self._model_resolution(self.adata, setup["image_key"], names)
+        if np.isnan(small).all(axis=(1, 2)).any():
             raise ValueError("Every registered channel must be present in the training image.")
-        small = downsample_mean(crop_to_factor(full, f), f) if f > 1 else full
-        del full
         hold = None
         if holdout is not None:
             holdout = np.asarray(holdout, bool)
@@ -239,10 +237,33 @@ class MCDImageMixin:
         if len(origins) > max_tiles:
             origins = origins[np.sort(np.random.default_rng(seed).choice(len(origins), max_tiles, replace=False))]
         setup = self.registry["setup"]
-        f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
-        full = image_array(self.adata, setup["image_key"], self.registry["target_names"])
-        small = downsample_mean(crop_to_factor(full, f), f) if f > 1 else full
-        return extract_tiles(self._normalize_image(small), origins, tile)
+        small = self._model_resolution(self.adata, setup["image_key"], self.registry["target_names"])
+        return extract_tiles(self._normalize_image(small), origins, setup["tile_size"] // setup["downsample"])
+
+    def _tile_scoring(self, hidden: np.ndarray, max_tiles: int, *, n_samples: int, seed: int, device: str):
+        """For :meth:`tune_sampler`: the validation tiles' true values of the ``hidden`` channels per
+        pixel (pixels, C_hidden) in the normalised scale, a ``draw(sampler)`` giving the matching
+        per-pixel draws (pixels, n_samples, C_hidden), and a label for the log."""
+        tiles = self._validation_tiles(max_tiles, seed)
+        y = _pixels(((tiles[:, hidden] + 1.0) / 2.0)[:, None])[:, 0]
+
+        def draw(sampler) -> np.ndarray:
+            return _pixels(self._tile_draws(tiles, ~hidden, sampler, n_samples=n_samples, seed=seed, device=device))
+
+        return y, draw, f"{len(tiles)} validation tiles"
+
+    def _model_resolution(self, sdata, image_key: str, channels: Sequence[str | None]) -> np.ndarray:
+        """``channels`` of ``images[image_key]`` (None: all NaN) block-averaged to the model's resolution."""
+        f = self.registry["setup"]["downsample"]
+        full = image_array(sdata, image_key, channels)
+        return downsample_mean(crop_to_factor(full, f), f) if f > 1 else full
+
+    def _sample_tiles(self, read, n: int, shape: tuple[int, ...], *, seeds, sampler, n_samples: int, batch_size: int, device: str, reducer):
+        """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n`` tiles that ``read`` returns."""
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        return sample_rows(make_prepare(net, read, self._tile_chunk), n, shape, seeds=seeds, sampler=sampler,
+                           n_samples=n_samples, batch_size=batch_size, device=dev, reducer=reducer)
 
     def _tile_draws(self, tiles: np.ndarray, observed: np.ndarray, sampler, *, n_samples: int, seed: int, device: str) -> np.ndarray:
         """Draws of the unobserved channels of ``tiles`` (n, C, T, T; model scale) in the normalised
@@ -253,11 +274,9 @@ class MCDImageMixin:
         def read(rows: np.ndarray):
             return x[rows], np.broadcast_to(observed, (len(rows), c)), None
 
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        out = sample_rows(
-            make_prepare(net, read, self._tile_chunk), len(x), x.shape[1:], seeds=row_seeds(seed, [f"validation tile {i}" for i in range(len(x))]),
-            sampler=sampler, n_samples=n_samples, batch_size=self._inference_tiles, device=dev,
+        out = self._sample_tiles(
+            read, len(x), x.shape[1:], seeds=row_seeds(seed, [f"validation tile {i}" for i in range(len(x))]), sampler=sampler,
+            n_samples=n_samples, batch_size=self._inference_tiles, device=device,
             reducer=Moments(len(x), transforms={"": lambda d, r: (d[:, :, ~observed] + 1.0) / 2.0}, keep_draws=True),
         )
         return out["draws"]
@@ -341,9 +360,7 @@ class MCDImageMixin:
         names = self.registry["target_names"]
         f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
         # channels to impute are never read, so their values cannot leak into the condition
-        full = image_array(sdata, image_key, [n if o else None for n, o in zip(names, obs)])
-        small = downsample_mean(crop_to_factor(full, f), f) if f > 1 else full
-        del full
+        small = self._model_resolution(sdata, image_key, [n if o else None for n, o in zip(names, obs)])
         c, h, w = small.shape
         if min(h, w) < tile:
             raise ValueError(f"images[{image_key!r}] is smaller than one tile ({tile * f} pixels).")
@@ -354,12 +371,9 @@ class MCDImageMixin:
         def read(rows: np.ndarray):
             return extract_tiles(z, origins[rows], tile), np.broadcast_to(obs, (len(rows), c)), None
 
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        seeds = row_seeds(seed, [f"{y * f},{x * f}" for y, x in origins])
-        out = sample_rows(
-            make_prepare(net, read, self._tile_chunk), len(origins), (c, tile, tile), seeds=seeds, sampler=self._sampler(steps),
-            n_samples=n_samples, batch_size=self._inference_tiles if batch_size is None else batch_size, device=dev,
+        out = self._sample_tiles(
+            read, len(origins), (c, tile, tile), seeds=row_seeds(seed, [f"{y * f},{x * f}" for y, x in origins]), sampler=self._sampler(steps),
+            n_samples=n_samples, batch_size=self._inference_tiles if batch_size is None else batch_size, device=device,
             reducer=TileMoments(origins, (c, h, w), tile, norm.inverse_transform),
         )
         out.update(observed=obs, names=list(names), downsample=f)
@@ -434,3 +448,9 @@ class MCDImageMixin:
             network_evaluations_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return sdata.images[key]
+
+
+def _pixels(draws: np.ndarray) -> np.ndarray:
+    """Tile draws (n, S, C, T, T) -> per-pixel draws (n * T * T, S, C), the layout ``score_draws`` takes."""
+    n, k, c, h, w = draws.shape
+    return draws.transpose(0, 3, 4, 1, 2).reshape(n * h * w, k, c)

@@ -561,12 +561,7 @@ class MCD(img.MCDImageMixin, BaseModel):
             missing = list(np.random.default_rng(seed).choice(names, size=min(k, len(names) - 1), replace=False))
         cols = np.isin(names, missing)
         if image:
-            tiles = self._validation_tiles(max_tiles, seed)
-            y = _pixels(((tiles[:, cols] + 1.0) / 2.0)[:, None])[:, 0]
-            n_scored = f"{len(tiles)} validation tiles"
-
-            def draw(sampler) -> np.ndarray:
-                return _pixels(self._tile_draws(tiles, ~cols, sampler, n_samples=n_samples, seed=seed, device=device))
+            y, draw, n_scored = self._tile_scoring(cols, max_tiles, n_samples=n_samples, seed=seed, device=device)
         else:
             query, rows = self._query(adata, indices)
             truth = self._target_values(query, rows, require_all=False)
@@ -901,9 +896,3 @@ class MCD(img.MCDImageMixin, BaseModel):
         if not isinstance(variance_key_added, str) or not variance_key_added:
             raise ValueError(f"variance_key_added must be a non-empty string, None or False, got {variance_key_added!r}.")
         return variance_key_added
-
-
-def _pixels(draws: np.ndarray) -> np.ndarray:
-    """Tile draws (n, S, C, T, T) -> per-pixel draws (n * T * T, S, C), the layout ``score_draws`` takes."""
-    n, k, c, h, w = draws.shape
-    return draws.transpose(0, 3, 4, 1, 2).reshape(n * h * w, k, c)
