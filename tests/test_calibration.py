@@ -63,6 +63,30 @@ def test_coverage_is_nominal_when_calibrated_and_low_when_too_narrow(rng):
     np.testing.assert_allclose(gauss.to_numpy(), cov.to_numpy(), atol=0.03)
 
 
+def test_coverage_of_few_draws_is_nominal_by_pit_and_biased_low_by_quantiles(rng):
+    # a calibrated model sampled 10 times: the distribution's intervals cover their level (PIT),
+    # while the span of the 10 draws covers less (order statistics: about 0.41 / 0.66 / 0.76)
+    n = 20000
+    y = rng.normal(size=(n, 1))
+    draws = rng.normal(size=(n, 10, 1))
+    pit = M.interval_coverage(y, draws).to_numpy().ravel()
+    np.testing.assert_allclose(pit, [0.5, 0.8, 0.9], atol=0.015)
+    quant = M.interval_coverage(y, draws, method="quantile").to_numpy().ravel()
+    np.testing.assert_allclose(quant, [0.41, 0.66, 0.76], atol=0.02)
+    s = M.score_draws(y, draws, energy=False)
+    assert [s["coverage50"], s["coverage80"], s["coverage90"]] == pytest.approx(list(pit))
+    q = M.score_draws(y, draws, energy=False, coverage="quantile")
+    assert [q["coverage50"], q["coverage80"], q["coverage90"]] == pytest.approx(list(quant))
+    # 4 draws (the image benchmark's): the PIT still reads 0.9; too narrow draws still read low
+    four = rng.normal(size=(n, 4, 1))
+    assert M.interval_coverage(y, four, levels=(0.9,)).iloc[0, 0] == pytest.approx(0.9, abs=0.015)
+    assert M.interval_coverage(y, 0.5 * four, levels=(0.9,)).iloc[0, 0] < 0.86  # half the spread
+    with pytest.raises(ValueError, match="method"):
+        M.interval_coverage(y, draws, method="quantiles")
+    with pytest.raises(ValueError, match="method"):
+        M.score_draws(y, draws, coverage="exact")
+
+
 def test_pit_is_uniform_when_calibrated_with_ties_and_u_shaped_when_too_narrow(rng):
     n = 2000
     y = rng.normal(size=(n, 1))

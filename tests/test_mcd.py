@@ -295,7 +295,7 @@ def test_posterior_draws_are_the_samples_behind_the_moments(trained, split) -> N
     assert d.shape == (30, 4, len(trained.target_names))
     # the reported normalised moments are those of these draws, and asking for them changes nothing
     np.testing.assert_allclose(d.mean(axis=1), post["mean_normalized"], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(d.var(axis=1), post["variance_normalized"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(d.var(axis=1, ddof=1), post["variance_normalized"], rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(post["mean"], plain["mean"])
     assert np.ptp(d, axis=1).max() > 1e-3  # distinct draws, not one repeated
 

@@ -126,6 +126,21 @@ def test_image_posterior_does_not_depend_on_batch_size(trained):
     np.testing.assert_array_equal(d["mean"][:2], a["mean"][:2])  # observed channels: measured values
 
 
+def test_tile_variance_is_the_sample_variance_of_the_draws():
+    # one tile covering the image: the stitched moments are the draws' own, variance with ddof=1
+    # (as tables get from Moments), so a Gaussian from 4 draws is not narrowed by their number
+    from biodiffuse.models._mcd_image import TileMoments
+
+    draws = np.random.default_rng(0).normal(size=(1, 4, 2, 8, 8))
+    reducer = TileMoments(np.array([[0, 0]]), (2, 8, 8), 8, lambda z: 3.0 * z)
+    reducer(np.array([0]), draws, {})
+    out = reducer.result()
+    z = (draws[0] + 1.0) / 2.0
+    np.testing.assert_allclose(out["mean_normalized"], z.mean(0), atol=1e-12)
+    np.testing.assert_allclose(out["variance_normalized"], z.var(0, ddof=1), atol=1e-12)
+    np.testing.assert_allclose(out["variance"], (3.0 * z).var(0, ddof=1), atol=1e-12)
+
+
 def test_not_set_up_and_duplicate_channel_names_are_clear_errors(trained):
     _, model = trained
     sdata = _synthetic()

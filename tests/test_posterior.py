@@ -58,7 +58,7 @@ def test_moments_and_clamp() -> None:
     out = _run(cond, range(6), batch_size=4, clamp=clamp, n_samples=50, steps=18)
     assert out["draws"].shape == (6, 50, 4)
     np.testing.assert_allclose(out["mean"], out["draws"].mean(axis=1))
-    np.testing.assert_allclose(out["variance"], out["draws"].var(axis=1))
+    np.testing.assert_allclose(out["variance"], out["draws"].var(axis=1, ddof=1))
     assert (out["draws"][:, :, 1] == 7.0).all() and (out["variance"][:, 1] == 0).all()
     # the exact denoiser of N(c, 0.25): draws centre on c with a spread near 0.5
     free = [0, 2, 3]

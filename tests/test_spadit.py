@@ -232,7 +232,7 @@ def test_posterior_draws_match_the_moments(trained) -> None:
     d = post["draws"]
     assert d.shape == (20, 3, len(post["genes"]))
     np.testing.assert_allclose(d.mean(axis=1), post["mean"], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(d.var(axis=1), post["variance"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(d.var(axis=1, ddof=1), post["variance"], rtol=1e-10, atol=1e-12)
     assert "draws" not in model.posterior(sp, indices=np.arange(2), n_samples=2, steps=2)
 
 

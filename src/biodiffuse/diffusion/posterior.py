@@ -264,6 +264,9 @@ def point_sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Calla
 class Moments:
     """Default reducer: per row, the mean and variance over the draws, in one or more scales.
 
+    The variance is the unbiased sample variance of the draws (``ddof=1``; 0 for a single draw),
+    so a Gaussian built from the mean and variance of a few draws is not narrowed by their number.
+
     Parameters
     ----------
     n
@@ -294,7 +297,7 @@ class Moments:
         for i, (name, f) in enumerate(transforms.items()):
             v = np.asarray(f(draws, rows), dtype=np.float64)
             self._put(f"{name}mean", rows, v.mean(axis=1))
-            self._put(f"{name}variance", rows, v.var(axis=1))
+            self._put(f"{name}variance", rows, v.var(axis=1, ddof=1 if v.shape[1] > 1 else 0))
             if i == 0 and self.keep_draws:
                 self._put("draws", rows, v)
         for key, value in diagnostics.items():

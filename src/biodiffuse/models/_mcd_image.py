@@ -102,21 +102,25 @@ class TileMoments:
         c, h, w = shape
         self.origins, self.c, self.tile, self.inverse = np.asarray(origins), c, tile, inverse
         self.acc = TileAccumulator(4 * c, h, w, tile)
+        self.n_samples = 1
 
     def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict) -> None:
         c, t = self.c, self.tile
         zz = (draws + 1.0) / 2.0  # (B, n_samples, C, t, t)
+        self.n_samples = zz.shape[1]
         orig = self.inverse(np.moveaxis(zz, 2, -1).reshape(-1, c)).reshape(*zz.shape[:2], t, t, c)
         orig = np.moveaxis(orig, -1, 2)
         self.acc.add(np.concatenate([zz.mean(1), (zz**2).mean(1), orig.mean(1), (orig**2).mean(1)], axis=1), self.origins[rows])
 
     def result(self) -> dict[str, np.ndarray]:
         """Stitched ``mean`` / ``variance`` (original scale) and ``mean_normalized`` /
-        ``variance_normalized``, each ``(C, h, w)``."""
+        ``variance_normalized``, each ``(C, h, w)``; the variance is the sample variance of the
+        draws (``ddof=1``), as :class:`~biodiffuse.diffusion.Moments` gives for tables."""
         mz, sz, mo, so = np.split(self.acc.result(), 4)
+        k = self.n_samples / (self.n_samples - 1) if self.n_samples > 1 else 1.0
         return {
-            "mean_normalized": mz, "variance_normalized": np.clip(sz - mz**2, 0, None),
-            "mean": mo, "variance": np.clip(so - mo**2, 0, None),
+            "mean_normalized": mz, "variance_normalized": k * np.clip(sz - mz**2, 0, None),
+            "mean": mo, "variance": k * np.clip(so - mo**2, 0, None),
         }
 
 
