@@ -32,8 +32,9 @@ def test_distribution_rows_reward_calibrated_draws():
              "too narrow": mu[:, None, :] + 0.2 * rng.normal(size=(400, 20, 2))}
     rows = {r["method"]: r for r in imaging._distribution_rows(y, draws)}
     assert rows["calibrated"]["crps"] < rows["too narrow"]["crps"]
-    # 20 draws: the central 90 % interval between interpolated order statistics covers about 0.8
-    assert rows["calibrated"]["coverage90"] > 0.75 and rows["too narrow"]["coverage90"] < 0.4
+    # coverage of the distribution's central 90 % interval (PIT): nominal for calibrated draws,
+    # whatever their number (the span of 20 draws would cover about 0.82)
+    assert 0.85 < rows["calibrated"]["coverage90"] < 0.95 and rows["too narrow"]["coverage90"] < 0.4
     table = imaging.format_distribution(list(rows.values()))
     assert "| calibrated |" in table and "/ 0." in table
 

@@ -40,3 +40,13 @@ def test_exact_gaussian_spread_shows_few_euler_steps_narrow_the_draws():
     row = table[(table["sampler"] == "MCD table default") & (table["steps"] == 200)].iloc[0]
     assert abs(row["coverage80"] - 0.8) < 0.01
     assert (table["sampler"] == "grid at 5 NFE").sum() == len(bd.diffusion.schedule_grid(5))
+
+
+def test_few_draws_coverage_shows_the_span_of_draws_under_covers(tmp_path):
+    res = sampler_schedule.main(["--few-draws", "--out", str(tmp_path / "f")])["few_draws"]
+    pit = res[res["method"] == "pit"].set_index("draws")
+    span = res[res["method"] == "quantile"].set_index("draws")
+    assert list(pit.index) == [4, 10, 20, 100]
+    assert ((pit["coverage90"] - 0.9).abs() < 0.015).all()  # calibrated by the PIT at any number of draws
+    assert abs(span.loc[10, "coverage90"] - 0.76) < 0.02 and span["coverage90"].is_monotonic_increasing
+    assert "quantile" in (tmp_path / "f.md").read_text()

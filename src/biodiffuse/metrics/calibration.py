@@ -223,8 +223,15 @@ def interval_coverage(
     judges the interval *these* draws span: from the ``(1 - q) / 2`` to the ``(1 + q) / 2``
     quantile of a cell's draws (linear interpolation). With few draws that interval is narrower
     than the distribution's: for a calibrated model with 10 draws the central 50 / 80 / 90 %
-    intervals cover about 0.41 / 0.66 / 0.76, with 4 draws the 90 % interval about 0.54. Read a
+    intervals cover about 0.41 / 0.66 / 0.76, with 4 draws the 90 % interval about 0.56. Read a
     quantile coverage against those numbers, not against ``q``.
+
+    The PIT resolves ``s + 1`` ranks: a value below (above) every draw gets a PIT in
+    ``(0, 1 / (s + 1))`` (``(s / (s + 1), 1)``), which lies partly inside the central ``q`` interval
+    when ``(1 - q) / 2 < 1 / (s + 1)``. So with 10 draws a value outside all of them counts 0.45
+    towards the 90 % coverage, and draws that are far too narrow (a point estimate) still read
+    about 0.45 there while their 50 % coverage is near 0: read the levels together, or use at
+    least ``2 / (1 - q) - 1`` draws (19 for 90 %).
 
     Parameters
     ----------

@@ -1,5 +1,6 @@
 """Plotting: what a person would rather look at than read."""
 
+from .calibration import calibration
 from .histology import enrichment_dotplot, importance_bars, tile_grid
 from .images import image_imputation_panels
 from .imputation import imputed_vs_measured, protein_correlation_bars, training_curve
@@ -9,6 +10,7 @@ from .staining import positivity_scatter, stain_panels
 
 __all__ = [
     "acquisition_curves",
+    "calibration",
     "enrichment_dotplot",
     "importance_bars",
     "tile_grid",
