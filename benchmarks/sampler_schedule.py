@@ -161,6 +161,15 @@ def format_tables(res: dict[str, Any]) -> str:
     return f"Validation cells (best 8 of {len(res['validation'])} candidates):\n\n{val}\n\nTest cells:\n\n{test}\n"
 
 
+def _write_table(out: str, text: str, table: pd.DataFrame) -> None:
+    """Print ``text`` and write it to ``{out}.md``, and ``table``'s rows to ``{out}.json``."""
+    print(text)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{path}.md").write_text(text + "\n")
+    Path(f"{path}.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-epochs", type=int, default=600)
@@ -185,11 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = few_draws_coverage(seed=args.seed)
         text = ("Draws and truth from the same distribution (20,000 cells): coverage of central intervals, by the PIT "
                 "and by the span of the draws\n\n" + _markdown(table))
-        print(text)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.md").write_text(text + "\n")
-        Path(f"{out}.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
+        _write_table(args.out, text, table)
         return {"few_draws": table}
     if args.exact_gaussian:
         table = exact_gaussian_spread(nfe=args.nfe, seed=args.seed)
@@ -198,11 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shown = pd.concat([table[~table["sampler"].str.startswith("grid")], best.assign(sampler=f"closest of the grid at {args.nfe} NFE")])
         text = ("Exact denoiser of N(0, 0.5^2), 20,000 draws: variance of the draws / the target's, and the coverage of "
                 "their central 80 % interval\n\n" + _markdown(shown.reset_index(drop=True)))
-        print(text)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.md").write_text(text + "\n")
-        Path(f"{out}.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
+        _write_table(args.out, text, table)
         return {"exact_gaussian": table}
     noise = {k: v for k, v in (("P_mean", args.P_mean), ("P_std", args.P_std)) if v is not None}
     res = run(args.max_epochs, args.nfe, args.n_samples, args.reference_steps, args.seed, tuple(args.euler_steps), noise)
