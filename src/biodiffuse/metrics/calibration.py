@@ -196,13 +196,17 @@ def _pit(y: np.ndarray, x: np.ndarray, seed: int) -> np.ndarray:
     return (below + u * (ties + 1)) / (x.shape[1] + 1)
 
 
-def _covered(y: np.ndarray, x: np.ndarray, q: float, method: str, seed: int) -> np.ndarray:
-    """``(n, d)`` 0 / 1: is each value inside the central ``q`` interval (see :func:`interval_coverage`)."""
+def _covered(y: np.ndarray, x: np.ndarray, levels: Sequence[float], method: str, seed: int) -> dict[float, np.ndarray]:
+    """``{q: (n, d) 0 / 1}``: is each value inside the central ``q`` interval (see :func:`interval_coverage`);
+    the PIT is computed once for all levels."""
     if method == "pit":
         pit = _pit(y, x, seed)
-        return ((pit >= (1 - q) / 2) & (pit <= (1 + q) / 2)).astype(np.float64)
-    lo, hi = np.quantile(x, [(1 - q) / 2, (1 + q) / 2], axis=1)
-    return ((y >= lo) & (y <= hi)).astype(np.float64)
+        return {q: ((pit >= (1 - q) / 2) & (pit <= (1 + q) / 2)).astype(np.float64) for q in levels}
+    out = {}
+    for q in levels:
+        lo, hi = np.quantile(x, [(1 - q) / 2, (1 + q) / 2], axis=1)
+        out[q] = ((y >= lo) & (y <= hi)).astype(np.float64)
+    return out
 
 
 def _method(method: str) -> str:
@@ -266,7 +270,7 @@ def interval_coverage(
     """
     y, x = _pair(y_true, samples)
     method = _method(method)
-    return pd.DataFrame({q: _covered(y, x, q, method, seed).mean(axis=0) for q in _levels(levels)})
+    return pd.DataFrame({q: c.mean(axis=0) for q, c in _covered(y, x, _levels(levels), method, seed).items()})
 
 
 def gaussian_coverage(
@@ -448,6 +452,6 @@ def score_draws(
         r.append(float(np.corrcoef(a, b)[0, 1]) if ok else np.nan)
     out["r_p"] = float(np.mean([v for v in r if not np.isnan(v)])) if not np.isnan(r).all() else float("nan")
     method = _method(coverage)
-    for q in _levels(levels):
-        out[f"coverage{round(100 * q):d}"] = channel_mean(_covered(filled, x, q, method, seed))
+    for q, c in _covered(filled, x, _levels(levels), method, seed).items():
+        out[f"coverage{round(100 * q):d}"] = channel_mean(c)
     return out
