@@ -11,11 +11,17 @@ regressor of the expression PCs trained on real training tiles, applied to the g
 tiles), SSIM / PSNR against the real tile; and the few-step sweep (Euler 1-8, Heun, dopri5:
 evaluations per tile and KID).
 
+Conditioning fidelity has two probes: simple pixel features (pooled pixels, intensity
+histograms) of all training tiles, and the 50 leading principal components of the Inception
+features (the KID network's, so no extra network) of ``--probe-train`` training tiles. GeneFlow
+is trained again with ``--model-seeds`` (Euler 8, right and shuffled expression) so that its
+scores come with the model's spread over trainings, not only the metric's over subsets.
+
 Splits: Xenium, square blocks of the slide (region_split with a tile buffer: no held-out tile
 shares a pixel with a training tile); HER2ST, by section (train C2-C5, test C6; the sections
 sit side by side in one image for training).
 
-    python benchmarks/geneflow.py                     # both data sets, CPU settings (~40 min on 2 cores)
+    python benchmarks/geneflow.py                     # both data sets, CPU settings (about 1.5 h on 2 cores)
     python benchmarks/geneflow.py --quick             # a smoke run (minutes)
     python benchmarks/geneflow.py --tile-size 256 --train-steps 20000 --model-channels 64 --accelerator gpu   # GPU
 """
@@ -104,26 +110,26 @@ def her2st_task(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _train(bd, sdata, objective: str, task, args) -> Any:
+def _train(bd, sdata, objective: str, task, args, seed: int | None = None) -> Any:
+    seed = args.seed if seed is None else seed
     model = bd.models.GeneFlow(
         sdata, objective=objective, model_channels=args.model_channels, channel_mult=(1, 2, 2), dim=128, rank=16,
-        seed=args.seed,
+        seed=seed,
     )
     n_train = int(task["train"].sum())
     steps = args.train_steps if objective != "mse" else max(1, args.train_steps // 2)
     epochs = max(1, int(round(steps * args.batch_size / max(1, 0.85 * n_train))))
     t = time.time()
     model.train(max_epochs=epochs, batch_size=args.batch_size, lr=args.lr, cells=task["train"],
-                enable_progress_bar=False, accelerator=args.accelerator, seed=args.seed, early_stopping=False)
+                enable_progress_bar=False, accelerator=args.accelerator, seed=seed, early_stopping=False)
     secs = time.time() - t
-    _log(f"{task['name']}: trained {objective} for {epochs} epochs (~{steps} steps) in {secs:.0f} s")
+    _log(f"{task['name']}: trained {objective} (seed {seed}) for {epochs} epochs (~{steps} steps) in {secs:.0f} s")
     return model, secs, epochs
 
 
-def _metrics(name: str, real: np.ndarray, fake: np.ndarray, feats_real: np.ndarray, morph_real, task, fid_clf,
+def _metrics(name: str, real: np.ndarray, fake: np.ndarray, feats_real: np.ndarray, morph_real, task, probes,
              args) -> dict[str, Any]:
     import biodiffuse as bd
-    from biodiffuse.metrics.conditioning import conditioning_fidelity
 
     feats = bd.metrics.inception_features(fake)
     m = min(len(real) // 2, len(fake) // 2, args.kid_subset)  # subsets of at most half: a spread that means something
@@ -132,18 +138,54 @@ def _metrics(name: str, real: np.ndarray, fake: np.ndarray, feats_real: np.ndarr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mdist = bd.metrics.morphometry_distance(morph_real, morph)
-    fid = fid_clf(fake)
-    return {
-        "method": name, "kid": kid_mean, "kid_sd": kid_sd, "morphometry": float(mdist["mean"]),
-        "fidelity": fid["score"], "fidelity_sd": fid["score_sd"], "fidelity_per_row": fid["per_row"],
-        "ssim": float(bd.metrics.ssim(real, fake)), "psnr": float(bd.metrics.psnr(real, fake)),
-    }
+    row = {"method": name, "kid": kid_mean, "kid_sd": kid_sd, "morphometry": float(mdist["mean"]),
+           "ssim": float(bd.metrics.ssim(real, fake)), "psnr": float(bd.metrics.psnr(real, fake))}
+    for probe, fid in probes(fake, feats).items():
+        row.update({f"fidelity_{probe}": fid["score"], f"fidelity_{probe}_sd": fid["score_sd"],
+                    f"fidelity_{probe}_per_row": fid["per_row"]})
+    return row
+
+
+PROBES = ("pixels", "inception")
+
+
+def fidelity_differences(right: dict[str, Any], shuffled: dict[str, Any], task: str) -> dict[str, dict[str, float]]:
+    """Per probe, the paired bootstrap of right minus shuffled expression over the held-out rows.
+
+    ``task`` is the probe's task: per row, 0/1 correctness (classification) or the squared error
+    of the standardised targets (regression, negated), so that a positive difference always
+    means "the right expression beats shuffled expression".
+    """
+    from biodiffuse.metrics.conditioning import paired_difference
+
+    sign = 1.0 if task == "classification" else -1.0
+    out = {}
+    for probe in PROBES:
+        d = paired_difference(sign * np.asarray(right[f"fidelity_{probe}_per_row"]),
+                              sign * np.asarray(shuffled[f"fidelity_{probe}_per_row"]), seed=0)
+        out[probe] = {k: float(v) for k, v in d.items()}
+    return out
+
+
+def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sd over training seeds of GeneFlow's scores (the model's spread, not the metric's).
+
+    ``per_seed``: one dict per seed with ``kid``, ``morphometry``, ``fidelity_<probe>`` and
+    ``shuffled_fidelity_<probe>``, ``difference_<probe>`` (right - shuffled, per row).
+    """
+    keys = ["kid", "morphometry"] + [f"{pre}fidelity_{p}" for p in PROBES for pre in ("", "shuffled_")]
+    keys += [f"difference_{p}" for p in PROBES]
+    out: dict[str, Any] = {"n_seeds": len(per_seed), "seeds": [r["seed"] for r in per_seed]}
+    for k in keys:
+        v = np.array([r[k] for r in per_seed], dtype=float)
+        out[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan")}
+    return out
 
 
 def run_task(task: dict[str, Any], args) -> dict[str, Any]:
     import biodiffuse as bd
     from biodiffuse.baselines.histology import NearestTile
-    from biodiffuse.metrics.conditioning import conditioning_fidelity, paired_difference
+    from biodiffuse.metrics.conditioning import conditioning_fidelity
 
     sdata, name = task["sdata"], task["name"]
     bd.models.GeneFlow.setup_spatialdata(
@@ -181,7 +223,16 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
 
         pca = PCA(n_components=5, random_state=0).fit(expr(kept_train))
         y_train, y_test = pca.transform(expr(kept_train)), pca.transform(expr(kept_test))
-    fid_clf = lambda tiles: conditioning_fidelity(real_train, y_train, tiles, y_test, seed=0)  # noqa: E731
+    # two probes: simple pixel features of all training tiles, and the 50 leading PCs of the Inception features
+    # (the KID network's) of at most --probe-train training tiles
+    probe_rows = np.sort(rng.choice(len(kept_train), min(args.probe_train, len(kept_train)), replace=False))
+    feats_train = bd.metrics.inception_features(real_train[probe_rows])
+
+    def probes(tiles: np.ndarray, feats: np.ndarray) -> dict[str, dict[str, Any]]:
+        return {"pixels": conditioning_fidelity(real_train, y_train, tiles, y_test, seed=0),
+                "inception": conditioning_fidelity(feats_train, y_train[probe_rows], feats, y_test,
+                                                   features="precomputed", n_components=50, seed=0)}
+
     feats_real = bd.metrics.inception_features(real_test)
     morph_real = bd.metrics.nuclei_morphometry(real_test, stain=task["stain"])
 
@@ -211,26 +262,50 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
 
     rows = []
     for label, (tiles, nfe, secs) in gen.items():
-        row = _metrics(label, real_test, tiles, feats_real, morph_real, task, fid_clf, args)
+        row = _metrics(label, real_test, tiles, feats_real, morph_real, task, probes, args)
         row.update(nfe_per_tile=nfe, generate_s=secs)
         rows.append(row)
         _log(f"{name}: {label}: KID {row['kid']:.4f} ± {row['kid_sd']:.4f}, morph {row['morphometry']:.3f}, "
-             f"fidelity {row['fidelity']:.3f}")
-    real_fid = fid_clf(real_test)
+             f"fidelity pixels {row['fidelity_pixels']:.3f}, Inception {row['fidelity_inception']:.3f}")
+    real_fid = probes(real_test, feats_real)
+    fid_task = real_fid["pixels"]["task"]
     by = {r_["method"]: r_ for r_ in rows}
-    # per row: 0/1 correctness (classification) or squared error of the standardised PCs (regression, negated so
-    # that a positive difference always means "right expression beats shuffled expression")
-    sign = 1.0 if real_fid["task"] == "classification" else -1.0
-    diff = paired_difference(sign * by["GeneFlow (Euler 8)"]["fidelity_per_row"],
-                             sign * by["GeneFlow, shuffled expression"]["fidelity_per_row"], seed=0)
+    main_row, shuffled_row = by["GeneFlow (Euler 8)"], by["GeneFlow, shuffled expression"]
+
+    def seed_row(seed: int, right: dict, shuf: dict) -> dict[str, Any]:
+        diff = fidelity_differences(right, shuf, fid_task)
+        out = {"seed": seed, "kid": right["kid"], "morphometry": right["morphometry"]}
+        for probe in PROBES:
+            out.update({f"fidelity_{probe}": right[f"fidelity_{probe}"],
+                        f"shuffled_fidelity_{probe}": shuf[f"fidelity_{probe}"],
+                        f"difference_{probe}": diff[probe]["difference"], f"ci_{probe}": diff[probe]})
+        return out
+
+    # further training seeds of the flow model: the model's spread (Euler 8, right and shuffled expression)
+    per_seed = [seed_row(args.seed, main_row, shuffled_row)]
+    for seed in args.model_seeds:
+        model, secs, _ = _train(bd, sdata, "flow", task, args, seed=seed)
+        train_secs[f"flow seed {seed}"] = secs
+        sets = {}
+        for label, q in (("right", query), ("shuffled", shuffled)):
+            tiles = model.generate(q, key_added=f"seed_{seed}_{label}", steps=8).values[:, 0]
+            sets[label] = _metrics(f"GeneFlow seed {seed}, {label}", real_test, tiles, feats_real, morph_real, task,
+                                   probes, args)
+        per_seed.append(seed_row(seed, sets["right"], sets["shuffled"]))
+        _log(f"{name}: seed {seed}: KID {per_seed[-1]['kid']:.4f}, Inception fidelity right - shuffled "
+             f"{per_seed[-1]['difference_inception']:.3f}")
+    diff = fidelity_differences(main_row, shuffled_row, fid_task)
     for r_ in rows:
-        r_.pop("fidelity_per_row")
+        for probe in PROBES:
+            r_.pop(f"fidelity_{probe}_per_row")
     return {
         "dataset": name, "split": task["split"], "tile_size": args.tile_size, "scale": task["scale"],
         "n_train_tiles": int(len(kept_train)), "n_test_tiles": int(len(kept_test)), "n_genes": len(flow.genes),
-        "train_steps": args.train_steps, "batch_size": args.batch_size, "train_seconds": train_secs,
-        "fidelity_task": real_fid["task"], "fidelity_real_tiles": real_fid["score"], "fidelity_chance": real_fid["chance"],
-        "fidelity_right_minus_shuffled": {k: (float(v) if np.ndim(v) == 0 else v) for k, v in diff.items()},
+        "n_probe_train": int(len(probe_rows)), "train_steps": args.train_steps, "batch_size": args.batch_size,
+        "train_seconds": train_secs, "fidelity_task": fid_task,
+        "fidelity_real_tiles": {p_: real_fid[p_]["score"] for p_ in PROBES},
+        "fidelity_chance": real_fid["pixels"]["chance"],
+        "fidelity_right_minus_shuffled": diff, "seeds": per_seed, "seed_summary": seed_summary(per_seed),
         "rows": rows,
     }
 
@@ -240,7 +315,9 @@ def format_table(res: dict[str, Any]) -> str:
     out = pd.DataFrame({
         "KID x1e3": [f"{k * 1e3:.1f} ± {s * 1e3:.1f}" for k, s in zip(df["kid"], df["kid_sd"])],
         "morphometry": df["morphometry"].map("{:.3f}".format),
-        "fidelity": [f"{f:.3f} ± {s:.3f}" for f, s in zip(df["fidelity"], df["fidelity_sd"])],
+        "fidelity (pixels)": [f"{f:.3f} ± {s:.3f}" for f, s in zip(df["fidelity_pixels"], df["fidelity_pixels_sd"])],
+        "fidelity (Inception)": [f"{f:.3f} ± {s:.3f}"
+                                 for f, s in zip(df["fidelity_inception"], df["fidelity_inception_sd"])],
         "SSIM": df["ssim"].map("{:.3f}".format),
         "PSNR": df["psnr"].map("{:.2f}".format),
         "evals / tile": df["nfe_per_tile"].map("{:.1f}".format),
@@ -248,6 +325,45 @@ def format_table(res: dict[str, Any]) -> str:
     lines = ["| method | " + " | ".join(out.columns) + " |", "|---" * (len(out.columns) + 1) + "|"]
     lines += [f"| {i} | " + " | ".join(str(v) for v in row) + " |" for i, row in zip(out.index, out.to_numpy())]
     return "\n".join(lines)
+
+
+def format_seeds(res: dict[str, Any]) -> str:
+    """GeneFlow (Euler 8) per training seed, and the mean ± sd over seeds."""
+    cols = ["KID x1e3", "morphometry", "pixels: right / shuffled", "Inception: right / shuffled",
+            "right - shuffled, pixels (95 % CI)", "right - shuffled, Inception (95 % CI)"]
+    lines = ["| seed | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in res["seeds"]:
+        cells = [f"{r['kid'] * 1e3:.1f}", f"{r['morphometry']:.3f}"]
+        cells += [f"{r[f'fidelity_{p}']:.3f} / {r[f'shuffled_fidelity_{p}']:.3f}" for p in PROBES]
+        cells += [f"{r[f'difference_{p}']:.3f} ({r[f'ci_{p}']['ci_low']:.3f} .. {r[f'ci_{p}']['ci_high']:.3f})"
+                  for p in PROBES]
+        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    m = res["seed_summary"]
+    if m["n_seeds"] > 1:
+        ms = lambda k, f=3, x=1.0: f"{m[k]['mean'] * x:.{f}f} ± {m[k]['sd'] * x:.{f}f}"  # noqa: E731
+        cells = [ms("kid", 1, 1e3), ms("morphometry")]
+        cells += [f"{ms(f'fidelity_{p}')} / {ms(f'shuffled_fidelity_{p}')}" for p in PROBES]
+        cells += [ms(f"difference_{p}") for p in PROBES]
+        lines.append(f"| mean ± sd over {m['n_seeds']} seeds | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_header(res: dict[str, Any]) -> str:
+    """One paragraph: data, split, training, the probes' targets and what real held-out tiles score."""
+    cls = res["fidelity_task"] == "classification"
+    real = res["fidelity_real_tiles"]
+    d = res["fidelity_right_minus_shuffled"]
+    diffs = "; ".join(f"{p} {d[p]['difference']:.3f} (95 % CI {d[p]['ci_low']:.3f} .. {d[p]['ci_high']:.3f})"
+                      for p in PROBES)
+    return (f"{res['dataset']}: {res['n_train_tiles']} training / {res['n_test_tiles']} held-out tiles of "
+            f"{res['tile_size']} px (scale {res['scale']}), {res['n_genes']} genes, split {res['split']}; "
+            f"~{res['train_steps']} training steps (batch {res['batch_size']}); fidelity = "
+            f"{'balanced accuracy of the cluster' if cls else 'mean r of 5 expression PCs'}, probes fitted on real "
+            f"training tiles: pixel features (all {res['n_train_tiles']}) and 50 PCs of the Inception features "
+            f"({res['n_probe_train']} tiles); real held-out tiles score pixels {real['pixels']:.3f}, Inception "
+            f"{real['inception']:.3f} (chance {res['fidelity_chance']:.3f}); GeneFlow right - shuffled expression, "
+            f"per row ({'accuracy' if cls else '- squared error of the standardised PCs'}; > 0: the expression "
+            f"matters): {diffs}")
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
@@ -270,12 +386,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common_arguments(p)
     p.add_argument("--n-test", type=int, default=250, help="held-out tiles scored (a random subset)")
     p.add_argument("--kid-subset", type=int, default=200, help="rows per KID subset (at most half the held-out set)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split, subsets, baselines and the main GeneFlow model")
+    p.add_argument("--model-seeds", type=int, nargs="*", default=[1, 2],
+                   help="further training seeds of GeneFlow (Euler 8, right and shuffled expression): the model's spread")
+    p.add_argument("--probe-train", type=int, default=2000,
+                   help="training tiles (a random subset) whose Inception features fit the Inception fidelity probe")
     p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 60 test tiles, a small crop")
     p.add_argument("--out", default="results/geneflow")
     args = p.parse_args(argv)
     if args.quick:
-        args.train_steps, args.n_test, args.kid_subset = 60, 60, 50
+        args.train_steps, args.n_test, args.kid_subset, args.probe_train = 60, 60, 50, 200
+        args.model_seeds = args.model_seeds[:1]
         args.xenium_crop, args.her2st_sections = [4000, 2000, 5500, 3500], ["C2", "C3"]
     from _cli import limit_threads
 
@@ -285,14 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         task = (xenium_task if which == "xenium" else her2st_task)(args)
         res = run_task(task, args)
         results.append(res)
-        table = format_table(res)
-        d = res["fidelity_right_minus_shuffled"]
-        header = (f"{res['dataset']}: {res['n_train_tiles']} training / {res['n_test_tiles']} held-out tiles of "
-                  f"{res['tile_size']} px (scale {res['scale']}), {res['n_genes']} genes, split {res['split']}; "
-                  f"~{res['train_steps']} training steps (batch {res['batch_size']}); fidelity = "
-                  f"{'balanced accuracy of the cluster' if res['fidelity_task'] == 'classification' else 'mean r of 5 expression PCs'}"
-                  f" (real held-out tiles: {res['fidelity_real_tiles']:.3f}, chance {res['fidelity_chance']:.3f}); "
-                  f"GeneFlow right - shuffled expression, per row ({'accuracy' if res['fidelity_task'] == 'classification' else '- squared error of the standardised PCs'}; > 0: the expression matters): {d['difference']:.3f} (95 % CI {d['ci_low']:.3f} .. {d['ci_high']:.3f})")
+        header = format_header(res)
+        table = format_table(res) + "\n\nGeneFlow (Euler 8) by training seed:\n\n" + format_seeds(res)
         print("\n" + header + "\n\n" + table + "\n", flush=True)
         res["header"], res["table"] = header, table
         out = Path(args.out)  # written after every data set

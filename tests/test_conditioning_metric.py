@@ -115,6 +115,25 @@ def test_classification_unseen_labels_dropped_and_callable_features(cls_data):
     assert res_two["chance"] == 0.5 and res_two["n_test"] == two.sum() and res_two["n_dropped"] == 0
 
 
+def test_precomputed_and_inception_features(cls_data):
+    """'precomputed' reads the arrays as features; 'inception' is the probe on the KID network's features."""
+    from biodiffuse.metrics import inception_features
+
+    train, y_train, right, shuffled, y_test = cls_data
+    res = conditioning_fidelity(tile_features(train), y_train, tile_features(right), y_test, features="precomputed", n_boot=20)
+    ref = conditioning_fidelity(train, y_train, right, y_test, n_boot=20)
+    assert res["score"] == ref["score"] and res["C"] == ref["C"]
+    np.testing.assert_array_equal(res["per_row"], ref["per_row"])
+    pick_tr = np.concatenate([np.flatnonzero(y_train == t)[:8] for t in CENTRES])  # 24 training tiles
+    rgb_tr, rgb_te = np.repeat(train[pick_tr, :1], 3, axis=1), np.repeat(right[:12, :1], 3, axis=1)
+    inc = conditioning_fidelity(rgb_tr, y_train[pick_tr], rgb_te, y_test[:12], features="inception", n_boot=0)
+    pre = conditioning_fidelity(inception_features(rgb_tr), y_train[pick_tr], inception_features(rgb_te), y_test[:12],
+                                features="precomputed", n_boot=0)
+    assert inc["n_train"] == 24 and inc["n_test"] == 12
+    np.testing.assert_array_equal(inc["per_row"], pre["per_row"])
+    assert inc["score"] > 0.6  # the blob position is readable from the Inception features too (chance 1/3)
+
+
 def test_regression_brightness():
     rng = np.random.default_rng(2)
     t_train, t_test = rng.uniform(0.2, 0.8, 120), rng.uniform(0.2, 0.8, 60)
@@ -191,7 +210,9 @@ def test_bad_inputs(cls_data):
     with pytest.raises(ValueError, match="need at least 2"):
         conditioning_fidelity(train, np.array(["B"] * 150), right, y_test)
     with pytest.raises(ValueError, match="features must be"):
-        conditioning_fidelity(train, y_train, right, y_test, features="inception")
+        conditioning_fidelity(train, y_train, right, y_test, features="hog")
+    with pytest.raises(ValueError, match="2-D"):  # precomputed features are (N, F), not tiles
+        conditioning_fidelity(train, y_train, right, y_test, features="precomputed")
     with pytest.raises(ValueError, match="empty"):
         tile_features(np.zeros((0, 1, 4, 4)))
     with pytest.raises(ValueError, match="pool"):

@@ -5,7 +5,8 @@ REAL training tiles and their conditioning targets, then applied to GENERATED ti
 cells and scored against those cells' TRUE targets. Run it twice, on tiles generated from the
 right expression and on tiles generated from shuffled expression (the control), and compare the
 two ``per_row`` arrays with :func:`paired_difference`: a model that uses its condition beats
-the control. Features are cheap pixel summaries (:func:`tile_features`) or any callable.
+the control. Features are cheap pixel summaries (:func:`tile_features`), the Inception
+features used for FID / KID, precomputed arrays, or any callable.
 """
 
 from __future__ import annotations
@@ -89,13 +90,22 @@ def tile_features(tiles: Any, *, pool: int = 4, bins: int = 16) -> np.ndarray:
     return np.concatenate([pooled, hist, mean, std], axis=1)
 
 
+_FEATURES = "'pixels', 'inception', 'precomputed' or a callable tiles -> (N, F)"
+
+
 def _features(tiles: Any, features: Union[str, Callable], name: str) -> np.ndarray:
     if isinstance(features, str):
-        if features != "pixels":
-            raise ValueError(f"features must be 'pixels' or a callable tiles -> (N, F), got {features!r}.")
-        return tile_features(tiles)
+        if features == "pixels":
+            return tile_features(tiles)
+        if features == "inception":
+            from .images import inception_features
+
+            return inception_features(_as_tiles(tiles, name))
+        if features == "precomputed":
+            return _as_float_2d(tiles, name)
+        raise ValueError(f"features must be {_FEATURES}, got {features!r}.")
     if not callable(features):
-        raise ValueError(f"features must be 'pixels' or a callable tiles -> (N, F), got {type(features).__name__}.")
+        raise ValueError(f"features must be {_FEATURES}, got {type(features).__name__}.")
     return _as_float_2d(features(tiles), f"features({name})")
 
 
@@ -178,7 +188,10 @@ def conditioning_fidelity(
 ) -> dict:
     """Score a probe fitted on real tiles -> conditioning targets on generated tiles of held-out cells.
 
-    Features (:func:`tile_features` for ``"pixels"``, else ``features(tiles) -> (N, F)``) are
+    Features (:func:`tile_features` for ``"pixels"``; the 2,048 Inception pool features of
+    :func:`~biodiffuse.metrics.inception_features` for ``"inception"``, a stronger probe of
+    morphology that needs the ``images`` extra; the arrays themselves for ``"precomputed"``,
+    e.g. the Inception features already computed for KID; else ``features(tiles) -> (N, F)``) are
     standardised with a scaler fitted on the training tiles only, optionally reduced to
     ``n_components`` principal components (fitted on training only), and then:
 
@@ -198,12 +211,13 @@ def conditioning_fidelity(
     ----------
     train_tiles, test_tiles
         Real training tiles and generated tiles of held-out cells: (N, C, H, W) arrays / tensors
-        (or whatever the ``features`` callable accepts).
+        in [0, 1] (or whatever the ``features`` callable accepts; (N, F) feature arrays with
+        ``features="precomputed"``).
     train_targets, test_targets
         Targets of the training cells and TRUE targets of the held-out cells, one row per tile.
         Continuous 1-D targets must be passed as (N, 1).
     features
-        ``"pixels"`` or a callable.
+        ``"pixels"``, ``"inception"``, ``"precomputed"`` or a callable.
     n_components
         PCA components of the standardised features (None: no PCA).
     seed
@@ -230,6 +244,8 @@ def conditioning_fidelity(
     >>> res = bd.metrics.conditioning_fidelity(train_tiles, train_labels, gen, test_labels)
     >>> res["score"], res["chance"]                                       # balanced accuracy vs chance
     >>> bd.metrics.conditioning_fidelity(train_tiles, train_pcs, gen, test_pcs, n_components=50)   # (N, K) targets
+    >>> f_train, f_gen = bd.metrics.inception_features(train_tiles), bd.metrics.inception_features(gen)
+    >>> bd.metrics.conditioning_fidelity(f_train, train_labels, f_gen, test_labels, features="precomputed")
     """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
