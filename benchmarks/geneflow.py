@@ -49,13 +49,20 @@ def _log(msg: str) -> None:
 
 
 def xenium_task(args) -> dict[str, Any]:
-    """A crop of the Xenium slide, split by blocks into train (+ validation) and test."""
+    """A crop of the Xenium slide, split by blocks into train (+ validation) and test.
+
+    Single mode: a tile centred on each cell (footprint ``--xenium-footprint`` image pixels),
+    probe target its cluster. Window mode: a tile per grid window of that footprint, conditioned
+    on its cells, probe target the window's expression PCs."""
     import biodiffuse as bd
 
     sdata = bd.datasets.xenium_bone_marrow(crop=tuple(args.xenium_crop))
     table = sdata.tables["table"]
-    ok = (np.asarray(table.X.sum(axis=1)).ravel() > 0) & table.obs["cluster"].notna().to_numpy()
-    scale = args.tile_size / 64 if args.tile_size <= 64 else 1.0  # a 64-pixel (13.6 um) footprint
+    ok = np.asarray(table.X.sum(axis=1)).ravel() > 0
+    if args.xenium_mode == "single":
+        ok &= table.obs["cluster"].notna().to_numpy()
+    foot = args.xenium_footprint  # image pixels per tile side (64: 13.6 um)
+    scale = args.tile_size / foot if args.tile_size <= foot else 1.0
     scale = 1.0 / round(1.0 / scale)
     foot = int(round(args.tile_size / scale))
     labels = bd.data.region_split(
@@ -63,9 +70,13 @@ def xenium_task(args) -> dict[str, Any]:
         seed=args.seed, tile_size=args.tile_size, scale=scale,
     )
     train, test = ok & (labels == "train"), ok & (labels == "test")
-    return dict(name="xenium_bone_marrow", sdata=sdata, train=train, test=test, stain="dapi", scale=scale,
-                genes=None, target=table.obs["cluster"].astype(str).to_numpy(), image_key="dapi",
-                split=f"square blocks of {8 * foot} px ({8 * foot * 0.2125:.0f} um), 75 / 25 % of cells, tile buffer")
+    window = args.xenium_mode == "window"
+    return dict(name="xenium_bone_marrow" + (" (windows)" if window else ""), sdata=sdata, train=train, test=test,
+                stain="dapi", scale=scale, genes=None, mode=args.xenium_mode, image_key="dapi",
+                target=None if window else table.obs["cluster"].astype(str).to_numpy(),
+                split=f"square blocks of {8 * foot} px ({8 * foot * 0.2125:.0f} um), 75 / 25 % of cells, tile buffer"
+                      + (f"; windows of {foot} px ({foot * 0.2125:.1f} um) whose cells are all in one split"
+                         if window else ""))
 
 
 def her2st_task(args) -> dict[str, Any]:
@@ -182,27 +193,31 @@ def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_task(task: dict[str, Any], args) -> dict[str, Any]:
-    import biodiffuse as bd
-    from biodiffuse.baselines.histology import NearestTile
-    from biodiffuse.metrics.conditioning import conditioning_fidelity
-
-    sdata, name = task["sdata"], task["name"]
-    bd.models.GeneFlow.setup_spatialdata(
-        sdata, image_key=task["image_key"], tile_size=args.tile_size, scale=task["scale"], genes=task["genes"],
-    )
-    table = sdata.tables["table"]
-    rng = np.random.default_rng(args.seed)
-    test_rows = np.flatnonzero(task["test"])
-    # the held-out rows with a whole tile inside the image, at most --n-test of them
-    models, train_secs = {}, {}
-    for objective in ("flow", "edm", "mse"):
-        models[objective], train_secs[objective], _ = _train(bd, sdata, objective, task, args)
-    flow = models["flow"]
+def _cut(flow) -> dict[str, Any]:
+    """How the model cuts its tiles (image, size, scale, intensity scaling): the real tiles are cut the same way."""
     r = flow.registry
     scaling = (np.asarray(r["scaling_lo"]), np.asarray(r["scaling_hi"]))
-    cut = dict(image_key=r["image_key"], tile_size=r["tile_size"], scale=r["scale"], scaling=scaling)
-    real_test, kept_test = bd.data.cell_tiles(sdata, cells=test_rows, **cut)
+    return dict(image_key=r["image_key"], tile_size=r["tile_size"], scale=r["scale"], scaling=scaling)
+
+
+def _expression_pcs(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 5 leading PCs of the expression, fitted on the training rows: the regression probe's target."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=5, random_state=0).fit(x_train)
+    return pca.transform(x_train), pca.transform(x_test)
+
+
+def single_rows(bd, task: dict[str, Any], flow, args, rng: np.random.Generator) -> dict[str, Any]:
+    """Single mode: a tile per cell / spot. The held-out rows with a whole tile inside the image (at
+    most ``--n-test``), the training tiles, the probe targets, the nearest-tile baseline, and
+    generation from the right or the shuffled expression (permuted among the held-out rows)."""
+    from biodiffuse.baselines.histology import NearestTile
+
+    sdata = task["sdata"]
+    table = sdata.tables["table"]
+    cut = _cut(flow)
+    real_test, kept_test = bd.data.cell_tiles(sdata, cells=np.flatnonzero(task["test"]), **cut)
     if len(kept_test) > args.n_test:
         pick = np.sort(rng.choice(len(kept_test), args.n_test, replace=False))
         real_test, kept_test = real_test[pick], kept_test[pick]
@@ -213,19 +228,91 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
         x = table.X[rows][:, cols]
         return bd.data.cpm_log1p(x.toarray() if hasattr(x, "toarray") else np.asarray(x))
 
-    _log(f"{name}: {len(kept_train)} training tiles, {len(kept_test)} held-out tiles of {args.tile_size} px")
-
-    # conditioning-fidelity target: cluster (Xenium) or the expression PCs of the training spots (HER2ST)
+    x_train, x_test = expr(kept_train), expr(kept_test)
+    # conditioning-fidelity target: the cluster (Xenium) or the expression PCs of the training spots (HER2ST)
     if task["target"] is not None:
         y_train, y_test = task["target"][kept_train], task["target"][kept_test]
     else:
-        from sklearn.decomposition import PCA
+        y_train, y_test = _expression_pcs(x_train, x_test)
+    query = table[kept_test].copy()
+    query.obsm.clear()
+    shuffled = query.copy()
+    shuffled.X = shuffled.X[rng.permutation(shuffled.n_obs)]
+    return dict(
+        real_train=real_train, real_test=real_test, y_train=y_train, y_test=y_test, unit="tiles", rows=kept_test,
+        nearest=lambda: NearestTile(n_components=50, seed=args.seed).fit(x_train, real_train).predict(x_test),
+        generate=lambda model, shuffle, key, **kw: model.generate(shuffled if shuffle else query, key_added=key, **kw),
+    )
 
-        pca = PCA(n_components=5, random_state=0).fit(expr(kept_train))
-        y_train, y_test = pca.transform(expr(kept_train)), pca.transform(expr(kept_test))
+
+def window_rows(bd, task: dict[str, Any], flow, args, rng: np.random.Generator) -> dict[str, Any]:
+    """Window mode: a tile per grid window, conditioned on all its cells. Held-out windows are those
+    whose cells are all held out (at most ``--n-test``); training windows those whose cells all
+    train (the model's own rule). Windows never share pixels (a grid side by side). Probe target:
+    the 5 PCs of the window's mean expression. Shuffled control: the expression of the held-out
+    windows' cells permuted among those cells (positions, and so the windows, unchanged)."""
+    import spatialdata as sd
+
+    from biodiffuse.baselines.histology import NearestTile
+
+    sdata = task["sdata"]
+    table = sdata.tables["table"]
+    win = flow.windows(sdata)
+    cut = _cut(flow)
+
+    def windows_of(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        only = np.flatnonzero(np.where(win.mask, cells[np.maximum(win.index, 0)], True).all(axis=1))
+        tiles, kept = bd.data.cell_tiles(sdata, centres=win.centres[only], **cut)
+        return tiles, only[kept]
+
+    real_test, w_test = windows_of(task["test"])
+    if len(w_test) > args.n_test:
+        pick = np.sort(rng.choice(len(w_test), args.n_test, replace=False))
+        real_test, w_test = real_test[pick], w_test[pick]
+    real_train, w_train = windows_of(task["train"])
+    pooled = lambda w: (win.values[w] * win.mask[w][..., None]).sum(axis=1) / win.mask[w].sum(axis=1)[:, None]  # noqa: E731
+    y_train, y_test = _expression_pcs(pooled(w_train), pooled(w_test))
+    cells = np.unique(win.index[w_test][win.mask[w_test]])
+    order = np.arange(table.n_obs)
+    order[cells] = cells[rng.permutation(len(cells))]
+    permuted = table.copy()
+    permuted.X = table.X[order]
+    shuffled = sd.SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": permuted})
+
+    def nearest() -> np.ndarray:
+        nt = NearestTile(n_components=50, seed=args.seed).fit(win.values[w_train], real_train, mask=win.mask[w_train])
+        return nt.predict(win.values[w_test], mask=win.mask[w_test])
+
+    return dict(
+        real_train=real_train, real_test=real_test, y_train=y_train, y_test=y_test, unit="windows", rows=w_test,
+        nearest=nearest, cells_per_window=float(win.mask[w_test].sum(axis=1).mean()), shuffled=shuffled,
+        generate=lambda model, shuffle, key, **kw: model.generate(shuffled if shuffle else sdata, indices=w_test,
+                                                                  key_added=key, **kw),
+    )
+
+
+def run_task(task: dict[str, Any], args) -> dict[str, Any]:
+    import biodiffuse as bd
+    from biodiffuse.metrics.conditioning import conditioning_fidelity
+
+    sdata, name, mode = task["sdata"], task["name"], task.get("mode", "single")
+    bd.models.GeneFlow.setup_spatialdata(
+        sdata, image_key=task["image_key"], tile_size=args.tile_size, scale=task["scale"], genes=task["genes"],
+        mode=mode,
+    )
+    rng = np.random.default_rng(args.seed)
+    models, train_secs = {}, {}
+    for objective in ("flow", "edm", "mse"):
+        models[objective], train_secs[objective], _ = _train(bd, sdata, objective, task, args)
+    flow = models["flow"]
+    data = (window_rows if mode == "window" else single_rows)(bd, task, flow, args, rng)
+    real_train, real_test, y_train, y_test = data["real_train"], data["real_test"], data["y_train"], data["y_test"]
+    _log(f"{name}: {len(real_train)} training {data['unit']}, {len(real_test)} held-out of {args.tile_size} px")
+
     # two probes: simple pixel features of all training tiles, and the 50 leading PCs of the Inception features
     # (the KID network's) of at most --probe-train training tiles
-    probe_rows = np.sort(rng.choice(len(kept_train), min(args.probe_train, len(kept_train)), replace=False))
+    probe_rng = np.random.default_rng([args.seed, 1])  # its own stream: the other draws stay as before
+    probe_rows = np.sort(probe_rng.choice(len(real_train), min(args.probe_train, len(real_train)), replace=False))
     feats_train = bd.metrics.inception_features(real_train[probe_rows])
 
     def probes(tiles: np.ndarray, feats: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -235,29 +322,23 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
 
     feats_real = bd.metrics.inception_features(real_test)
     morph_real = bd.metrics.nuclei_morphometry(real_test, stain=task["stain"])
-
-    query = table[kept_test].copy()
-    query.obsm.clear()
-    shuffled = query.copy()
-    shuffled.X = shuffled.X[rng.permutation(shuffled.n_obs)]
     gen: dict[str, tuple[np.ndarray, float, float]] = {}
 
-    def run(label: str, model, q, **kw) -> None:
+    def run(label: str, model, shuffle: bool = False, **kw) -> None:
         t = time.time()
-        tiles = model.generate(q, key_added=f"bench_{len(gen)}", **kw)
+        tiles = data["generate"](model, shuffle, f"bench_{len(gen)}", **kw)
         gen[label] = (tiles.values[:, 0], float(tiles.attrs["nfe"]), time.time() - t)
 
-    run("GeneFlow (Euler 8)", flow, query, steps=8)
-    run("GeneFlow, shuffled expression", flow, shuffled, steps=8)
-    run("EDM (Heun 8, same nets)", models["edm"], query, steps=8)
-    run("UNet-MSE (same nets)", models["mse"], query)
+    run("GeneFlow (Euler 8)", flow, steps=8)
+    run("GeneFlow, shuffled expression", flow, shuffle=True, steps=8)
+    run("EDM (Heun 8, same nets)", models["edm"], steps=8)
+    run("UNet-MSE (same nets)", models["mse"])
     t = time.time()
-    nn_tiles = NearestTile(n_components=50, seed=args.seed).fit(expr(kept_train), real_train).predict(expr(kept_test))
-    gen["nearest tile (PCA)"] = (nn_tiles, 0.0, time.time() - t)
+    gen["nearest tile (PCA)"] = (data["nearest"](), 0.0, time.time() - t)
     for label, kw in [("Euler 1", dict(steps=1)), ("Euler 2", dict(steps=2)), ("Euler 4", dict(steps=4)),
                       ("Heun 2", dict(steps=2, method="heun")), ("Heun 4", dict(steps=4, method="heun")),
                       ("dopri5", dict(method="dopri5", steps=1))]:
-        run(f"GeneFlow ({label})", flow, query, **kw)
+        run(f"GeneFlow ({label})", flow, **kw)
     _log(f"{name}: generated {len(gen)} sets")
 
     rows = []
@@ -287,8 +368,8 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
         model, secs, _ = _train(bd, sdata, "flow", task, args, seed=seed)
         train_secs[f"flow seed {seed}"] = secs
         sets = {}
-        for label, q in (("right", query), ("shuffled", shuffled)):
-            tiles = model.generate(q, key_added=f"seed_{seed}_{label}", steps=8).values[:, 0]
+        for label in ("right", "shuffled"):
+            tiles = data["generate"](model, label == "shuffled", f"seed_{seed}_{label}", steps=8).values[:, 0]
             sets[label] = _metrics(f"GeneFlow seed {seed}, {label}", real_test, tiles, feats_real, morph_real, task,
                                    probes, args)
         per_seed.append(seed_row(seed, sets["right"], sets["shuffled"]))
@@ -300,7 +381,8 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
             r_.pop(f"fidelity_{probe}_per_row")
     return {
         "dataset": name, "split": task["split"], "tile_size": args.tile_size, "scale": task["scale"],
-        "n_train_tiles": int(len(kept_train)), "n_test_tiles": int(len(kept_test)), "n_genes": len(flow.genes),
+        "mode": mode, "cells_per_window": data.get("cells_per_window"),
+        "n_train_tiles": int(len(real_train)), "n_test_tiles": int(len(real_test)), "n_genes": len(flow.genes),
         "n_probe_train": int(len(probe_rows)), "train_steps": args.train_steps, "batch_size": args.batch_size,
         "train_seconds": train_secs, "fidelity_task": fid_task,
         "fidelity_real_tiles": {p_: real_fid[p_]["score"] for p_ in PROBES},
@@ -357,7 +439,9 @@ def format_header(res: dict[str, Any]) -> str:
                       for p in PROBES)
     return (f"{res['dataset']}: {res['n_train_tiles']} training / {res['n_test_tiles']} held-out tiles of "
             f"{res['tile_size']} px (scale {res['scale']}), {res['n_genes']} genes, split {res['split']}; "
-            f"~{res['train_steps']} training steps (batch {res['batch_size']}); fidelity = "
+            + (f"window mode, {res['cells_per_window']:.1f} cells per held-out window on average; "
+                  if res.get("mode") == "window" else "")
+            + f"~{res['train_steps']} training steps (batch {res['batch_size']}); fidelity = "
             f"{'balanced accuracy of the cluster' if cls else 'mean r of 5 expression PCs'}, probes fitted on real "
             f"training tiles: pixel features (all {res['n_train_tiles']}) and 50 PCs of the Inception features "
             f"({res['n_probe_train']} tiles); real held-out tiles score pixels {real['pixels']:.3f}, Inception "
@@ -375,6 +459,9 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--model-channels", type=int, default=16)
     p.add_argument("--xenium-crop", type=int, nargs=4, default=[4000, 2000, 7000, 5000])
+    p.add_argument("--xenium-mode", choices=["single", "window"], default="single",
+                   help="a tile per cell, or per grid window conditioned on all its cells")
+    p.add_argument("--xenium-footprint", type=int, default=64, help="image pixels per tile side (64 px = 13.6 um)")
     p.add_argument("--her2st-sections", nargs="+", default=["C2", "C3", "C4", "C5", "C6"])
     p.add_argument("--her2st-genes", type=int, default=1000)
     p.add_argument("--accelerator", default="auto")

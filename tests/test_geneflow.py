@@ -165,6 +165,8 @@ def test_bad_inputs():
         bd.models.GeneFlow.setup_spatialdata(bad, image_key="dapi")
     with pytest.raises(RuntimeError, match="not trained"):
         bd.models.GeneFlow(sdata, channel_mult=(1, 2)).generate()
+    with pytest.raises(ValueError, match="window-mode"):
+        bd.models.GeneFlow(sdata, channel_mult=(1, 2)).windows()
 
 
 def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
@@ -184,6 +186,20 @@ def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
     assert sdata.attrs["virtual"]["n_rows"] == 64
     part = model.generate(indices=[3, 9], key_added="two")
     np.testing.assert_array_equal(part.values[1], tiles.values[9, :1])
+    # windows(): the windows generate() counts, with the expression the model reads
+    win = model.windows()
+    np.testing.assert_array_equal(win.origins[:, 0], tiles.coords["y0"].values)
+    np.testing.assert_array_equal(win.origins[:, 1], tiles.coords["x0"].values)
+    table = sdata.tables["table"]
+    cells = win.index[9][win.mask[9]]
+    assert len(cells) == 4 and (win.index[9][~win.mask[9]] == -1).all()
+    x = np.asarray(table[:, model.genes].X, dtype=np.float64)
+    cpm = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e6)
+    np.testing.assert_allclose(win.values[9][win.mask[9]], cpm[cells], rtol=1e-5)
+    xy = np.asarray(table.obsm["spatial"])[cells]
+    assert ((xy >= win.origins[9][::-1] - 0.5) & (xy < win.origins[9][::-1] + 32 - 0.5)).all()
+    with pytest.raises(TypeError, match="SpatialData"):
+        model.windows(table)
     s = model.gene_importance(n_t=2, n_noise=1)
     assert len(s) == 8 and np.isfinite(s).all() and (s > 0).all()
     with pytest.raises(TypeError, match="SpatialData"):

@@ -327,6 +327,43 @@ class GeneFlow(BaseModel):
             scaling=self._scaling(sdata), centres=centres,
         )
 
+    def windows(self, sdata: Any = None) -> WindowCells:
+        """Window mode: the windows the model generates for, in the order ``indices`` counts them.
+
+        Parameters
+        ----------
+        sdata
+            A SpatialData with the registered image and table. Default: the attached object.
+
+        Returns
+        -------
+        WindowCells
+            The grid of windows of the tile's footprint that hold cells (row-major): ``origins``
+            ``(N, 2)`` ``(y0, x0)``, ``centres`` (where :func:`~biodiffuse.data.cell_tiles`
+            cuts the window's tile), ``index`` / ``mask`` (the table rows of each window's cells,
+            -1 / False where padded) and ``values`` ``(N, M, G)``: the cells' expression of the
+            model's genes as the model reads it (CPM + log1p, 0 where padded).
+
+        Raises
+        ------
+        ValueError
+            In single mode (there are no windows), or if the object lacks the model's genes.
+
+        Examples
+        --------
+        >>> win = model.windows(sdata)
+        >>> only_held_out = np.where(win.mask, held_out[np.maximum(win.index, 0)], True).all(axis=1)
+        >>> test = np.flatnonzero(only_held_out)                  # windows whose cells are all held out
+        >>> model.generate(sdata, indices=test, steps=8)
+        """
+        if self.registry["mode"] != "window":
+            raise ValueError("windows() is for a window-mode GeneFlow; this one has one tile per cell or spot.")
+        obj = self.adata if sdata is None else sdata
+        if not is_spatialdata(obj):
+            raise TypeError(f"windows() reads a SpatialData (its image and table), got {type(obj).__name__}.")
+        self._validate_query(obj)
+        return self._windows(obj)
+
     def _windows(self, sdata: Any) -> WindowCells:
         """Window mode: the grid of windows holding cells, their cells' CPM + log1p expression
         (``values`` (N, M, G), 0 where padded) and ``mask``."""
