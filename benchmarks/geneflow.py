@@ -121,13 +121,25 @@ def her2st_task(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _windows_within(win, cells: np.ndarray) -> np.ndarray:
+    """Which windows hold only ``cells`` (a boolean per table row): the model's own rule for training windows."""
+    return np.where(win.mask, cells[np.maximum(win.index, 0)], True).all(axis=1)
+
+
+def _training_rows(model, task: dict[str, Any]) -> int:
+    """What one epoch runs over: the training cells, or in window mode the windows whose cells all train."""
+    if task.get("mode", "single") != "window":
+        return int(task["train"].sum())
+    return int(_windows_within(model.windows(task["sdata"]), task["train"]).sum())
+
+
 def _train(bd, sdata, objective: str, task, args, seed: int | None = None) -> Any:
     seed = args.seed if seed is None else seed
     model = bd.models.GeneFlow(
         sdata, objective=objective, model_channels=args.model_channels, channel_mult=(1, 2, 2), dim=128, rank=16,
         seed=seed,
     )
-    n_train = int(task["train"].sum())
+    n_train = _training_rows(model, task)
     steps = args.train_steps if objective != "mse" else max(1, args.train_steps // 2)
     epochs = max(1, int(round(steps * args.batch_size / max(1, 0.85 * n_train))))
     t = time.time()
@@ -261,7 +273,7 @@ def window_rows(bd, task: dict[str, Any], flow, args, rng: np.random.Generator) 
     cut = _cut(flow)
 
     def windows_of(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        only = np.flatnonzero(np.where(win.mask, cells[np.maximum(win.index, 0)], True).all(axis=1))
+        only = np.flatnonzero(_windows_within(win, cells))
         tiles, kept = bd.data.cell_tiles(sdata, centres=win.centres[only], **cut)
         return tiles, only[kept]
 
@@ -303,7 +315,8 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     models, train_secs = {}, {}
     for objective in ("flow", "edm", "mse"):
-        models[objective], train_secs[objective], _ = _train(bd, sdata, objective, task, args)
+        if objective not in args.skip:
+            models[objective], train_secs[objective], _ = _train(bd, sdata, objective, task, args)
     flow = models["flow"]
     data = (window_rows if mode == "window" else single_rows)(bd, task, flow, args, rng)
     real_train, real_test, y_train, y_test = data["real_train"], data["real_test"], data["y_train"], data["y_test"]
@@ -331,13 +344,16 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
 
     run("GeneFlow (Euler 8)", flow, steps=8)
     run("GeneFlow, shuffled expression", flow, shuffle=True, steps=8)
-    run("EDM (Heun 8, same nets)", models["edm"], steps=8)
-    run("UNet-MSE (same nets)", models["mse"])
+    if "edm" in models:
+        run("EDM (Heun 8, same nets)", models["edm"], steps=8)
+    if "mse" in models:
+        run("UNet-MSE (same nets)", models["mse"])
     t = time.time()
     gen["nearest tile (PCA)"] = (data["nearest"](), 0.0, time.time() - t)
-    for label, kw in [("Euler 1", dict(steps=1)), ("Euler 2", dict(steps=2)), ("Euler 4", dict(steps=4)),
-                      ("Heun 2", dict(steps=2, method="heun")), ("Heun 4", dict(steps=4, method="heun")),
-                      ("dopri5", dict(method="dopri5", steps=1))]:
+    sweep = [("Euler 1", dict(steps=1)), ("Euler 2", dict(steps=2)), ("Euler 4", dict(steps=4)),
+             ("Heun 2", dict(steps=2, method="heun")), ("Heun 4", dict(steps=4, method="heun")),
+             ("dopri5", dict(method="dopri5", steps=1))]
+    for label, kw in ([] if "sweep" in args.skip else sweep):
         run(f"GeneFlow ({label})", flow, **kw)
     _log(f"{name}: generated {len(gen)} sets")
 
@@ -476,6 +492,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0, help="split, subsets, baselines and the main GeneFlow model")
     p.add_argument("--model-seeds", type=int, nargs="*", default=[1, 2],
                    help="further training seeds of GeneFlow (Euler 8, right and shuffled expression): the model's spread")
+    p.add_argument("--skip", nargs="*", default=[], choices=["edm", "mse", "sweep"],
+                   help="leave out the EDM / UNet-MSE baselines or the few-step sweep (e.g. for a learning curve)")
     p.add_argument("--probe-train", type=int, default=2000,
                    help="training tiles (a random subset) whose Inception features fit the Inception fidelity probe")
     p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 60 test tiles, a small crop")

@@ -97,3 +97,6 @@ def test_window_rows_hold_out_whole_windows_and_shuffle_only_the_held_out_cells(
     np.testing.assert_array_equal(moved.values[~held], win.values[~held])
     np.testing.assert_array_equal(np.array(table.X), x_before)
     assert data["nearest"]().shape == (10, 1, 16, 16)
+    # an epoch runs over the training windows (32), not over the training cells (128)
+    assert geneflow._training_rows(model, {**task, "mode": "window"}) == 32
+    assert geneflow._training_rows(model, task) == task["train"].sum() == 128
