@@ -305,7 +305,7 @@ def window_rows(bd, task: dict[str, Any], flow, args, rng: np.random.Generator) 
 
 def run_task(task: dict[str, Any], args) -> dict[str, Any]:
     import biodiffuse as bd
-    from biodiffuse.metrics.conditioning import conditioning_fidelity
+    from biodiffuse.metrics.conditioning import FidelityProbe
 
     sdata, name, mode = task["sdata"], task["name"], task.get("mode", "single")
     bd.models.GeneFlow.setup_spatialdata(
@@ -327,11 +327,11 @@ def run_task(task: dict[str, Any], args) -> dict[str, Any]:
     probe_rng = np.random.default_rng([args.seed, 1])  # its own stream: the other draws stay as before
     probe_rows = np.sort(probe_rng.choice(len(real_train), min(args.probe_train, len(real_train)), replace=False))
     feats_train = bd.metrics.inception_features(real_train[probe_rows])
+    pixel_probe = FidelityProbe("pixels", seed=0).fit(real_train, y_train)  # fitted once, scored per set
+    inception_probe = FidelityProbe("precomputed", n_components=50, seed=0).fit(feats_train, y_train[probe_rows])
 
     def probes(tiles: np.ndarray, feats: np.ndarray) -> dict[str, dict[str, Any]]:
-        return {"pixels": conditioning_fidelity(real_train, y_train, tiles, y_test, seed=0),
-                "inception": conditioning_fidelity(feats_train, y_train[probe_rows], feats, y_test,
-                                                   features="precomputed", n_components=50, seed=0)}
+        return {"pixels": pixel_probe.score(tiles, y_test), "inception": inception_probe.score(feats, y_test)}
 
     feats_real = bd.metrics.inception_features(real_test)
     morph_real = bd.metrics.nuclei_morphometry(real_test, stain=task["stain"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from biodiffuse.metrics.conditioning import conditioning_fidelity, paired_difference, tile_features
+from biodiffuse.metrics.conditioning import FidelityProbe, conditioning_fidelity, paired_difference, tile_features
 
 H = W = 16
 CENTRES = {"B": (4, 4), "T": (4, 11), "M": (11, 8)}  # blob position per cell type
@@ -134,6 +134,29 @@ def test_precomputed_and_inception_features(cls_data):
     assert inc["score"] > 0.6  # the blob position is readable from the Inception features too (chance 1/3)
 
 
+def test_a_probe_fitted_once_scores_every_set_as_a_fresh_fit(cls_data):
+    """FidelityProbe: fit on the real training tiles once, score the right and the shuffled sets."""
+    train, y_train, right, shuffled, y_test = cls_data
+    probe = FidelityProbe(n_components=10, n_boot=50).fit(train, y_train)
+    fitted = probe.fitted_
+    for tiles in (right, shuffled):
+        a = probe.score(tiles, y_test)
+        b = conditioning_fidelity(train, y_train, tiles, y_test, n_components=10, n_boot=50)
+        assert a["score"] == b["score"] and a["score_sd"] == b["score_sd"] and a["n_train"] == b["n_train"] == 150
+        np.testing.assert_array_equal(a["per_row"], b["per_row"])
+    assert probe.fitted_ is fitted  # scoring never refits
+    assert probe.score(right, y_test)["score"] > 0.8 > probe.score(shuffled, y_test)["score"] + 0.3
+    rng = np.random.default_rng(3)
+    pcs = rng.normal(size=(150, 3))
+    reg = FidelityProbe().fit(train, pcs)
+    with pytest.raises(ValueError, match="3 columns"):
+        reg.score(right, rng.normal(size=(90, 2)))
+    with pytest.raises(ValueError, match="2-D"):
+        reg.score(right, y_test)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        FidelityProbe().score(right, y_test)
+
+
 def test_regression_brightness():
     rng = np.random.default_rng(2)
     t_train, t_test = rng.uniform(0.2, 0.8, 120), rng.uniform(0.2, 0.8, 60)
@@ -153,6 +176,10 @@ def test_regression_brightness():
     assert res_r["per_row"].mean() < 0.1 < res_s["per_row"].mean()
     diff = paired_difference(res_r["per_row"], res_s["per_row"], higher_is_better=False)
     assert diff["difference"] < 0 and diff["ci_high"] < 0 and diff["p_value"] < 0.01
+    # generated tiles 0.2 too bright: the probe reads them with the TRAINING scaling, so the bias shows
+    probe = FidelityProbe(n_boot=0).fit(train, y_train)
+    biased = probe.score(np.clip(right + np.array([0.0, 0.2])[None, :, None, None], 0, 1), y_test)
+    assert biased["per_row"].mean() > 5 * max(probe.score(right, y_test)["per_row"].mean(), 0.01)
 
 
 def test_invariant_to_feature_and_target_scale(cls_data):

@@ -10,7 +10,7 @@ from .calibration import (
     pit_values,
     score_draws,
 )
-from .conditioning import conditioning_fidelity, paired_difference, tile_features
+from .conditioning import FidelityProbe, conditioning_fidelity, paired_difference, tile_features
 from .images import feature_distance, fid, image_fid_kid, inception_features, kid, psnr, ssim
 from .imputation import as_float_2d, imputation_metrics, pearson_per_cell, pearson_per_channel, rmse
 from .modality import output_variance_fraction, r2_score_modality
@@ -40,6 +40,7 @@ __all__ = [
     "SPATIAL_METRICS",
     "accuracy_score",
     "as_float_2d",
+    "FidelityProbe",
     "conditioning_fidelity",
     "cell_means",
     "dice",

@@ -18,7 +18,7 @@ import numpy as np
 
 from .imputation import _as_float_2d, _pearson_along
 
-__all__ = ["tile_features", "conditioning_fidelity", "paired_difference"]
+__all__ = ["tile_features", "FidelityProbe", "conditioning_fidelity", "paired_difference"]
 
 _C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -127,49 +127,53 @@ def _bootstrap_sd(n: int, score: Callable[[np.ndarray], float], n_boot: int, see
         return float(np.nanstd(vals, ddof=1))
 
 
-def _classify(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int, n_boot: int) -> dict:
+def _fit_classifier(x_tr: np.ndarray, y_tr: np.ndarray, seed: int) -> tuple[Any, float, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    if y_tr.dtype.kind not in "biuf" or y_te.dtype.kind not in "biuf":  # str / object / mixed: compare as str
-        y_tr, y_te = y_tr.astype(str), y_te.astype(str)
     classes, counts = np.unique(y_tr, return_counts=True)
     if classes.size < 2:
         raise ValueError(f"train_targets has {classes.size} class; need at least 2.")
-    seen = np.isin(y_te, classes)
-    n_dropped = int((~seen).sum())
-    if n_dropped:
-        warnings.warn(f"{n_dropped} test row(s) have labels not seen in training; they are dropped.", stacklevel=3)
-    if not seen.any():
-        raise ValueError("no test label was seen in training.")
-    x_te, y_te = x_te[seen], y_te[seen]
     model = LogisticRegression(max_iter=2000, class_weight="balanced")
     folds = min(3, int(counts.min()))
     if folds >= 2:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
         model = GridSearchCV(model, {"C": list(_C_GRID)}, cv=cv, scoring="balanced_accuracy").fit(x_tr, y_tr)
-        best_c = float(model.best_params_["C"])
-    else:
-        model, best_c = model.fit(x_tr, y_tr), 1.0
+        return model, float(model.best_params_["C"]), classes
+    return model.fit(x_tr, y_tr), 1.0, classes
+
+
+def _score_classifier(fitted: tuple, x_te: np.ndarray, y_te: np.ndarray, seed: int, n_boot: int) -> dict:
+    model, best_c, classes = fitted
+    seen = np.isin(y_te, classes)
+    n_dropped = int((~seen).sum())
+    if n_dropped:
+        warnings.warn(f"{n_dropped} test row(s) have labels not seen in training; they are dropped.", stacklevel=4)
+    if not seen.any():
+        raise ValueError("no test label was seen in training.")
+    x_te, y_te = x_te[seen], y_te[seen]
     correct = (model.predict(x_te) == y_te).astype(np.float64)
     codes = np.unique(y_te, return_inverse=True)[1].ravel()
     sd = _bootstrap_sd(codes.size, lambda i: _balanced_accuracy(codes[i], correct[i]), n_boot, seed)
     return {"task": "classification", "score": _balanced_accuracy(codes, correct), "score_sd": sd,
-            "chance": 1.0 / np.unique(codes).size, "n_train": x_tr.shape[0], "n_test": codes.size,
+            "chance": 1.0 / np.unique(codes).size, "n_test": codes.size,
             "per_row": correct, "n_dropped": n_dropped, "C": best_c}
 
 
-def _regress(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int, n_boot: int) -> dict:
+def _fit_regressor(x_tr: np.ndarray, y_tr: np.ndarray, seed: int) -> tuple[Any, np.ndarray]:
     from sklearn.linear_model import RidgeCV
-    from sklearn.metrics import r2_score
 
-    y_tr, y_te = _as_float_2d(y_tr, "train_targets"), _as_float_2d(y_te, "test_targets")
-    if y_tr.shape[1] != y_te.shape[1]:
-        raise ValueError(f"train_targets has {y_tr.shape[1]} columns and test_targets {y_te.shape[1]}.")
     model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x_tr, y_tr)
-    pred = model.predict(x_te).reshape(y_te.shape)
     sd_y = y_tr.std(axis=0)
     sd_y[sd_y == 0] = 1.0
+    return model, sd_y
+
+
+def _score_regressor(fitted: tuple, x_te: np.ndarray, y_te: np.ndarray, seed: int, n_boot: int) -> dict:
+    from sklearn.metrics import r2_score
+
+    model, sd_y = fitted
+    pred = model.predict(x_te).reshape(y_te.shape)
     per_row = (((pred - y_te) / sd_y) ** 2).mean(axis=1)
 
     def mean_r(i: np.ndarray) -> float:
@@ -178,15 +182,21 @@ def _regress(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndar
 
     every = np.arange(y_te.shape[0])
     return {"task": "regression", "score": mean_r(every), "score_sd": _bootstrap_sd(every.size, mean_r, n_boot, seed),
-            "chance": 0.0, "n_train": x_tr.shape[0], "n_test": every.size, "per_row": per_row,
+            "chance": 0.0, "n_test": every.size, "per_row": per_row,
             "r2": float(r2_score(y_te, pred, multioutput="uniform_average")), "alpha": float(model.alpha_)}
 
 
-def conditioning_fidelity(
-    train_tiles: Any, train_targets: Any, test_tiles: Any, test_targets: Any, *,
-    features: Union[str, Callable] = "pixels", n_components: int | None = None, seed: int = 0, n_boot: int = 200,
-) -> dict:
-    """Score a probe fitted on real tiles -> conditioning targets on generated tiles of held-out cells.
+def _targets(y: Any, x: np.ndarray, name: str) -> np.ndarray:
+    y = np.array(y)  # a copy
+    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}_targets must be 1-D or 2-D with one row per tile ({x.shape[0]}), got {y.shape}.")
+    if y.shape[0] < 2:
+        raise ValueError(f"{name}_targets needs at least 2 rows, got {y.shape[0]}.")
+    return y
+
+
+class FidelityProbe:
+    """A probe of conditioning fidelity, fitted once on real tiles and scored on any number of generated sets.
 
     Features (:func:`tile_features` for ``"pixels"``; the 2,048 Inception pool features of
     :func:`~biodiffuse.metrics.inception_features` for ``"inception"``, a stronger probe of
@@ -206,6 +216,137 @@ def conditioning_fidelity(
       constant in either are left out); ``r2``: ``r2_score(multioutput="uniform_average")``.
       ``per_row``: mean squared error over targets standardised with the training sd (lower is
       better: pass ``higher_is_better=False`` to :func:`paired_difference`).
+
+    Parameters
+    ----------
+    features
+        ``"pixels"``, ``"inception"``, ``"precomputed"`` or a callable.
+    n_components
+        PCA components of the standardised features (None: no PCA).
+    seed
+        Seeds the CV folds, the PCA and the bootstrap (``np.random.default_rng(seed)``).
+    n_boot
+        Bootstrap resamples of the test rows for ``score_sd`` (< 2 gives NaN).
+
+    Examples
+    --------
+    >>> probe = bd.metrics.FidelityProbe(features="pixels").fit(train_tiles, train_labels)
+    >>> right, shuffled = probe.score(gen, test_labels), probe.score(gen_shuffled, test_labels)
+    >>> bd.metrics.paired_difference(right["per_row"], shuffled["per_row"])
+    """
+
+    def __init__(self, features: Union[str, Callable] = "pixels", *, n_components: int | None = None, seed: int = 0,
+                 n_boot: int = 200) -> None:
+        self.features = features
+        self.n_components = n_components
+        self.seed = seed
+        self.n_boot = n_boot
+
+    def fit(self, train_tiles: Any, train_targets: Any) -> "FidelityProbe":
+        """Fit scaler, PCA and the classifier / regressor on real training tiles and their targets.
+
+        Parameters
+        ----------
+        train_tiles
+            Real training tiles (N, C, H, W) in [0, 1] (or whatever ``features`` accepts; (N, F)
+            feature arrays with ``features="precomputed"``).
+        train_targets
+            Labels (N,) or continuous targets (N, K), one row per tile (continuous 1-D targets as
+            (N, 1)).
+
+        Returns
+        -------
+        ``self``.
+
+        Raises
+        ------
+        ValueError
+            Bad tiles or features, targets whose length differs from the tiles, fewer than 2
+            rows or classes, continuous 1-D targets, bad ``n_components``.
+        """
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        x = _features(train_tiles, self.features, "train_tiles")
+        y = _targets(train_targets, x, "train")
+        if y.ndim == 1 and y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+            raise ValueError("train_targets is 1-D with non-integer floats; pass continuous targets as (N, 1).")
+        if y.ndim == 1 and y.dtype.kind not in "biuf":  # str / object / mixed: compare as str
+            y = y.astype(str)
+        if y.ndim == 2:
+            y = _as_float_2d(y, "train_targets")
+        self.scaler_ = StandardScaler().fit(x)
+        x = self.scaler_.transform(x)
+        self.pca_ = None
+        if self.n_components is not None:
+            k = self.n_components
+            if int(k) != k or not 1 <= k <= min(x.shape):
+                raise ValueError(f"n_components must be an integer in [1, {min(x.shape)}], got {k}.")
+            self.pca_ = PCA(n_components=int(k), random_state=self.seed).fit(x)
+            x = self.pca_.transform(x)
+        self.n_features_in_, self.target_ndim_, self.n_train_ = self.scaler_.n_features_in_, y.ndim, x.shape[0]
+        self.n_targets_ = y.shape[1] if y.ndim == 2 else None
+        self.fitted_ = (_fit_classifier if y.ndim == 1 else _fit_regressor)(x, y, self.seed)
+        return self
+
+    def score(self, test_tiles: Any, test_targets: Any) -> dict:
+        """Apply the probe to (generated) tiles of held-out cells and score it against their true targets.
+
+        Parameters
+        ----------
+        test_tiles
+            Tiles (N, C, H, W) as in :meth:`fit` (feature arrays with ``"precomputed"``).
+        test_targets
+            TRUE targets of the held-out cells, of the training targets' kind.
+
+        Returns
+        -------
+        dict
+            ``task``, ``score``, ``score_sd``, ``chance`` (0.0 for regression), ``n_train``,
+            ``n_test``, ``per_row`` (n_test,), plus ``n_dropped`` and ``C`` (classification) or
+            ``r2`` and ``alpha`` (regression).
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`fit`.
+        ValueError
+            Bad tiles or features, another feature width than in :meth:`fit`, targets whose
+            length or kind differs, no test row left.
+        """
+        if not hasattr(self, "fitted_"):
+            raise RuntimeError("This FidelityProbe is not fitted yet; call fit(train_tiles, train_targets) first.")
+        x = _features(test_tiles, self.features, "test_tiles")
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"train and test features differ in width: {self.n_features_in_} vs {x.shape[1]}.")
+        y = _targets(test_targets, x, "test")
+        if y.ndim != self.target_ndim_:
+            raise ValueError(f"train_targets is {self.target_ndim_}-D but test_targets is {y.ndim}-D.")
+        x = self.scaler_.transform(x)
+        if self.pca_ is not None:
+            x = self.pca_.transform(x)
+        if y.ndim == 1:
+            labels = self.fitted_[2]
+            y = y if labels.dtype.kind in "biuf" and y.dtype.kind in "biuf" else y.astype(str)
+            out = _score_classifier(self.fitted_, x, y, self.seed, self.n_boot)
+        else:
+            y = _as_float_2d(y, "test_targets")
+            if y.shape[1] != self.n_targets_:
+                raise ValueError(f"train_targets has {self.n_targets_} columns and test_targets {y.shape[1]}.")
+            out = _score_regressor(self.fitted_, x, y, self.seed, self.n_boot)
+        return {**out, "n_train": self.n_train_}
+
+
+def conditioning_fidelity(
+    train_tiles: Any, train_targets: Any, test_tiles: Any, test_targets: Any, *,
+    features: Union[str, Callable] = "pixels", n_components: int | None = None, seed: int = 0, n_boot: int = 200,
+) -> dict:
+    """Score a probe fitted on real tiles -> conditioning targets on generated tiles of held-out cells.
+
+    One call of :class:`FidelityProbe` ``(features, n_components=, seed=, n_boot=).fit(train_tiles,
+    train_targets).score(test_tiles, test_targets)``: see there for the features, the probe and the
+    scores. To score several generated sets against the same real training tiles, fit the probe
+    once and call its ``score`` per set.
 
     Parameters
     ----------
@@ -247,33 +388,8 @@ def conditioning_fidelity(
     >>> f_train, f_gen = bd.metrics.inception_features(train_tiles), bd.metrics.inception_features(gen)
     >>> bd.metrics.conditioning_fidelity(f_train, train_labels, f_gen, test_labels, features="precomputed")
     """
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    x_tr = _features(train_tiles, features, "train_tiles")
-    x_te = _features(test_tiles, features, "test_tiles")
-    if x_tr.shape[1] != x_te.shape[1]:
-        raise ValueError(f"train and test features differ in width: {x_tr.shape[1]} vs {x_te.shape[1]}.")
-    y_tr, y_te = np.array(train_targets), np.array(test_targets)  # copies
-    for name, y, x in (("train", y_tr, x_tr), ("test", y_te, x_te)):
-        if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
-            raise ValueError(f"{name}_targets must be 1-D or 2-D with one row per tile ({x.shape[0]}), got {y.shape}.")
-        if y.shape[0] < 2:
-            raise ValueError(f"{name}_targets needs at least 2 rows, got {y.shape[0]}.")
-    if y_tr.ndim != y_te.ndim:
-        raise ValueError(f"train_targets is {y_tr.ndim}-D but test_targets is {y_te.ndim}-D.")
-    if y_tr.ndim == 1 and y_tr.dtype.kind == "f" and not np.all(np.mod(y_tr, 1) == 0):
-        raise ValueError("train_targets is 1-D with non-integer floats; pass continuous targets as (N, 1).")
-
-    scaler = StandardScaler().fit(x_tr)
-    x_tr, x_te = scaler.transform(x_tr), scaler.transform(x_te)
-    if n_components is not None:
-        if int(n_components) != n_components or not 1 <= n_components <= min(x_tr.shape):
-            raise ValueError(f"n_components must be an integer in [1, {min(x_tr.shape)}], got {n_components}.")
-        pca = PCA(n_components=int(n_components), random_state=seed).fit(x_tr)
-        x_tr, x_te = pca.transform(x_tr), pca.transform(x_te)
-    task = _classify if y_tr.ndim == 1 else _regress
-    return task(x_tr, y_tr, x_te, y_te, seed, n_boot)
+    probe = FidelityProbe(features, n_components=n_components, seed=seed, n_boot=n_boot)
+    return probe.fit(train_tiles, train_targets).score(test_tiles, test_targets)
 
 
 def _as_1d(x: Any, name: str) -> np.ndarray:
