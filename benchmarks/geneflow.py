@@ -21,8 +21,9 @@ Splits: Xenium, square blocks of the slide (region_split with a tile buffer: no 
 shares a pixel with a training tile); HER2ST, by section (train C2-C5, test C6; the sections
 sit side by side in one image for training).
 
-    python benchmarks/geneflow.py                     # both data sets, CPU settings (about 1.5 h on 2 cores)
+    python benchmarks/geneflow.py                     # both data sets, CPU settings (86 min on 2 cores, probes refitted per set)
     python benchmarks/geneflow.py --quick             # a smoke run (minutes)
+    python benchmarks/geneflow.py --dataset xenium --xenium-mode window --xenium-crop 6000 0 12000 4000   # windows of cells
     python benchmarks/geneflow.py --tile-size 256 --train-steps 20000 --model-channels 64 --accelerator gpu   # GPU
 """
 
