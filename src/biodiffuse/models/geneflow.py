@@ -347,7 +347,10 @@ class GeneFlow(BaseModel):
         Raises
         ------
         ValueError
-            In single mode (there are no windows), or if the object lacks the model's genes.
+            In single mode (there are no windows), or if the object lacks the model's genes or
+            has other image channels.
+        TypeError
+            If the object is not a SpatialData.
 
         Examples
         --------
