@@ -122,16 +122,11 @@ def her2st_task(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _windows_within(win, cells: np.ndarray) -> np.ndarray:
-    """Which windows hold only ``cells`` (a boolean per table row): the model's own rule for training windows."""
-    return np.where(win.mask, cells[np.maximum(win.index, 0)], True).all(axis=1)
-
-
 def _training_rows(model, task: dict[str, Any]) -> int:
     """What one epoch runs over: the training cells, or in window mode the windows whose cells all train."""
     if task.get("mode", "single") != "window":
         return int(task["train"].sum())
-    return int(_windows_within(model.windows(task["sdata"]), task["train"]).sum())
+    return int(model.windows(task["sdata"]).within(task["train"]).sum())
 
 
 def _train(bd, sdata, objective: str, task, args, seed: int | None = None) -> Any:
@@ -274,7 +269,7 @@ def window_rows(bd, task: dict[str, Any], flow, args, rng: np.random.Generator) 
     cut = _cut(flow)
 
     def windows_of(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        only = np.flatnonzero(_windows_within(win, cells))
+        only = np.flatnonzero(win.within(cells))
         tiles, kept = bd.data.cell_tiles(sdata, centres=win.centres[only], **cut)
         return tiles, only[kept]
 

@@ -198,6 +198,12 @@ def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
     np.testing.assert_allclose(win.values[9][win.mask[9]], cpm[cells], rtol=1e-5)
     xy = np.asarray(table.obsm["spatial"])[cells]
     assert ((xy >= win.origins[9][::-1] - 0.5) & (xy < win.origins[9][::-1] + 32 - 0.5)).all()
+    # within(): a window counts only if all its real cells are selected (padding ignored)
+    sel = np.zeros(table.n_obs, dtype=bool)
+    sel[cells] = True
+    assert win.within(sel).sum() == 1 and win.within(sel)[9]
+    sel[cells[0]] = False
+    assert not win.within(sel).any()
     with pytest.raises(TypeError, match="SpatialData"):
         model.windows(table)
     s = model.gene_importance(n_t=2, n_noise=1)

@@ -410,6 +410,26 @@ class WindowCells(NamedTuple):
     origins: np.ndarray
     centres: np.ndarray
 
+    def within(self, cells: np.ndarray) -> np.ndarray:
+        """Which windows hold only selected cells.
+
+        Parameters
+        ----------
+        cells
+            Boolean per table row (e.g. a training or held-out region).
+
+        Returns
+        -------
+        np.ndarray
+            ``(N,)`` bool: True where every real cell of the window is selected.
+
+        Examples
+        --------
+        >>> test = np.flatnonzero(win.within(held_out))     # windows whose cells are all held out
+        """
+        cells = np.asarray(cells, dtype=bool)
+        return np.where(self.mask, cells[np.maximum(self.index, 0)], True).all(axis=1)
+
 
 def window_cells(
     adata: Any,

@@ -355,8 +355,7 @@ class GeneFlow(BaseModel):
         Examples
         --------
         >>> win = model.windows(sdata)
-        >>> only_held_out = np.where(win.mask, held_out[np.maximum(win.index, 0)], True).all(axis=1)
-        >>> test = np.flatnonzero(only_held_out)                  # windows whose cells are all held out
+        >>> test = np.flatnonzero(win.within(held_out))      # windows whose cells are all held out
         >>> model.generate(sdata, indices=test, steps=8)
         """
         if self.registry["mode"] != "window":
@@ -404,7 +403,7 @@ class GeneFlow(BaseModel):
             wc = self._windows(sdata)
             chosen = np.zeros(table.n_obs, dtype=bool)
             chosen[rows] = True
-            ok = np.flatnonzero(np.where(wc.mask, chosen[np.maximum(wc.index, 0)], True).all(axis=1))
+            ok = np.flatnonzero(wc.within(chosen))
             tiles, kept = self._tiles(sdata, None, centres=wc.centres[ok])
             kept = ok[kept]
             genes, mask, xy = wc.values[kept].astype(np.float32), wc.mask[kept], wc.centres[kept]
