@@ -1,7 +1,7 @@
 """StainDiffuser on HEMIT: virtual DAPI + 3 mIHC markers from H&E, against Pix2Pix, an L1 U-Net
 and the single-task diffusion model, on held-out regions.
 
-    python benchmarks/staining.py                 # CPU settings (about an hour on 2 cores)
+    python benchmarks/staining.py                 # CPU settings (about two hours on 2 cores)
     python benchmarks/staining.py --quick         # smoke run (minutes)
 
 Data: ``bd.datasets.hemit`` (../shared/data/staining/hemit): 692 training tiles (28 regions)
@@ -14,8 +14,10 @@ Methods, all the same UNet (``ConditionalImageUNet``, ``--model-channels``, chan
 1,1,2,2), data path and trainer, ``--train-steps`` optimiser steps of batch ``--batch-size``:
 
 * StainDiffuser, multi-task (stains + their Otsu masks, lambda = 1), joint multiplexing,
-  training seeds 0 and 1; sampled with ``--steps`` EDM Heun steps (2 steps - 1 evaluations);
-  seed 0 also with the full 18-step sampler and as the mean of 4 draws;
+  training seeds 0 and 1. Every diffusion model chooses its sampler on its own validation tiles
+  (``model.tune_sampler(nfe=--tune-nfe)``: the CRPS of 4 draws per pixel over the candidates of
+  ``schedule_grid``; never test tiles) and is sampled with it; seed 0 also as the mean of 4
+  draws and with EDM's own sampler (``--full-steps`` Heun steps from sigma 80, rho 7);
 * single-task StainDiffuser (no masks), seeds 0 and 1;
 * Multi-StainDiffuser (``multiplex="token"``: one stain per call, chosen by a stain id);
 * one multi-task model per stain;
@@ -172,7 +174,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-steps", type=int, default=600)
+    p.add_argument("--train-steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--model-channels", type=int, default=16)
@@ -180,10 +182,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--window", type=int, default=128, help="scored window at the centre of every test tile")
     p.add_argument("--tiles-per-region", type=int, default=4)
     p.add_argument("--train-tiles", type=int, default=None, help="first n training tiles (default all)")
-    p.add_argument("--steps", type=int, default=5, help="EDM Heun steps of the diffusion models (5: 9 evaluations)")
-    p.add_argument("--full-steps", type=int, default=18)
-    p.add_argument("--skip", nargs="*", default=[], choices=["seeds", "per_stain", "token", "full"],
-                   help="leave out: the second training seed, the per-stain models, the token model, the full sampler")
+    p.add_argument("--tune-nfe", type=int, default=5,
+                   help="network evaluations per draw at which every diffusion model chooses its sampler on its own "
+                        "validation tiles (model.tune_sampler); 0: sample --steps on the model's default schedule")
+    p.add_argument("--tune-tiles", type=int, default=16, help="validation tiles scored by tune_sampler")
+    p.add_argument("--steps", type=int, default=5, help="sampler steps of the diffusion models without tuning")
+    p.add_argument("--full-steps", type=int, default=18, help="steps of the reference sampler (EDM Heun from 80)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["main", "seeds", "per_stain", "token", "full"],
+                   help="leave out: the seed-0 models and the baselines, the second training seed, the per-stain "
+                        "models, the token model, the reference sampler and the mean of 4 draws")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--threads", type=int, default=2)
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.quick:
         args.train_steps, args.tiles_per_region, args.window, args.train_tiles = 30, 1, 64, 120
-        args.skip = ["seeds", "per_stain", "token", "full"]
+        args.skip, args.tune_tiles = ["seeds", "per_stain", "token", "full"], 4
     from _cli import limit_threads
 
     limit_threads(args.threads)
@@ -206,61 +213,86 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     real_feats = {s: bd.metrics.inception_features(real[:, c : c + 1]) for c, s in enumerate(stains)}
     labels = bd.metrics.nuclei_labels(real, nuclear_channel=0)
     real_pos = bd.metrics.nuclei_positivity(real, thresholds=data["thresholds"], labels=labels, stains=stains)
-    results, timings, fakes = [], {}, {}
-    nfe = 2 * args.steps - 1
-    shown = {f"StainDiffuser multi-task s0 ({nfe} NFE)", f"StainDiffuser single-task s0 ({nfe} NFE)", "L1 U-Net",
-             "Pix2Pix"}  # the methods of the figures
+    results, timings, tunings, fakes = [], {}, {}, {}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def run(name: str, model, steps: int, n_samples: int = 1) -> None:
+    def save_json(**extra) -> None:
+        Path(f"{out}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "sampler_tuning": tunings,
+                                                   "results": results, **extra}, indent=1, default=str))
+
+    def run(name: str, model, steps: int, n_samples: int = 1, show: bool = False) -> None:
         t = time.time()
         fake, seg = predict(model, data, args, steps=steps, n_samples=n_samples)
         res = score(name, fake, seg, data, real_feats, real_pos, labels, args)
         res["predict_s"] = time.time() - t
         results.append(res)
-        if name in shown:
+        if show:  # the methods of the figures
             fakes[name] = fake
         _log(f"{name}: scored in {res['predict_s']:.0f} s")
-        Path(f"{out}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "results": results},
-                                                  indent=1, default=str))
+        save_json()
         Path(f"{out}.md").write_text(format_table(results) + "\n")  # so far
+
+    def sampler_steps(model, name: str) -> int:
+        """The model's sampler steps: tuned on its own validation tiles at --tune-nfe evaluations,
+        or --steps on its default schedule."""
+        if args.tune_nfe <= 0:
+            return args.steps
+        t = time.time()
+        table = model.tune_sampler(nfe=args.tune_nfe, max_tiles=args.tune_tiles, seed=args.seed)
+        best = table.iloc[0]
+        records = json.loads(table.to_json(orient="records"))  # plain numbers
+        tunings[name] = {"seconds": time.time() - t, "chosen": records[0], "table": records}
+        _log(f"{name}: sampler chosen on {args.tune_tiles} validation tiles in {tunings[name]['seconds']:.0f} s: "
+             f"{best['solver']} {int(best['steps'])} steps, sigma {best['sigma_max']:g} -> {best['sigma_min']:g}, rho {best['rho']:g}")
+        return int(best["steps"])
 
     seeds = [0] if "seeds" in args.skip else [0, 1]
 
     def diffusion(seed: int, **kwargs) -> None:
         multi = kwargs.get("segmentation", True)
+        tag = f"{'multi' if multi else 'single'}-task s{seed}"
         model, secs = train_model(data, args, seed=seed, **kwargs)
-        timings[f"{'multi' if multi else 'single'}_seed{seed}"] = secs
-        _log(f"{'multi' if multi else 'single'}-task seed {seed}: trained in {secs:.0f} s")
-        run(f"StainDiffuser {'multi' if multi else 'single'}-task s{seed} ({nfe} NFE)", model, args.steps)
+        timings[tag] = secs
+        _log(f"{tag}: trained in {secs:.0f} s")
+        steps = sampler_steps(model, tag)
+        nfe = model.network_evaluations(steps=steps)
+        run(f"StainDiffuser {tag} ({nfe} NFE)", model, steps, show=seed == 0)
         if multi and seed == 0 and "full" not in args.skip:
-            run(f"StainDiffuser multi-task s0 ({2 * args.full_steps - 1} NFE)", model, args.full_steps)
-            run(f"StainDiffuser multi-task s0 mean of 4 ({nfe} NFE each)", model, args.steps, n_samples=4)
+            run(f"StainDiffuser {tag} mean of 4 ({nfe} NFE each)", model, steps, n_samples=4)
+            chosen = model.sampler_settings
+            model.set_sampler(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)  # EDM's own sampler
+            run(f"StainDiffuser {tag}, EDM Heun {args.full_steps} steps ({model.network_evaluations(steps=args.full_steps)} NFE)",
+                model, args.full_steps)
+            model.set_sampler(**chosen)
 
     # the main comparison first (seed 0, baselines), then the second seed, token and per-stain models
-    diffusion(0)
-    diffusion(0, segmentation=False)
-    for objective in ("l1", "pix2pix"):
-        model, secs = train_model(data, args, objective=objective, segmentation=False)
-        timings[objective] = secs
-        run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1)
+    if "main" not in args.skip:
+        diffusion(0)
+        diffusion(0, segmentation=False)
+        for objective in ("l1", "pix2pix"):
+            model, secs = train_model(data, args, objective=objective, segmentation=False)
+            timings[objective] = secs
+            run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1, show=True)
     for seed in seeds[1:]:
         diffusion(seed)
         diffusion(seed, segmentation=False)
     if "token" not in args.skip:
         model, secs = train_model(data, args, multiplex="token")
         timings["token"] = secs
-        run(f"Multi-StainDiffuser token ({nfe} NFE)", model, args.steps)
+        steps = sampler_steps(model, "token")
+        run(f"Multi-StainDiffuser token ({model.network_evaluations(steps=steps)} NFE)", model, steps)
     if "per_stain" not in args.skip:
-        parts, segs = [], []
+        parts, segs, nfes = [], [], set()
         for s in stains:
             model, secs = train_model(data, args, stains=[s])
             timings[f"per_stain_{s}"] = secs
-            fake, seg = predict(model, data, args, steps=args.steps)
+            steps = sampler_steps(model, f"per_stain_{s}")
+            nfes.add(model.network_evaluations(steps=steps))
+            fake, seg = predict(model, data, args, steps=steps)
             parts.append(fake)
             segs.append(seg)
-        results.append(score(f"one model per stain ({nfe} NFE)", np.concatenate(parts, axis=1),
+        results.append(score(f"one model per stain ({'/'.join(map(str, sorted(nfes)))} NFE)", np.concatenate(parts, axis=1),
                              np.concatenate(segs, axis=1), data, real_feats, real_pos, labels, args))
 
     figures(data, fakes, real_pos, labels, out)
@@ -270,8 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{args.model_channels}, {args.train_steps} steps of batch {args.batch_size}, lr {args.lr}; "
               f"{time.time() - t0:.0f} s in all")
     print("\n" + header + "\n\n" + table + "\n", flush=True)
-    Path(f"{out}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "results": results,
-                                               "header": header}, indent=1, default=str))
+    save_json(header=header)
     Path(f"{out}.md").write_text(header + "\n\n" + table + "\n")
     return {"results": results, "table": table}
 

@@ -286,3 +286,79 @@ def test_per_cell_positivity_table_from_labels(trained, device):
     with pytest.raises(ValueError, match="grid"):
         model.predict(indices=[30], steps=1, labels_key="small", key_added="bad")
     assert "bad" not in sdata.images and "bad" not in sdata.attrs
+
+
+def test_tune_sampler_scores_validation_tiles_and_keeps_the_better_schedule(trained, tmp_path, device):
+    """The tuner scores the validation region's tiles: of Euler from 80 (rho 3) and EDM's 3 Heun
+    steps from 80 (which throws draws off), it keeps the one whose prediction is also closer to
+    the real stain on an image it never saw; the choice is the model's schedule, kept by save."""
+    import copy
+
+    _, sdata, _ = trained
+    model = copy.deepcopy(trained[0])
+    good = dict(solver="euler", steps=5, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=3.0)
+    bad = dict(solver="heun", steps=3, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    model.set_sampler(**{k: bad[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+    table = model.tune_sampler(candidates=[bad, good], n_samples=3, max_tiles=4)
+    assert len(table) == 2 and list(table["crps"]) == sorted(table["crps"]) and np.isfinite(table["crps"]).all()
+    best = table.iloc[0]
+    assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
+    assert model.registry["sampler_tuning"]["crps"] == best["crps"]
+
+    query, _ = _sdata(n_tiles=4, columns=2, seed=3, table=False)
+    real = np.asarray(query.images["mihc"].values, dtype=np.float32) / 255.0
+    err = {}
+    for name, cand in (("good", good), ("bad", bad)):
+        model.set_sampler(**{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+        out = model.predict(query, steps=cand["steps"], key_added=name, device=device)[name]
+        err[name] = float(np.abs(out.values - real).mean())
+        assert query.attrs[name]["nfe_per_crop"] == 5 and query.attrs[name]["solver"] == cand["solver"]
+    chosen = "good" if best["solver"] == "euler" else "bad"
+    assert err[chosen] == min(err.values()), (chosen, err)
+
+    model.set_sampler(**{k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+    model.save(tmp_path / "tuned")
+    loaded = StainDiffuser.load(tmp_path / "tuned", sdata)
+    assert loaded.sampler_settings == model.sampler_settings
+    with pytest.raises(ValueError, match="No validation tiles"):
+        loaded.tune_sampler(candidates=[good])
+    with pytest.raises(ValueError, match="max_tiles"):
+        model.tune_sampler(candidates=[good], max_tiles=0)
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        model.tune_sampler(candidates=[good], n_samples=1)
+
+
+def test_sampler_settings_defaults_checks_and_old_models(trained):
+    """Euler from 80 with rho 3 by default (one evaluation per step); bad settings fail in the
+    constructor and in set_sampler without changing the model; a model saved before the
+    settings existed samples with EDM's Heun; point models have no sampler to set."""
+    model, sdata, _ = trained
+    assert model.sampler_settings == dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
+    assert model.network_evaluations(steps=5) == 5
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        StainDiffuser(sdata, **SMALL, sigma_min=2.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="solver"):
+        model.set_sampler(solver="rk4")
+    assert model.sampler_settings["solver"] == "euler"
+    old = StainDiffuser(sdata, **SMALL)
+    for k in ("solver", "sigma_max", "sigma_min", "rho"):
+        del old.init_args[k]
+    assert old.sampler_settings == dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    assert old.network_evaluations(steps=5) == 9
+    point = StainDiffuser(sdata, **SMALL, objective="l1", segmentation=False)
+    assert point.network_evaluations(steps=5) == 1
+    with pytest.raises(ValueError, match="no sampler"):
+        point.set_sampler(solver="heun")
+    with pytest.raises(ValueError, match="no sampler"):
+        point.tune_sampler()
+
+
+def test_token_model_tunes_on_every_stain(accelerator, devices):
+    """Token models sample one (crop, stain) row per stain: the tuner scores every stain of
+    every validation crop (draws regrouped per crop)."""
+    sdata, _ = _sdata()
+    StainDiffuser.setup_spatialdata(sdata)
+    model = _fit(sdata, 1, accelerator, devices, multiplex="token")
+    table = model.tune_sampler(candidates=[dict(solver="euler", steps=2, nfe=2, sigma_max=80.0, sigma_min=0.002, rho=3.0)],
+                               n_samples=3, max_tiles=2)
+    assert len(table) == 1 and np.isfinite(table[["crps", "r_p"]].to_numpy()).all()

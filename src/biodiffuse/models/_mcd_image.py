@@ -37,6 +37,7 @@ from ..data.tiles import (
 )
 from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.mcd import make_prepare
+from ._edm_sampling import pixel_draws
 from .base import resolve_device
 
 __all__ = ["SDATA_ATTRS_KEY", "MCDImageMixin", "read_image_setup", "write_image_setup", "image_array", "image_channels", "region_tiles", "TileMoments"]
@@ -249,10 +250,10 @@ class MCDImageMixin:
         pixel (pixels, C_hidden) in the normalised scale, a ``draw(sampler)`` giving the matching
         per-pixel draws (pixels, n_samples, C_hidden), and a label for the log."""
         tiles = self._validation_tiles(max_tiles, seed)
-        y = _pixels(((tiles[:, hidden] + 1.0) / 2.0)[:, None])[:, 0]
+        y = pixel_draws(((tiles[:, hidden] + 1.0) / 2.0)[:, None])[:, 0]
 
         def draw(sampler) -> np.ndarray:
-            return _pixels(self._tile_draws(tiles, ~hidden, sampler, n_samples=n_samples, seed=seed, device=device))
+            return pixel_draws(self._tile_draws(tiles, ~hidden, sampler, n_samples=n_samples, seed=seed, device=device))
 
         return y, draw, f"{len(tiles)} validation tiles"
 
@@ -452,9 +453,3 @@ class MCDImageMixin:
             network_evaluations_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return sdata.images[key]
-
-
-def _pixels(draws: np.ndarray) -> np.ndarray:
-    """Tile draws (n, S, C, T, T) -> per-pixel draws (n * T * T, S, C), the layout ``score_draws`` takes."""
-    n, k, c, h, w = draws.shape
-    return draws.transpose(0, 3, 4, 1, 2).reshape(n * h * w, k, c)

@@ -30,9 +30,10 @@ from anndata import AnnData
 
 from ..data import ChannelNormalizer, check_adata, log_normalize, write_setup_record
 from ..data.fields import MatrixField, ObsmField
-from ..diffusion import Moments, edm_sampler, network_evaluations, row_seeds, sample_rows
+from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.mcd import MCDNetwork, MCDObjective, build_condition, build_network, make_prepare
 from . import _mcd_image as img
+from ._edm_sampling import EDMSamplerMixin, check_positive, checked_sampler
 from .base import BaseModel, resolve_device
 
 __all__ = ["MCD", "MCDObjective", "build_condition"]
@@ -40,25 +41,10 @@ __all__ = ["MCD", "MCDObjective", "build_condition"]
 logger = logging.getLogger("biodiffuse")
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-
-
-def _checked_sampler(*, solver: str, sigma_max: float, sigma_min: float, rho: float) -> dict[str, Any]:
-    """The sampler settings as stored in ``init_args``, after clear errors for bad ones."""
-    network_evaluations(1, solver)  # a clear error for an unknown solver
-    for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min), ("rho", rho)):
-        _check_positive(name, value)
-    if sigma_min >= sigma_max:
-        raise ValueError(f"Need sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
-    return dict(solver=solver, sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho))
-
-
 _GENE_CHUNK = 256  # rows of the full gene matrix read at once (library sizes)
 
 
-class MCD(img.MCDImageMixin, BaseModel):
+class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
     """Multi-channel diffusion: impute any missing subset of channels from any observed subset.
 
     Three set-ups (:meth:`setup_anndata`, :meth:`setup_spatialdata`):
@@ -242,14 +228,14 @@ class MCD(img.MCDImageMixin, BaseModel):
         table = mode != "image"  # the sampler and size defaults measured per mode (see the docstring)
         model_channels = (32 if table else 16) if model_channels is None else model_channels
         heads = (4 if table else 2) if heads is None else heads
-        sampler = _checked_sampler(
+        sampler = checked_sampler(
             solver="euler" if solver is None else solver,
             sigma_max=(10.0 if table else 80.0) if sigma_max is None else sigma_max,
             sigma_min=(0.05 if table else 0.002) if sigma_min is None else sigma_min,
             rho=(7.0 if table else 3.0) if rho is None else rho,
         )
         for name, value in (("sigma_data", sigma_data), ("P_std", P_std)):
-            _check_positive(name, value)
+            check_positive(name, value)
         if isinstance(P_mean, bool) or not isinstance(P_mean, (int, float)) or not np.isfinite(P_mean):
             raise ValueError(f"P_mean must be a finite number, got {P_mean!r}.")
         self.registry = {"setup": setup, "mode": mode}
@@ -424,62 +410,6 @@ class MCD(img.MCDImageMixin, BaseModel):
             P_mean=a.get("P_mean", -1.2), P_std=a.get("P_std", 1.2),
         )
 
-    @property
-    def sampler_settings(self) -> dict[str, Any]:
-        """The sampler's solver and Karras schedule (a copy; change them with :meth:`set_sampler`).
-
-        Models saved before these were settings load with EDM's Heun from 80 to 0.002.
-        """
-        a = self.init_args
-        return dict(
-            solver=a.get("solver", "heun"), sigma_max=a.get("sigma_max", 80.0), sigma_min=a.get("sigma_min", 0.002), rho=a.get("rho", 7.0)
-        )
-
-    def _sampler(self, steps: int):
-        """The ODE sampler on this model's schedule."""
-        return edm_sampler(steps, **self.sampler_settings)
-
-    def network_evaluations(self, *, steps: int) -> int:
-        """Network evaluations per draw that ``steps`` sampler steps cost with this model's solver.
-
-        Parameters
-        ----------
-        steps
-            Sampler steps, as in :meth:`impute`.
-
-        Examples
-        --------
-        >>> model.network_evaluations(steps=5)       # Euler (the default): 5; Heun: 9
-        5
-        """
-        return network_evaluations(steps, self.sampler_settings["solver"])
-
-    def set_sampler(
-        self, *, solver: str | None = None, sigma_max: float | None = None, sigma_min: float | None = None, rho: float | None = None
-    ) -> None:
-        """Change the sampler (ODE solver and Karras noise schedule) used by :meth:`impute` / :meth:`posterior`.
-
-        Arguments left as None keep their current value; the new settings are checked as in
-        the constructor and kept by :meth:`save`. :meth:`tune_sampler` chooses them on
-        validation cells.
-
-        Parameters
-        ----------
-        solver
-            ``"euler"`` or ``"heun"``.
-        sigma_max, sigma_min, rho
-            The Karras schedule: highest and lowest noise level and its curvature.
-
-        Examples
-        --------
-        >>> model.set_sampler(solver="heun", sigma_max=80.0, sigma_min=0.002)   # EDM's sampler
-        >>> model.network_evaluations(steps=18)
-        35
-        """
-        current = self.sampler_settings
-        given = dict(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
-        self.init_args.update(_checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()}))
-
     def tune_sampler(
         self,
         adata: AnnData | None = None,
@@ -534,7 +464,6 @@ class MCD(img.MCDImageMixin, BaseModel):
         >>> table = model.tune_sampler(nfe=5)           # validation cells (or tiles) only
         >>> model.impute(query, n_samples=10, steps=int(table.iloc[0]["steps"]))
         """
-        from ..diffusion import choose_schedule, schedule_grid
         from ..metrics import score_draws
 
         if n_samples < 2:
@@ -574,19 +503,10 @@ class MCD(img.MCDImageMixin, BaseModel):
         if np.isnan(y).all():
             raise ValueError("The scoring data have no measured value in the channels to impute.")
 
-        def score(cand: dict[str, Any]) -> dict[str, float]:
-            sampler = edm_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+        def score(sampler) -> dict[str, float]:
             return score_draws(y, draw(sampler), levels=(0.8,))
 
-        table = choose_schedule(score, list(candidates) if candidates is not None else schedule_grid(nfe))
-        best = table.iloc[0]
-        self.set_sampler(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
-        self.registry["sampler_tuning"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
-        logger.info(
-            "MCD: sampler chosen on %s at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (CRPS %.4f)",
-            n_scored, int(best["nfe"]), best["solver"], int(best["steps"]), best["sigma_max"], best["sigma_min"], best["rho"], best["crps"],
-        )
-        return table
+        return self._choose_sampler(score, nfe=nfe, candidates=candidates, scored_on=n_scored)
 
     def _training_data(self, train_size: float, seed: int, holdout: np.ndarray | None = None):
         objective = self._objective()

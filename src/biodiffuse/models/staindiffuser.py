@@ -18,7 +18,8 @@ Method (StainDiffuser paper, section 4):
   chosen by a one-hot stain id, one random stain per training tile.
 * **Split by region**: validation tiles are whole regions (``obs["region"]``) when the table
   has them, else random tiles.
-* **Prediction** (:meth:`StainDiffuser.predict`): EDM Heun sampling of ``crop_size`` crops with
+* **Prediction** (:meth:`StainDiffuser.predict`): the EDM ODE sampler on the model's schedule
+  (:meth:`StainDiffuser.tune_sampler` chooses it on validation tiles) over ``crop_size`` crops with
   ``overlap``, stitched with a Hann window inside every tile (or over the whole image), through
   :func:`biodiffuse.diffusion.sample_rows` with one random stream per crop origin.
 """
@@ -30,13 +31,14 @@ import logging
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data import write_setup_record
 from ..data.histology import row_positions
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..data.tiles import TileAccumulator, extract_tiles, tile_origins
-from ..diffusion import evaluations_for, row_seeds, sample_rows, sampler_for
+from ..diffusion import Moments, point_sampler, row_seeds, sample_rows
 from ..metrics.staining import stain_masks
 from ..module.staindiffuser import (
     KINDS,
@@ -46,9 +48,9 @@ from ..module.staindiffuser import (
     build_adversary,
     build_network,
     make_prepare,
-    SAMPLER_FAMILY,
     to_unit,
 )
+from ._edm_sampling import EDMSamplerMixin, checked_sampler, pixel_draws
 from .base import BaseModel, resolve_device
 
 __all__ = ["StainDiffuser"]
@@ -56,6 +58,8 @@ __all__ = ["StainDiffuser"]
 logger = logging.getLogger("biodiffuse")
 
 _THRESHOLDS = ("otsu", "mean_sd")
+#: The diffusion model's default sampler (see the ``solver`` parameter of :class:`StainDiffuser`).
+DEFAULT_SAMPLER = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
 
 
 def _uint8_element(sdata: Any, key: str) -> Any:
@@ -135,7 +139,7 @@ class _Stitcher:
         return self
 
 
-class StainDiffuser(BaseModel):
+class StainDiffuser(EDMSamplerMixin, BaseModel):
     """Multi-task diffusion from H&E to (multiplex) stains and their segmentation.
 
     Parameters
@@ -147,7 +151,7 @@ class StainDiffuser(BaseModel):
         stain (+ mask) per network call, chosen by a one-hot stain id (the paper's
         Multi-StainDiffuser; one random stain per training tile).
     objective
-        ``"edm"``: StainDiffuser (diffusion, sampled with EDM Heun). The baselines on the same
+        ``"edm"``: StainDiffuser (diffusion, sampled with the EDM ODE sampler of ``solver`` / ``rho``). The baselines on the same
         UNet, data and trainer: ``"l1"`` (a U-Net regressing the stains with an L1 loss) and
         ``"pix2pix"`` (the same with pix2pix's ``100 L1 + GAN`` loss against a PatchGAN
         discriminator; joint multiplexing only). The point models predict with one evaluation.
@@ -161,6 +165,12 @@ class StainDiffuser(BaseModel):
         and at most the tile size.
     model_channels, channel_mult, num_blocks, heads, dropout
         The UNet (:class:`~biodiffuse.nn.ConditionalImageUNet`, attention at its lowest level).
+    solver, sigma_max, sigma_min, rho
+        The diffusion model's sampler: ODE solver (``"euler"`` or ``"heun"``) and Karras noise
+        schedule (:func:`~biodiffuse.diffusion.edm_sampler`); :meth:`tune_sampler` chooses them
+        on the validation tiles of a training run. The default, Euler from 80 to 0.002 with
+        ``rho=3``, is MCD's image default; EDM's Heun from 80 (``rho=7``) diverged at a few steps
+        on HEMIT (``docs/benchmarks.md``). Ignored by the point models.
     seed
         Seeds the initial weights.
 
@@ -292,9 +302,14 @@ class StainDiffuser(BaseModel):
         num_blocks: int = 1,
         heads: int = 4,
         dropout: float = 0.0,
+        solver: str = DEFAULT_SAMPLER["solver"],
+        sigma_max: float = DEFAULT_SAMPLER["sigma_max"],
+        sigma_min: float = DEFAULT_SAMPLER["sigma_min"],
+        rho: float = DEFAULT_SAMPLER["rho"],
         seed: int = 0,
     ) -> None:
         super().__init__()
+        sampler = checked_sampler(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
         if multiplex not in MULTIPLEX:
             raise ValueError(f"multiplex must be one of {MULTIPLEX}, got {multiplex!r}.")
         if objective not in KINDS:
@@ -316,7 +331,7 @@ class StainDiffuser(BaseModel):
             multiplex=multiplex, objective=objective, segmentation=bool(segmentation),
             seg_weight=float(seg_weight), crop_size=crop_size, model_channels=int(model_channels),
             channel_mult=[int(m) for m in channel_mult], num_blocks=int(num_blocks), heads=int(heads),
-            dropout=float(dropout), seed=int(seed),
+            dropout=float(dropout), seed=int(seed), **sampler,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
@@ -407,6 +422,7 @@ class StainDiffuser(BaseModel):
         source = extract_tiles(src.data, origins, size)
         target = extract_tiles(tgt.sel(c=self.stains).data, origins, size)
         tr = self._split_tiles(len(origins), groups, train_size, seed)
+        self._validation_tiles = (origins[~tr], size)  # for tune_sampler
         if r.get("thresholds") is None:  # fitted once, on the training tiles only
             _, thr = stain_masks(target[tr], method=r["threshold"], k=r["k"])
             r["thresholds"] = [float(t) for t in thr]
@@ -449,6 +465,135 @@ class StainDiffuser(BaseModel):
             chosen = [min(names, key=lambda g: (sizes[g], g))]
         return ~np.isin(groups, chosen)
 
+    # --- sampling ------------------------------------------------------------------------------
+    def _check_edm_sampler(self) -> None:
+        if self.kind != "edm":
+            raise ValueError(f"A {self.kind!r} model predicts with one network evaluation; it has no sampler to set or tune.")
+
+    def network_evaluations(self, *, steps: int) -> int:
+        """Network evaluations per crop (and draw) that ``steps`` sampler steps cost: ``steps``
+        with Euler, ``2 * steps - 1`` with Heun; 1 for the point models.
+
+        Parameters
+        ----------
+        steps
+            Sampler steps, as in :meth:`predict`.
+
+        Examples
+        --------
+        >>> model.network_evaluations(steps=5)       # Euler (the default): 5; Heun: 9
+        5
+        """
+        return super().network_evaluations(steps=steps) if self.kind == "edm" else 1
+
+    def _sample_crops(self, read, n_rows: int, shape: tuple[int, ...], *, seeds, steps: int, n_samples: int,
+                      batch_size: int, device: str, reducer, sampler=None):
+        """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` crops that
+        ``read`` returns, with the model's sampler at ``steps`` (or ``sampler``)."""
+        if sampler is None:
+            sampler = self._sampler(steps) if self.kind == "edm" else point_sampler
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        try:
+            prepare = make_prepare(net, read, n_stains=len(self.stains), chunk=self._network_chunk, kind=self.kind)
+            return sample_rows(prepare, n_rows, shape, seeds=seeds, sampler=sampler, n_samples=n_samples,
+                               batch_size=batch_size, device=dev, reducer=reducer)
+        finally:
+            self.network.cpu()
+
+    def tune_sampler(
+        self,
+        *,
+        nfe: int = 5,
+        n_samples: int = 4,
+        candidates: Sequence[dict[str, Any]] | None = None,
+        max_tiles: int = 64,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> pd.DataFrame:
+        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation tiles.
+
+        Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
+        evaluations per draw samples the central ``crop_size`` crop of the validation tiles of
+        the last training run (whole regions that early stopping held out; never test data).
+        The one with the lowest CRPS per pixel and stain (intensities in ``[0, 1]``, the stain
+        channels only) becomes the model's schedule (``init_args``, kept by :meth:`save`), and
+        :meth:`predict` with ``steps`` equal to its ``steps`` then costs ``nfe`` evaluations per
+        crop.
+
+        Parameters
+        ----------
+        nfe
+            Network evaluations per draw to tune for.
+        n_samples
+            Draws per crop (at least 2).
+        candidates
+            Schedules to try (dicts as :func:`~biodiffuse.diffusion.schedule_grid` returns);
+            default: that grid.
+        max_tiles
+            Score at most this many validation tiles (a random subset, the same for every candidate).
+        seed, device
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` (mean
+            per-stain Pearson of the draws' mean, over pixels) and ``coverage80`` as
+            :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS first. The chosen row
+            is kept in ``registry["sampler_tuning"]``.
+
+        Raises
+        ------
+        ValueError
+            For a point model (``"l1"``, ``"pix2pix"``), a model without validation tiles (not
+            trained in this session, or ``train_size=1``), or bad arguments.
+
+        Examples
+        --------
+        >>> model.train()
+        >>> table = model.tune_sampler(nfe=5)
+        >>> model.predict(test, steps=int(table.iloc[0]["steps"]))
+        """
+        from ..metrics import score_draws
+
+        self._check_edm_sampler()
+        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 2:
+            raise ValueError(f"tune_sampler needs at least 2 draws per crop to score a distribution, got n_samples={n_samples!r}.")
+        if isinstance(max_tiles, bool) or not isinstance(max_tiles, (int, np.integer)) or max_tiles < 1:
+            raise ValueError(f"max_tiles must be a positive integer, got {max_tiles!r}.")
+        origins, size = getattr(self, "_validation_tiles", (np.zeros((0, 2), np.int64), 0))
+        if len(origins) == 0:
+            raise ValueError("No validation tiles: this model has not been trained in this session, or with train_size=1.")
+        if len(origins) > max_tiles:
+            origins = origins[np.sort(np.random.default_rng(seed).choice(len(origins), int(max_tiles), replace=False))]
+        r, c = self.registry, self.init_args["crop_size"]
+        crops = origins + (size - c) // 2  # the central crop of every tile
+        source = extract_tiles(self._source(self.adata, r["source_key"]).data, crops, c)
+        truth = extract_tiles(_uint8_element(self.adata, r["target_key"]).sel(c=self.stains).data, crops, c)
+        y = pixel_draws(truth[:, None].astype(np.float64) / 255.0)[:, 0]
+        n_stains, token = len(self.stains), self.init_args["multiplex"] == "token"
+        rows = np.arange(len(crops) * (n_stains if token else 1))
+        row_crop = rows // n_stains if token else rows
+        channels = (1 if token else n_stains) * (2 if self.segmentation else 1)
+        keep = 1 if token else n_stains  # the stain channels of a row (masks follow them)
+
+        def read(b: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            return source[row_crop[b]], (b % n_stains) if token else None
+
+        def score(sampler) -> dict[str, float]:
+            out = self._sample_crops(
+                read, len(rows), (channels, c, c), seeds=row_seeds(seed, [f"validation {i}" for i in rows]), steps=1,
+                n_samples=int(n_samples), batch_size=64, device=device, sampler=sampler,
+                reducer=Moments(len(rows), transforms={"": lambda d, _: to_unit(d[:, :, :keep])}, keep_draws=True),
+            )
+            draws = out["draws"]  # (rows, S, keep, c, c)
+            if token:  # rows are (crop, stain) pairs, stain fastest
+                draws = draws.reshape(len(crops), n_stains, int(n_samples), c, c).transpose(0, 2, 1, 3, 4)
+            return score_draws(y, pixel_draws(draws), levels=(0.8,))
+
+        return self._choose_sampler(score, nfe=nfe, candidates=candidates, scored_on=f"{len(crops)} validation tiles")
+
     # --- task verb -----------------------------------------------------------------------------
     def predict(
         self,
@@ -486,8 +631,10 @@ class StainDiffuser(BaseModel):
         n_samples
             Independent draws per crop, averaged.
         steps
-            EDM Heun steps (``2 * steps - 1`` network evaluations per crop); ignored by the point
-            models (``"l1"``, ``"pix2pix"``: one evaluation).
+            Sampler steps on the model's schedule (:attr:`sampler_settings`): ``steps`` network
+            evaluations per crop with Euler (the default), ``2 * steps - 1`` with Heun (see
+            :meth:`network_evaluations`); ignored by the point models (``"l1"``, ``"pix2pix"``:
+            one evaluation).
         seed
             Seed of the per-crop random streams (keyed by the crop's origin and, in token mode,
             the stain).
@@ -610,16 +757,8 @@ class StainDiffuser(BaseModel):
         out = np.zeros((per, n_stains, height, width), dtype=np.float32)
         stitcher = _Stitcher(out, tiles, crops, crop_tile, c, row_crop, row_stain)
         channels = (1 if token else n_stains) * (2 if self.segmentation else 1)
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        try:
-            sample_rows(
-                make_prepare(net, read, n_stains=n_stains, chunk=self._network_chunk, kind=self.kind), len(row_crop), (channels, c, c),
-                seeds=row_seeds(seed, keys), sampler=sampler_for(SAMPLER_FAMILY[self.kind], int(steps)), n_samples=int(n_samples),
-                batch_size=int(batch_size or 64), device=dev, reducer=stitcher,
-            )
-        finally:
-            self.network.cpu()
+        self._sample_crops(read, len(row_crop), (channels, c, c), seeds=row_seeds(seed, keys), steps=int(steps),
+                           n_samples=int(n_samples), batch_size=int(batch_size or 64), device=device, reducer=stitcher)
         transforms = {cs: copy.deepcopy(tr) for cs, tr in get_transformation(src, get_all=True).items()}
         written = {key: out[0]} if seg_key is None else {key: out[0], seg_key: out[1]}
         for k, arr in written.items():
@@ -634,7 +773,8 @@ class StainDiffuser(BaseModel):
         self._record_run(obj, key, dict(
             labels_key=labels_key, cells_key=cells_key, image_key=image_key, n_samples=int(n_samples), steps=int(steps), seed=int(seed), overlap=float(overlap),
             crop_size=c, stride=stride, multiplex=self.init_args["multiplex"], n_crops=len(crops),
-            tiles=names, seg_key=seg_key, nfe_per_crop=evaluations_for(SAMPLER_FAMILY[self.kind], int(steps)), objective=self.kind,
+            tiles=names, seg_key=seg_key, nfe_per_crop=self.network_evaluations(steps=int(steps)), objective=self.kind,
+            **(self.sampler_settings if self.kind == "edm" else {}),
         ))
         return {k: obj.tables[k] if k == cells_key else obj.images[k] for k in written}
 

@@ -25,9 +25,8 @@
   (``kind="pix2pix"``: the same regression with pix2pix's loss ``100 L1 + GAN`` against a
   :class:`~biodiffuse.nn.PatchDiscriminator`, optimised by the shared trainer's adversarial
   step).
-* **Sampling** (:func:`make_prepare`; the sampler is
-  :func:`~biodiffuse.diffusion.sampler_for` of the objective's :data:`SAMPLER_FAMILY`): EDM
-  Heun (or one evaluation for the point models) through :func:`~biodiffuse.diffusion.sample_rows`, one row per crop
+* **Sampling** (:func:`make_prepare`; the model chooses the sampler): the EDM ODE sampler on the
+  model's schedule (or one evaluation for the point models) through :func:`~biodiffuse.diffusion.sample_rows`, one row per crop
   (``"joint"``) or per (crop, stain) pair (``"token"``).
 """
 
@@ -52,7 +51,6 @@ __all__ = [
     "build_adversary",
     "build_network",
     "make_prepare",
-    "SAMPLER_FAMILY",
     "to_model",
     "to_unit",
 ]
@@ -60,8 +58,6 @@ __all__ = [
 MULTIPLEX = ("joint", "token")
 #: Objectives: the diffusion model and the two point baselines on the same UNet.
 KINDS = ("edm", "l1", "pix2pix")
-#: The sampler family of each objective (:func:`~biodiffuse.diffusion.sampler_for`).
-SAMPLER_FAMILY = {"edm": "edm", "l1": "point", "pix2pix": "point"}
 #: EDM's data standard deviation for images in [-1, 1] (Karras et al.).
 SIGMA_DATA = 0.5
 

@@ -1,0 +1,152 @@
+"""The EDM sampler's settings of a model, and choosing them on validation data.
+
+:class:`EDMSamplerMixin` gives a model whose network is sampled with the EDM ODE sampler
+(:func:`~biodiffuse.diffusion.edm_sampler`) one place for its solver and Karras noise schedule:
+stored in ``init_args`` (so :meth:`~biodiffuse.models.BaseModel.save` keeps them), read by
+:attr:`~EDMSamplerMixin.sampler_settings`, changed by :meth:`~EDMSamplerMixin.set_sampler`, and
+chosen by :meth:`~EDMSamplerMixin._choose_sampler` from a model-supplied validation score over
+the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD and StainDiffuser use it;
+each model only says which validation data it scores and how.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..diffusion import edm_sampler, network_evaluations
+
+__all__ = ["EDMSamplerMixin", "check_positive", "checked_sampler", "pixel_draws"]
+
+logger = logging.getLogger("biodiffuse")
+
+#: EDM's own sampler (Karras et al.): what models saved before the settings existed were sampled with.
+EDM_HEUN = dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
+
+
+def check_positive(name: str, value: Any) -> None:
+    """A clear error unless ``value`` is a finite number above 0 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+
+
+def checked_sampler(*, solver: str, sigma_max: float, sigma_min: float, rho: float) -> dict[str, Any]:
+    """The sampler settings as stored in ``init_args``, after clear errors for bad ones."""
+    network_evaluations(1, solver)  # a clear error for an unknown solver
+    for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min), ("rho", rho)):
+        check_positive(name, value)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"Need sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    return dict(solver=solver, sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho))
+
+
+class EDMSamplerMixin:
+    """Solver and noise schedule of a model sampled with the EDM ODE sampler.
+
+    The model keeps ``solver``, ``sigma_max``, ``sigma_min`` and ``rho`` in ``init_args``;
+    those missing (a model saved before they existed) read as ``_legacy_sampler``.
+    """
+
+    init_args: dict[str, Any]
+    registry: dict[str, Any]
+    _model_name: str
+    #: The settings a model saved without them was sampled with.
+    _legacy_sampler: Mapping[str, Any] = EDM_HEUN
+
+    def _check_edm_sampler(self) -> None:
+        """Raise unless this model is sampled with the EDM sampler (overridden where some are not)."""
+
+    @property
+    def sampler_settings(self) -> dict[str, Any]:
+        """The sampler's solver and Karras schedule (a copy; change them with :meth:`set_sampler`).
+
+        A model saved before these were settings loads with EDM's Heun from 80 to 0.002 (``rho=7``).
+        """
+        a = self.init_args
+        return {k: a.get(k, v) for k, v in self._legacy_sampler.items()}
+
+    def _sampler(self, steps: int):
+        """The ODE sampler on this model's schedule."""
+        return edm_sampler(steps, **self.sampler_settings)
+
+    def network_evaluations(self, *, steps: int) -> int:
+        """Network evaluations per draw that ``steps`` sampler steps cost with this model's solver.
+
+        Parameters
+        ----------
+        steps
+            Sampler steps.
+
+        Examples
+        --------
+        >>> model.network_evaluations(steps=5)       # Euler: 5; Heun: 9
+        5
+        """
+        return network_evaluations(steps, self.sampler_settings["solver"])
+
+    def set_sampler(
+        self, *, solver: str | None = None, sigma_max: float | None = None, sigma_min: float | None = None, rho: float | None = None
+    ) -> None:
+        """Change the sampler (ODE solver and Karras noise schedule) the model samples with.
+
+        Arguments left as None keep their current value; the new settings are checked as in
+        the constructor and kept by :meth:`save`. ``tune_sampler`` chooses them on
+        validation data.
+
+        Parameters
+        ----------
+        solver
+            ``"euler"`` or ``"heun"``.
+        sigma_max, sigma_min, rho
+            The Karras schedule: highest and lowest noise level and its curvature.
+
+        Examples
+        --------
+        >>> model.set_sampler(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)   # EDM's sampler
+        >>> model.network_evaluations(steps=18)
+        35
+        """
+        self._check_edm_sampler()
+        current = self.sampler_settings
+        given = dict(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
+        self.init_args.update(checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()}))
+
+    def _choose_sampler(
+        self,
+        score: Callable[[Any], Mapping[str, float]],
+        *,
+        nfe: int,
+        candidates: Sequence[Mapping[str, Any]] | None,
+        scored_on: str,
+    ) -> pd.DataFrame:
+        """Score every candidate schedule with ``score(sampler)``, keep the lowest CRPS.
+
+        The winner becomes the model's schedule (:meth:`set_sampler`) and its row is kept in
+        ``registry["sampler_tuning"]``. Returns every candidate, best first
+        (:func:`~biodiffuse.diffusion.choose_schedule`).
+        """
+        from ..diffusion import choose_schedule, schedule_grid
+
+        def by_settings(cand: Mapping[str, Any]) -> Mapping[str, float]:
+            return score(edm_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
+
+        table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe))
+        best = table.iloc[0]
+        self.set_sampler(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
+        self.registry["sampler_tuning"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
+        logger.info(
+            "%s: sampler chosen on %s at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (CRPS %.4f)",
+            self._model_name, scored_on, int(best["nfe"]), best["solver"], int(best["steps"]), best["sigma_max"],
+            best["sigma_min"], best["rho"], best["crps"],
+        )
+        return table
+
+
+def pixel_draws(draws: np.ndarray) -> np.ndarray:
+    """Tile draws (n, S, C, T, T) -> per-pixel draws (n * T * T, S, C), the layout
+    :func:`~biodiffuse.metrics.score_draws` takes."""
+    n, k, c, h, w = draws.shape
+    return draws.transpose(0, 3, 4, 1, 2).reshape(n * h * w, k, c)
