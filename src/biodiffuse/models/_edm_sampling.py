@@ -44,10 +44,13 @@ def checked_sampler(*, solver: str, sigma_max: float, sigma_min: float, rho: flo
 
 
 class EDMSamplerMixin:
-    """Solver and noise schedule of a model sampled with the EDM ODE sampler.
+    """Solver and noise schedule of a model sampled with the EDM ODE sampler
+    (:class:`~biodiffuse.models.MCD`, :class:`~biodiffuse.models.StainDiffuser`).
 
     The model keeps ``solver``, ``sigma_max``, ``sigma_min`` and ``rho`` in ``init_args``;
-    those missing (a model saved before they existed) read as ``_legacy_sampler``.
+    those missing (a model saved before they existed) read as EDM's Heun from 80. Each model
+    adds ``tune_sampler``, which says what validation data it scores, and calls
+    :meth:`_choose_sampler`.
     """
 
     init_args: dict[str, Any]
