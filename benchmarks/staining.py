@@ -172,6 +172,22 @@ def format_table(rows: list[dict]) -> str:
     return head + "\n".join("| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False))
 
 
+MEAN_COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "pearson": "pixel r", "kid_x1e3": "KID x1e3", "dice": "Dice (thresholded stain)",
+                "dice_seg_head": "Dice (segmentation task)", "positivity_mae": "positivity MAE"}
+
+
+def mean_table(rows: list[dict]) -> str:
+    """One line per method: the mean over the stains of every score (positivity: over the
+    markers, DAPI has none; ``-``: the method has no such output)."""
+    frame = pd.DataFrame([r for res in rows for r in res["per_stain"]])
+    means = frame.groupby("method", sort=False)[[c for c in MEAN_COLUMNS if c in frame.columns]].mean()
+    head = "| method | " + " | ".join(MEAN_COLUMNS[c] for c in means.columns) + " |\n|---|" + "---|" * len(means.columns) + "\n"
+    fmt = {"psnr": "{:.1f}", "kid_x1e3": "{:.0f}"}
+    return head + "\n".join(
+        f"| {name} | " + " | ".join("-" if not np.isfinite(v) else fmt.get(c, "{:.3f}").format(v) for c, v in row.items()) + " |"
+        for name, row in means.iterrows())
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-steps", type=int, default=1200)
@@ -196,7 +212,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke run: 30 steps, 1 tile per region, 64 px windows")
     p.add_argument("--out", default="results/staining")
+    p.add_argument("--summarise", nargs="+", default=None, metavar="JSON",
+                   help="print the mean-over-stains table of earlier runs' JSON files and stop")
     args = p.parse_args(argv)
+    if args.summarise:
+        rows = [r for f in args.summarise for r in json.loads(Path(f).read_text())["results"]]
+        table = mean_table(rows)
+        print(table)
+        return {"results": rows, "table": table}
     if args.quick:
         args.train_steps, args.tiles_per_region, args.window, args.train_tiles = 30, 1, 64, 120
         args.skip, args.tune_tiles = ["seeds", "per_stain", "token", "full"], 4
@@ -301,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{args.window}-px windows of held-out regions; {args.crop}-px crops, UNet model_channels "
               f"{args.model_channels}, {args.train_steps} steps of batch {args.batch_size}, lr {args.lr}; "
               f"{time.time() - t0:.0f} s in all")
-    print("\n" + header + "\n\n" + table + "\n", flush=True)
+    print("\n" + header + "\n\n" + table + "\n\n" + mean_table(results) + "\n", flush=True)
     save_json(header=header)
     Path(f"{out}.md").write_text(header + "\n\n" + table + "\n")
     return {"results": results, "table": table}

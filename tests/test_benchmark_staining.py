@@ -1,0 +1,33 @@
+"""The staining driver's summary (benchmarks/staining.py): one line per method, the mean over the
+stains of every score, positivity over the markers only. The driver's end-to-end run trains image
+models and is a benchmark (``--quick`` is its smoke run), not a test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+staining = pytest.importorskip("staining")
+
+
+def _res(method: str, psnr: list[float], kid: list[float], pos: list[float], seg: list[float] | None = None) -> dict:
+    stains = ["DAPI", "m1", "m2"]
+    rows = []
+    for i, s in enumerate(stains):
+        row = {"method": method, "stain": s, "psnr": psnr[i], "ssim": 0.5, "pearson": 0.1 * i, "kid_x1e3": kid[i],
+               "dice": 0.2, "positivity_mae": np.nan if s == "DAPI" else pos[i - 1]}
+        if seg is not None:
+            row["dice_seg_head"] = seg[i]
+        rows.append(row)
+    return {"method": method, "per_stain": rows}
+
+
+def test_mean_table_averages_stains_and_markers():
+    results = [_res("multi", [20.0, 22.0, 30.0], [300.0, 100.0, 200.0], [0.1, 0.3], seg=[0.5, 0.6, 0.7]),
+               _res("point", [28.0, 28.0, 28.0], [90.0, 150.0, 210.0], [0.2, 0.2])]
+    lines = staining.mean_table(results).splitlines()
+    assert lines[0].startswith("| method | PSNR | SSIM | pixel r | KID x1e3 |") and len(lines) == 4
+    multi, point = (line.split(" | ") for line in lines[2:])
+    assert multi[0] == "| multi" and multi[1] == "24.0" and multi[3] == "0.100" and multi[4] == "200"
+    assert multi[6] == "0.600" and multi[7] == "0.200 |"  # segmentation Dice; positivity over the two markers
+    assert point[0] == "| point" and point[4] == "150" and point[6] == "-"  # no segmentation task
