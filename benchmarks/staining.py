@@ -1,7 +1,7 @@
 """StainDiffuser on HEMIT: virtual DAPI + 3 mIHC markers from H&E, against Pix2Pix, an L1 U-Net
 and the single-task diffusion model, on held-out regions.
 
-    python benchmarks/staining.py                 # CPU settings (about two hours on 2 cores)
+    python benchmarks/staining.py                 # CPU settings (its three parts took 2.3 h on one thread each)
     python benchmarks/staining.py --quick         # smoke run (minutes)
 
 Data: ``bd.datasets.hemit`` (../shared/data/staining/hemit): 692 training tiles (28 regions)

@@ -51,6 +51,15 @@ class EDMSamplerMixin:
     those missing (a model saved before they existed) read as EDM's Heun from 80. Each model
     adds ``tune_sampler``, which says what validation data it scores, and calls
     :meth:`_choose_sampler`.
+
+    Examples
+    --------
+    >>> model = bd.models.StainDiffuser(sdata)                # or bd.models.MCD(...)
+    >>> model.sampler_settings
+    {'solver': 'euler', 'sigma_max': 80.0, 'sigma_min': 0.002, 'rho': 3.0}
+    >>> model.set_sampler(solver="heun", rho=7.0)             # EDM's Heun from 80
+    >>> model.network_evaluations(steps=18)
+    35
     """
 
     init_args: dict[str, Any]

@@ -532,8 +532,9 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
             default: that grid.
         max_tiles
             Score at most this many validation tiles (a random subset, the same for every
-            candidate). At 16 (the default) the 36 candidates of ``schedule_grid(5)`` took 84-100 s
-            for a 0.33 M-weight UNet on one CPU thread (``benchmarks/staining.py``).
+            candidate). At 16 (the default) the 36 candidates of ``schedule_grid(5)`` took 84-119 s
+            for a 0.33 M-weight UNet on one CPU thread, 374 s in token mode (every stain of a crop
+            is its own row; ``benchmarks/staining.py``).
         seed, device
             As in :meth:`predict`.
 
