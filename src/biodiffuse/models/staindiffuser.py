@@ -151,10 +151,11 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         stain (+ mask) per network call, chosen by a one-hot stain id (the paper's
         Multi-StainDiffuser; one random stain per training tile).
     objective
-        ``"edm"``: StainDiffuser (diffusion, sampled with the EDM ODE sampler of ``solver`` / ``rho``). The baselines on the same
-        UNet, data and trainer: ``"l1"`` (a U-Net regressing the stains with an L1 loss) and
-        ``"pix2pix"`` (the same with pix2pix's ``100 L1 + GAN`` loss against a PatchGAN
-        discriminator; joint multiplexing only). The point models predict with one evaluation.
+        ``"edm"``: StainDiffuser (diffusion, sampled with the EDM ODE sampler of ``solver``,
+        ``sigma_max``, ``sigma_min`` and ``rho``). The baselines on the same UNet, data and
+        trainer: ``"l1"`` (a U-Net regressing the stains with an L1 loss) and ``"pix2pix"`` (the
+        same with pix2pix's ``100 L1 + GAN`` loss against a PatchGAN discriminator; joint
+        multiplexing only). The point models predict with one evaluation.
     segmentation
         Learn the stains' masks as a second task (the paper's multi-task model); ``False`` is
         the single-task model (no ``_seg`` element is predicted).
