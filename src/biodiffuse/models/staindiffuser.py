@@ -487,12 +487,9 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         """
         return super().network_evaluations(steps=steps) if self.kind == "edm" else 1
 
-    def _sample_crops(self, read, n_rows: int, shape: tuple[int, ...], *, seeds, steps: int, n_samples: int,
-                      batch_size: int, device: str, reducer, sampler=None):
-        """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` crops that
-        ``read`` returns, with the model's sampler at ``steps`` (or ``sampler``)."""
-        if sampler is None:
-            sampler = self._sampler(steps) if self.kind == "edm" else point_sampler
+    def _sample_crops(self, read, n_rows: int, shape: tuple[int, ...], *, seeds, sampler, n_samples: int,
+                      batch_size: int, device: str, reducer):
+        """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` crops that ``read`` returns."""
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
         try:
@@ -587,7 +584,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
 
         def score(sampler) -> dict[str, float]:
             out = self._sample_crops(
-                read, len(rows), (channels, c, c), seeds=row_seeds(seed, [f"validation {i}" for i in rows]), steps=1,
+                read, len(rows), (channels, c, c), seeds=row_seeds(seed, [f"validation {i}" for i in rows]),
                 n_samples=int(n_samples), batch_size=64, device=device, sampler=sampler,
                 reducer=Moments(len(rows), transforms={"": lambda d, _: to_unit(d[:, :, :keep])}, keep_draws=True),
             )
@@ -761,7 +758,8 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         out = np.zeros((per, n_stains, height, width), dtype=np.float32)
         stitcher = _Stitcher(out, tiles, crops, crop_tile, c, row_crop, row_stain)
         channels = (1 if token else n_stains) * (2 if self.segmentation else 1)
-        self._sample_crops(read, len(row_crop), (channels, c, c), seeds=row_seeds(seed, keys), steps=int(steps),
+        sampler = self._sampler(int(steps)) if self.kind == "edm" else point_sampler
+        self._sample_crops(read, len(row_crop), (channels, c, c), seeds=row_seeds(seed, keys), sampler=sampler,
                            n_samples=int(n_samples), batch_size=int(batch_size or 64), device=device, reducer=stitcher)
         transforms = {cs: copy.deepcopy(tr) for cs, tr in get_transformation(src, get_all=True).items()}
         written = {key: out[0]} if seg_key is None else {key: out[0], seg_key: out[1]}
