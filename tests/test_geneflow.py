@@ -136,11 +136,96 @@ def test_baselines_on_the_same_networks(objective, accelerator, devices):
     model.train(max_epochs=1, batch_size=64, enable_progress_bar=False, accelerator=accelerator, devices=devices)
     tiles = model.generate(indices=np.arange(4), n_samples=2, steps=2)
     assert tiles.shape == (4, 2, 1, 16, 16) and np.isfinite(tiles.values).all()
-    assert tiles.attrs["nfe"] == (3 if objective == "edm" else 1)
+    assert tiles.attrs["nfe"] == (2 if objective == "edm" else 1)  # EDM: Euler, one evaluation a step
+    with pytest.raises(ValueError, match="flow's solver"):  # the flow's solver is not silently ignored
+        model.generate(indices=np.arange(4), steps=2, method="heun", key_added="heun")
+    assert "heun" not in sdata.tables["table"].obsm
     if objective == "mse":  # deterministic: both draws the same tile
         np.testing.assert_array_equal(tiles.values[:, 0], tiles.values[:, 1])
         with pytest.raises(ValueError, match="flow"):
             model.gene_importance()
+
+
+@pytest.fixture(scope="module")
+def edm_trained(accelerator, devices):
+    sdata, types = _setup()
+    model = bd.models.GeneFlow(sdata, objective="edm", **SMALL)
+    model.train(max_epochs=18, batch_size=32, lr=1e-3, block_size=64, enable_progress_bar=False,
+                accelerator=accelerator, devices=devices)
+    return model, sdata
+
+
+_GOOD = dict(solver="euler", steps=4, nfe=4, sigma_max=80.0, sigma_min=0.002, rho=3.0)
+_BAD = dict(solver="heun", steps=3, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=7.0)  # EDM's Heun, few steps
+
+
+def _settings(cand: dict) -> dict:
+    return {k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
+
+
+def test_edm_baseline_tunes_its_sampler_on_validation_tiles(edm_trained, tmp_path, device):
+    """The EDM baseline samples with its own schedule: the tuner scores the validation blocks'
+    tiles and keeps the schedule whose draws are also closer to the real tiles of an image it
+    never saw; generate records it; save keeps it."""
+    import copy
+
+    from biodiffuse.models._edm_sampling import pixel_draws
+
+    model, sdata = copy.deepcopy(edm_trained[0]), edm_trained[1]
+    assert model.sampler_settings == dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
+    model.set_sampler(**_settings(_BAD))
+    table = model.tune_sampler(candidates=[_BAD, _GOOD], n_samples=3, max_tiles=16, device=device)
+    assert len(table) == 2 and list(table["crps"]) == sorted(table["crps"]) and np.isfinite(table["crps"]).all()
+    best = table.iloc[0]
+    assert model.sampler_settings == _settings(best)
+    assert model.registry["sampler_tuning"]["crps"] == best["crps"]
+
+    query, _ = _tiny.histology(seed=3)
+    real, rows = model._tiles(query, np.arange(query.tables["table"].n_obs))
+    crps = {}
+    for name, cand in (("good", _GOOD), ("bad", _BAD)):
+        model.set_sampler(**_settings(cand))
+        tiles = model.generate(query, indices=rows, n_samples=3, steps=cand["steps"], key_added=name, device=device)
+        crps[name] = bd.metrics.score_draws(pixel_draws(real[:, None].astype(np.float64))[:, 0],
+                                            pixel_draws(tiles.values.astype(np.float64)))["crps"]
+        rec = query.tables["table"].uns[name]
+        assert rec["solver"] == cand["solver"] and rec["nfe_per_tile"] == cand["nfe"] == tiles.attrs["nfe"]
+    chosen = "good" if best["solver"] == "euler" else "bad"
+    assert crps[chosen] == min(crps.values()), (chosen, crps)
+
+    model.set_sampler(**_settings(best))
+    model.save(tmp_path / "tuned")
+    loaded = bd.models.GeneFlow.load(tmp_path / "tuned", sdata)
+    assert loaded.sampler_settings == model.sampler_settings
+    with pytest.raises(ValueError, match="No validation tiles"):
+        loaded.tune_sampler(candidates=[_GOOD])
+    with pytest.raises(ValueError, match="max_tiles"):
+        model.tune_sampler(candidates=[_GOOD], max_tiles=0)
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        model.tune_sampler(candidates=[_GOOD], n_samples=1)
+
+
+def test_sampler_settings_belong_to_the_edm_objective(edm_trained):
+    """Bad settings fail in the constructor; a model saved before the settings existed samples
+    with EDM's Heun; a flow model has no EDM sampler (its solver is generate's method)."""
+    model, sdata = edm_trained
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        bd.models.GeneFlow(sdata, objective="edm", **SMALL, sigma_min=2.0, sigma_max=1.0)
+    old = bd.models.GeneFlow(sdata, objective="edm", **SMALL)
+    for k in ("solver", "sigma_max", "sigma_min", "rho"):
+        del old.init_args[k]
+    assert old.sampler_settings == dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    assert old.network_evaluations(steps=5) == 9
+    flow = bd.models.GeneFlow(sdata, **SMALL)
+    assert flow.network_evaluations(steps=4) == 4 and flow.network_evaluations(steps=4, method="heun") == 8
+    assert bd.models.GeneFlow(sdata, objective="mse", **SMALL).network_evaluations(steps=1) == 1
+    for call in (lambda: flow.set_sampler(solver="heun"), lambda: flow.tune_sampler()):
+        with pytest.raises(ValueError, match="Only objective='edm'"):
+            call()
+    with pytest.raises(ValueError, match="own solver"):
+        model.network_evaluations(steps=4, method="heun")
+    with pytest.raises(ValueError, match="steps"):
+        flow.generate(indices=[0], steps=0)
 
 
 def test_bad_inputs():

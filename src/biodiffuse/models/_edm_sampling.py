@@ -5,8 +5,9 @@
 stored in ``init_args`` (so :meth:`~biodiffuse.models.BaseModel.save` keeps them), read by
 :attr:`~EDMSamplerMixin.sampler_settings`, changed by :meth:`~EDMSamplerMixin.set_sampler`, and
 chosen by :meth:`~EDMSamplerMixin._choose_sampler` from a model-supplied validation score over
-the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD and StainDiffuser use it;
-each model only says which validation data it scores and how.
+the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD, StainDiffuser and
+GeneFlow's ``"edm"`` objective use it; each model only says which validation data it scores and
+how.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import pandas as pd
 
 from ..diffusion import edm_sampler, network_evaluations
 
-__all__ = ["EDMSamplerMixin", "check_positive", "checked_sampler", "pixel_draws"]
+__all__ = ["EDMSamplerMixin", "IMAGE_EULER", "check_positive", "checked_sampler", "pixel_draws"]
 
 logger = logging.getLogger("biodiffuse")
 
 #: EDM's own sampler (Karras et al.): what models saved before the settings existed were sampled with.
 EDM_HEUN = dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
+#: The image models' default: Euler from 80 with ``rho=3``, chosen by MCD's ``tune_sampler`` on
+#: the MIBI validation tiles; EDM's Heun from 80 diverged at a few steps there and on HEMIT
+#: (``docs/benchmarks.md``). MCD's images, StainDiffuser and GeneFlow's ``"edm"`` objective.
+IMAGE_EULER = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -45,7 +50,8 @@ def checked_sampler(*, solver: str, sigma_max: float, sigma_min: float, rho: flo
 
 class EDMSamplerMixin:
     """Solver and noise schedule of a model sampled with the EDM ODE sampler
-    (:class:`~biodiffuse.models.MCD`, :class:`~biodiffuse.models.StainDiffuser`).
+    (:class:`~biodiffuse.models.MCD`, :class:`~biodiffuse.models.StainDiffuser`,
+    :class:`~biodiffuse.models.GeneFlow` with ``objective="edm"``).
 
     The model keeps ``solver``, ``sigma_max``, ``sigma_min`` and ``rho`` in ``init_args``;
     those missing (a model saved before they existed) read as EDM's Heun from 80. Each model
@@ -125,6 +131,16 @@ class EDMSamplerMixin:
         current = self.sampler_settings
         given = dict(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
         self.init_args.update(checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()}))
+
+    @staticmethod
+    def _check_tuning(n_samples: Any, max_items: Any, *, unit: str, have_validation: bool) -> None:
+        """The argument errors every ``tune_sampler`` shares (``unit``: what a draw is of)."""
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+            raise ValueError(f"tune_sampler needs at least 2 draws per {unit} to score a distribution, got n_samples={n_samples!r}.")
+        if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
+            raise ValueError(f"max_tiles must be a positive integer, got {max_items!r}.")
+        if not have_validation:
+            raise ValueError("No validation tiles: this model has not been trained in this session, or with train_size=1.")
 
     def _choose_sampler(
         self,

@@ -17,7 +17,9 @@ Method (GeneFlow paper; ``docs/benchmarks.md`` for what we measured):
   conditions a UNet; rectified flow with the small stochastic term (``sigma = 0.05``); Euler /
   Heun steps or adaptive dopri5 through :func:`biodiffuse.diffusion.sample_rows` with one
   random stream per cell (``obs_name``). ``objective="edm"`` / ``"mse"`` train the same
-  networks as the paper's diffusion and regression baselines.
+  networks as the paper's diffusion and regression baselines; the EDM baseline samples with its
+  own solver and schedule (:class:`~biodiffuse.models.EDMSamplerMixin`), which
+  :meth:`GeneFlow.tune_sampler` chooses on the validation tiles.
 * **Gene importance** (:meth:`GeneFlow.gene_importance`): the mean absolute gradient of the
   velocity's squared norm with respect to the input genes (:func:`biodiffuse.tl.gene_importance`).
 """
@@ -37,8 +39,9 @@ from ..data.histology import (
     WindowCells, cell_tiles, cpm_log1p, region_split, row_positions, tile_footprint, tile_scaling, window_cells,
 )
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
-from ..diffusion import Moments, row_seeds, sample_rows, sampler_for
-from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, SAMPLER_FAMILY, to_tiles
+from ..diffusion import Moments, flow_evaluations, flow_sampler, point_sampler, row_seeds, sample_rows
+from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, to_tiles
+from ._edm_sampling import IMAGE_EULER, EDMSamplerMixin, checked_sampler, pixel_draws
 from .base import BaseModel, resolve_device
 
 __all__ = ["GeneFlow"]
@@ -55,7 +58,7 @@ class _Rows:
         self.n_obs = int(n)
 
 
-class GeneFlow(BaseModel):
+class GeneFlow(EDMSamplerMixin, BaseModel):
     """Rectified flow from the expression of a cell (or spot) to the image tile around it.
 
     Parameters
@@ -82,6 +85,12 @@ class GeneFlow(BaseModel):
         Weight of the paper's L1 penalty on the encoder weights that read the genes.
     augment
         Random 90-degree rotations and flips of the training tiles.
+    solver, sigma_max, sigma_min, rho
+        ``objective="edm"`` only: the EDM sampler's ODE solver (``"euler"`` or ``"heun"``) and
+        Karras noise schedule (:func:`~biodiffuse.diffusion.edm_sampler`);
+        :meth:`tune_sampler` chooses them on the validation tiles of a training run. The default
+        is the other image models' (Euler from 80 to 0.002, ``rho=3``). Ignored by ``"flow"``
+        (whose solver is ``generate``'s ``method``) and ``"mse"``.
     seed
         Seeds the initial weights.
 
@@ -248,9 +257,14 @@ class GeneFlow(BaseModel):
         dropout: float = 0.0,
         gene_l1: float = 0.0,
         augment: bool = True,
+        solver: str = IMAGE_EULER["solver"],
+        sigma_max: float = IMAGE_EULER["sigma_max"],
+        sigma_min: float = IMAGE_EULER["sigma_min"],
+        rho: float = IMAGE_EULER["rho"],
         seed: int = 0,
     ) -> None:
         super().__init__()
+        sampler = checked_sampler(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         setup = self._setup_record(sdata, "setup_spatialdata")
@@ -266,7 +280,7 @@ class GeneFlow(BaseModel):
             encoder_heads=encoder_heads, encoder_layers=encoder_layers, pool=pool, model_channels=model_channels,
             channel_mult=list(channel_mult), num_blocks=num_blocks,
             attention_levels=None if attention_levels is None else list(attention_levels), heads=heads,
-            dropout=float(dropout), gene_l1=float(gene_l1), augment=bool(augment), seed=int(seed),
+            dropout=float(dropout), gene_l1=float(gene_l1), augment=bool(augment), seed=int(seed), **sampler,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
@@ -281,7 +295,8 @@ class GeneFlow(BaseModel):
                                  gene_l1=a["gene_l1"], augment=a["augment"])
 
     def _build_network(self) -> GeneFlowNetwork:
-        a = {k: v for k, v in self.init_args.items() if k not in ("objective", "sigma", "time_sampling", "gene_l1", "augment", "seed")}
+        skip = ("objective", "sigma", "time_sampling", "gene_l1", "augment", "seed", *IMAGE_EULER)
+        a = {k: v for k, v in self.init_args.items() if k not in skip}
         return build_network(len(self.registry["genes"]), len(self.registry["channels"]), **a)
 
     @property
@@ -433,7 +448,8 @@ class GeneFlow(BaseModel):
                 out["mask"] = torch.from_numpy(mask[m])
             return out
 
-        return self.objective, part(tr), part(va) if va.any() else None
+        self._validation = part(va) if va.any() else None  # for tune_sampler
+        return self.objective, part(tr), self._validation
 
     # --- task verbs ----------------------------------------------------------------------------
     def generate(
@@ -444,7 +460,7 @@ class GeneFlow(BaseModel):
         batch_size: int | None = None,
         n_samples: int = 1,
         steps: int | None = None,
-        method: str = "euler",
+        method: str | None = None,
         seed: int = 0,
         key_added: str | None = None,
         overwrite: bool = False,
@@ -470,10 +486,14 @@ class GeneFlow(BaseModel):
         n_samples
             Tiles per row (independent draws).
         steps
-            Solver steps (default 8 for the flow, 18 EDM Heun steps, 1 for ``"mse"``).
+            Solver steps (default 8 for the flow, 18 for ``"edm"``, 1 for ``"mse"``).
         method
-            Flow solver: ``"euler"`` (``steps`` evaluations per tile), ``"heun"`` (``2 * steps``)
-            or ``"dopri5"`` (adaptive, evaluations counted).
+            Flow solver: ``"euler"`` (the default; ``steps`` evaluations per tile), ``"heun"``
+            (``2 * steps``) or ``"dopri5"`` (adaptive, evaluations counted). The ``"edm"``
+            objective samples with the model's own solver and schedule
+            (:attr:`~biodiffuse.models.EDMSamplerMixin.sampler_settings`, changed by
+            :meth:`~biodiffuse.models.EDMSamplerMixin.set_sampler` or :meth:`tune_sampler`) and
+            ``"mse"`` with one evaluation: for them ``method`` is an error.
         seed
             Seed of the per-row random streams (keyed by ``obs_name``, or the window's origin):
             a row's tiles do not depend on the batch or on the other rows.
@@ -508,6 +528,7 @@ class GeneFlow(BaseModel):
         obj = self.adata if adata is None else adata
         kind, r = self.init_args["objective"], self.registry
         steps = _DEFAULT_STEPS[kind] if steps is None else steps
+        sampler = self._loop_sampler(steps, method)
         key = self._key(key_added, "tiles")
         if r["mode"] == "window":
             if not is_spatialdata(obj):
@@ -528,21 +549,13 @@ class GeneFlow(BaseModel):
             genes = self._expression(table, rows)
             keys = self._row_keys(table.obs_names[rows])
             read = lambda b: (genes[b], None)  # noqa: E731
-        shape = (len(r["channels"]), r["tile_size"], r["tile_size"])
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        try:
-            out = sample_rows(
-                make_prepare(net, kind, read, chunk=self._network_chunk), len(rows), shape, seeds=row_seeds(seed, keys),
-                sampler=sampler_for(SAMPLER_FAMILY[kind], steps, method=method), n_samples=n_samples,
-                batch_size=int(batch_size or 64), device=dev, reducer=Moments(len(rows), keep_draws=True),
-            )
-        finally:
-            self.network.cpu()
+        out = self._sample_tiles(read, len(rows), seeds=row_seeds(seed, keys), sampler=sampler, n_samples=n_samples,
+                                 batch_size=int(batch_size or 64), device=device)
         tiles = to_tiles(out["draws"]).astype(np.float32)
         nfe = float(out["nfe"].mean())
-        params = dict(n_samples=n_samples, steps=steps, method=method, seed=seed, objective=kind, nfe_per_tile=nfe,
-                      n_rows=len(rows))
+        params = dict(n_samples=n_samples, steps=steps, method=method or ("euler" if kind == "flow" else None),
+                      seed=seed, objective=kind, nfe_per_tile=nfe, n_rows=len(rows),
+                      **(self.sampler_settings if kind == "edm" else {}))
         dims = ("sample", "c", "y", "x")
         if r["mode"] == "window":
             self._write_image(obj, key, tiles[:, 0], wc.origins[rows])
@@ -555,6 +568,149 @@ class GeneFlow(BaseModel):
         self._record_run(table, key, params)
         return xr.DataArray(tiles, dims=("cell", *dims), attrs={"nfe": nfe},
                             coords={"cell": np.asarray(table.obs_names[rows]), "c": list(r["channels"])})
+
+    # --- sampling ------------------------------------------------------------------------------
+    def _loop_sampler(self, steps: int, method: str | None):
+        """The objective's loop sampler: the flow's ``method``, the EDM model's schedule, or one
+        evaluation for ``"mse"``."""
+        kind = self.init_args["objective"]
+        if kind != "flow" and method is not None:
+            raise ValueError(
+                f"method={method!r} chooses the flow's solver; an {kind!r} model samples with "
+                + ("its own solver and schedule (set_sampler, tune_sampler)." if kind == "edm" else "one evaluation.")
+            )
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+        if kind == "flow":
+            return flow_sampler(int(steps), method or "euler")
+        return self._sampler(int(steps)) if kind == "edm" else point_sampler
+
+    def _sample_tiles(self, read, n_rows: int, *, seeds, sampler, n_samples: int, batch_size: int, device: str):
+        """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` tiles of
+        the conditions that ``read`` returns; the draws on the model's scale."""
+        r = self.registry
+        shape = (len(r["channels"]), r["tile_size"], r["tile_size"])
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        try:
+            prepare = make_prepare(net, self.init_args["objective"], read, chunk=self._network_chunk)
+            return sample_rows(prepare, n_rows, shape, seeds=seeds, sampler=sampler, n_samples=n_samples,
+                               batch_size=batch_size, device=dev, reducer=Moments(n_rows, keep_draws=True))
+        finally:
+            self.network.cpu()
+
+    def _check_edm_sampler(self) -> None:
+        if self.init_args["objective"] != "edm":
+            raise ValueError(
+                f"Only objective='edm' has an EDM sampler to set or tune; this model's is "
+                f"{self.init_args['objective']!r} (the flow's solver is generate's method)."
+            )
+
+    def network_evaluations(self, *, steps: int, method: str | None = None) -> int:
+        """Network evaluations per tile (and draw) that ``steps`` solver steps cost.
+
+        ``"flow"``: ``steps`` with Euler, ``2 * steps`` with Heun (``"dopri5"`` counts them at
+        run time: ``generate(...).attrs["nfe"]``); ``"edm"``: ``steps`` with Euler, ``2 * steps
+        - 1`` with Heun (the model's solver); ``"mse"``: 1.
+
+        Parameters
+        ----------
+        steps
+            Solver steps, as in :meth:`generate`.
+        method
+            The flow's solver, as in :meth:`generate` (default ``"euler"``); an error for the
+            other objectives.
+
+        Examples
+        --------
+        >>> model.network_evaluations(steps=4, method="heun")     # a flow model: 8
+        8
+        """
+        self._loop_sampler(steps, method)  # the same errors as generate
+        kind = self.init_args["objective"]
+        if kind == "flow":
+            return flow_evaluations(int(steps), method or "euler")
+        return super().network_evaluations(steps=steps) if kind == "edm" else 1
+
+    def tune_sampler(
+        self,
+        *,
+        nfe: int = 8,
+        n_samples: int = 4,
+        candidates: Sequence[dict[str, Any]] | None = None,
+        max_tiles: int = 64,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> pd.DataFrame:
+        """``objective="edm"``: choose the sampler (solver and noise schedule) by the CRPS of
+        draws on the validation tiles.
+
+        Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
+        evaluations per draw generates tiles for the validation rows of the last training run
+        (whole blocks of the slide that early stopping held out; never test data), from their
+        expression. The one with the lowest CRPS per pixel and channel (tiles in ``[0, 1]``)
+        against the real tiles becomes the model's schedule (``init_args``, kept by
+        :meth:`save`), and :meth:`generate` with ``steps`` equal to its ``steps`` then costs
+        ``nfe`` evaluations per tile.
+
+        Parameters
+        ----------
+        nfe
+            Network evaluations per draw to tune for (8: the flow's default cost).
+        n_samples
+            Draws per tile (at least 2).
+        candidates
+            Schedules to try (dicts as :func:`~biodiffuse.diffusion.schedule_grid` returns);
+            default: that grid.
+        max_tiles
+            Score at most this many validation tiles (a random subset, the same for every
+            candidate).
+        seed, device
+            As in :meth:`generate`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` and
+            ``coverage80`` as :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS
+            first. The chosen row is kept in ``registry["sampler_tuning"]``.
+
+        Raises
+        ------
+        ValueError
+            For a ``"flow"`` or ``"mse"`` model, a model without validation tiles (not trained
+            in this session, or ``train_size=1``), or bad arguments.
+
+        Examples
+        --------
+        >>> model = bd.models.GeneFlow(sdata, objective="edm")
+        >>> model.train()
+        >>> table = model.tune_sampler(nfe=8)
+        >>> model.generate(steps=int(table.iloc[0]["steps"]))
+        """
+        from ..metrics import score_draws
+
+        self._check_edm_sampler()
+        val = getattr(self, "_validation", None)
+        self._check_tuning(n_samples, max_tiles, unit="tile", have_validation=val is not None)
+        n = len(val["genes"])
+        rows = np.arange(n)
+        if n > max_tiles:
+            rows = np.sort(np.random.default_rng(seed).choice(n, int(max_tiles), replace=False))
+        genes = val["genes"].numpy()[rows]
+        mask = val["mask"].numpy()[rows] if "mask" in val else None
+        truth = val["image"].numpy()[rows].astype(np.float64)
+        y = pixel_draws(truth[:, None])[:, 0]
+
+        def read(b: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            return genes[b], None if mask is None else mask[b]
+
+        def score(sampler) -> dict[str, float]:
+            out = self._sample_tiles(read, len(rows), seeds=row_seeds(seed, [f"validation {i}" for i in rows]),
+                                     sampler=sampler, n_samples=int(n_samples), batch_size=64, device=device)
+            return score_draws(y, pixel_draws(to_tiles(out["draws"])), levels=(0.8,))
+
+        return self._choose_sampler(score, nfe=nfe, candidates=candidates, scored_on=f"{len(rows)} validation tiles")
 
     def _write_image(self, sdata: Any, key: str, tiles: np.ndarray, origins: np.ndarray) -> None:
         """Window mode: the first draw of every window placed on the slide, as a new image element

@@ -50,7 +50,7 @@ from ..module.staindiffuser import (
     make_prepare,
     to_unit,
 )
-from ._edm_sampling import EDMSamplerMixin, checked_sampler, pixel_draws
+from ._edm_sampling import IMAGE_EULER, EDMSamplerMixin, checked_sampler, pixel_draws
 from .base import BaseModel, resolve_device
 
 __all__ = ["StainDiffuser"]
@@ -58,8 +58,6 @@ __all__ = ["StainDiffuser"]
 logger = logging.getLogger("biodiffuse")
 
 _THRESHOLDS = ("otsu", "mean_sd")
-#: The diffusion model's default sampler (see the ``solver`` parameter of :class:`StainDiffuser`).
-DEFAULT_SAMPLER = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
 
 
 def _uint8_element(sdata: Any, key: str) -> Any:
@@ -303,10 +301,10 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         num_blocks: int = 1,
         heads: int = 4,
         dropout: float = 0.0,
-        solver: str = DEFAULT_SAMPLER["solver"],
-        sigma_max: float = DEFAULT_SAMPLER["sigma_max"],
-        sigma_min: float = DEFAULT_SAMPLER["sigma_min"],
-        rho: float = DEFAULT_SAMPLER["rho"],
+        solver: str = IMAGE_EULER["solver"],
+        sigma_max: float = IMAGE_EULER["sigma_max"],
+        sigma_min: float = IMAGE_EULER["sigma_min"],
+        rho: float = IMAGE_EULER["rho"],
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -559,13 +557,8 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         from ..metrics import score_draws
 
         self._check_edm_sampler()
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 2:
-            raise ValueError(f"tune_sampler needs at least 2 draws per crop to score a distribution, got n_samples={n_samples!r}.")
-        if isinstance(max_tiles, bool) or not isinstance(max_tiles, (int, np.integer)) or max_tiles < 1:
-            raise ValueError(f"max_tiles must be a positive integer, got {max_tiles!r}.")
         origins, size = getattr(self, "_validation_tiles", (np.zeros((0, 2), np.int64), 0))
-        if len(origins) == 0:
-            raise ValueError("No validation tiles: this model has not been trained in this session, or with train_size=1.")
+        self._check_tuning(n_samples, max_tiles, unit="crop", have_validation=len(origins) > 0)
         if len(origins) > max_tiles:
             origins = origins[np.sort(np.random.default_rng(seed).choice(len(origins), int(max_tiles), replace=False))]
         r, c = self.registry, self.init_args["crop_size"]

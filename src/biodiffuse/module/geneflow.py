@@ -13,8 +13,8 @@
   paper's diffusion baseline, on the shared EDM core) and ``"mse"`` (the paper's conditional
   UNet regressed on the tile: one deterministic evaluation at ``x = 0, t = 0``).
 * **Sampling** (:func:`make_prepare`): the ``prepare`` of
-  :func:`biodiffuse.diffusion.sample_rows`; the loop sampler of each objective is
-  :func:`~biodiffuse.diffusion.sampler_for` of its :data:`SAMPLER_FAMILY`.
+  :func:`biodiffuse.diffusion.sample_rows`; the model (:class:`~biodiffuse.models.GeneFlow`)
+  picks the loop sampler of its objective.
 """
 
 from __future__ import annotations
@@ -33,15 +33,12 @@ __all__ = [
     "GeneFlowNetwork",
     "GeneFlowObjective",
     "build_network",
-    "SAMPLER_FAMILY",
     "make_prepare",
     "to_model",
     "to_tiles",
 ]
 
 OBJECTIVES = ("flow", "edm", "mse")
-#: The sampler family of each objective (:func:`~biodiffuse.diffusion.sampler_for`).
-SAMPLER_FAMILY = {"flow": "flow", "edm": "edm", "mse": "point"}
 #: EDM's data standard deviation for images in [-1, 1] (Karras et al.).
 SIGMA_DATA = 0.5
 
