@@ -272,16 +272,6 @@ def format_distribution(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _sampler_arg(text: str | None) -> dict[str, Any] | None:
-    """``"euler,80,0.002,3"`` -> MCD sampler settings."""
-    if text is None:
-        return None
-    parts = text.split(",")
-    if len(parts) != 4:
-        raise SystemExit(f"--sampler takes SOLVER,SIGMA_MAX,SIGMA_MIN,RHO, got {text!r}")
-    return dict(solver=parts[0], sigma_max=float(parts[1]), sigma_min=float(parts[2]), rho=float(parts[3]))
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--held-out", nargs="+", default=list(DEFAULT_HELD_OUT))
@@ -297,11 +287,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the sampler of the --steps rows, e.g. euler,80,0.002,3 (default: the model's)")
     p.add_argument("--out", default="results/imaging_mibi")
     args = p.parse_args(argv)
-    from _cli import limit_threads  # sibling module of the drivers
+    from _cli import limit_threads, sampler_arg  # sibling module of the drivers
 
     limit_threads(args.threads)
     res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed,
-              tune_nfe=args.tune_nfe, sampler=_sampler_arg(args.sampler))
+              tune_nfe=args.tune_nfe, sampler=sampler_arg(args.sampler))
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "
              f"accuracy-uncertainty Spearman (local r vs sample variance, per test tile x channel): {res['accuracy_uncertainty_spearman']:.3f}")

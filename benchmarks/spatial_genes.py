@@ -22,14 +22,14 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from sklearn.model_selection import KFold
 
-from _cli import limit_threads
+from _cli import limit_threads, sampler_arg
 
 from biodiffuse.baselines import EXTERNAL_SPATIAL_BASELINES, SPATIAL_BASELINES
 from biodiffuse.data import log_normalize
@@ -85,6 +85,8 @@ def kfold_distribution(
     max_folds: int | None = None,
     seed: int = 0,
     steps: Sequence[int] = (1, 18),
+    samplers: Sequence[dict[str, Any]] = (),
+    sampler_steps: Sequence[int] = (5,),
     n_samples: int = 10,
     k: int = 50,
     max_epochs: int | None = None,
@@ -94,7 +96,9 @@ def kfold_distribution(
 ) -> pd.DataFrame:
     """Predictive distributions of the held-out genes, K-fold over genes as :func:`kfold_over_genes`.
 
-    In each fold: SpaDiT's ``n_samples`` draws per cell at each of ``steps``, and kNN's draws
+    In each fold: SpaDiT's ``n_samples`` draws per cell at each of ``steps`` (the model's
+    sampler), then under each of ``samplers`` (``set_sampler`` settings) at each of
+    ``sampler_steps``, and kNN's draws
     (``bd.baselines.fit_predict_knn_draws``: the ``k`` neighbours' values as samples, and the
     kNN mean with its leave-one-out Gaussian residual), all scored on the fold's genes by
     ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
@@ -104,7 +108,6 @@ def kfold_distribution(
     run saved (same data and settings), whose folds are kept and not run again.
     """
     from biodiffuse.baselines import fit_predict_knn_draws
-    from biodiffuse.diffusion import network_evaluations
     from biodiffuse.metrics import score_draws
 
     rows = [] if resume is None else resume.to_dict("records")
@@ -128,18 +131,25 @@ def kfold_distribution(
         t0 = time.perf_counter()
         model = _fit_spadit(sp_known, sc, test, seed=seed, max_epochs=max_epochs, **spadit_kwargs)
         fit_s = time.perf_counter() - t0
-        for st in steps:
+        runs = [(f"SpaDiT ({st} step{'s' if st > 1 else ''})", None, st) for st in steps]
+        runs += [(f"SpaDiT ({s_['solver']} {st}, sigma {s_['sigma_max']:g}, rho {s_['rho']:g})", s_, st)
+                 for s_ in samplers for st in sampler_steps]
+        default = model.sampler_settings
+        for label, settings, st in runs:
+            model.set_sampler(**(settings or default))
             t0 = time.perf_counter()
             post = model.posterior(genes=test, n_samples=n_samples, steps=int(st), seed=seed, return_draws=True)
             order = [list(post["genes"]).index(g) for g in test]
-            score(f"SpaDiT ({st} step{'s' if st > 1 else ''})", post["draws"][:, :, order], fit_s=fit_s,
-                  seconds=time.perf_counter() - t0, nfe=network_evaluations(int(st)), epochs=len(model.history))
+            score(label, post["draws"][:, :, order], fit_s=fit_s, seconds=time.perf_counter() - t0,
+                  nfe=model.network_evaluations(steps=int(st)), epochs=len(model.history))
         if save is not None:
             pd.DataFrame(rows).to_csv(save, index=False)
     return pd.DataFrame(rows)
 
 
-_RUN_SETTINGS = ("folds", "steps", "n_samples", "max_epochs", "spadit")
+_RUN_SETTINGS = ("folds", "steps", "samplers", "sampler_steps", "n_samples", "max_epochs", "spadit")
+#: Settings added after runs were saved without them: what those runs used.
+_NEWER_SETTINGS = {"samplers": [], "sampler_steps": [5]}
 
 
 def _resumable(out: Path, args: argparse.Namespace) -> pd.DataFrame | None:
@@ -148,7 +158,7 @@ def _resumable(out: Path, args: argparse.Namespace) -> pd.DataFrame | None:
     if not csv.exists() or not meta.exists():
         return None
     before = json.loads(meta.read_text())["settings"]
-    changed = [k for k in _RUN_SETTINGS if before.get(k) != getattr(args, k)]
+    changed = [k for k in _RUN_SETTINGS if before.get(k, _NEWER_SETTINGS.get(k)) != getattr(args, k, _NEWER_SETTINGS.get(k))]
     if changed:
         raise ValueError(f"--resume: the run saved in {out} used other settings ({', '.join(changed)}); use a new --out.")
     return pd.read_csv(csv)
@@ -299,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true",
                    help="--distribution: keep the folds an earlier run with the same settings saved in --out")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 18], help="--distribution: SpaDiT sampler steps")
+    p.add_argument("--samplers", nargs="*", default=[], metavar="SOLVER,SIGMA_MAX,SIGMA_MIN,RHO",
+                   help="--distribution: also sample SpaDiT with these settings (e.g. euler,10,0.002,7)")
+    p.add_argument("--sampler-steps", type=int, nargs="+", default=[5], help="--distribution: steps of --samplers")
     p.add_argument("--n-samples", type=int, default=10, help="--distribution: draws per cell")
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
@@ -310,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.distribution:
         sp, sc = datasets.osmfish_allen_visp()
         per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
-                                      n_samples=args.n_samples, max_epochs=args.max_epochs,
+                                      samplers=[sampler_arg(t) for t in args.samplers],
+                                      sampler_steps=args.sampler_steps, n_samples=args.n_samples, max_epochs=args.max_epochs,
                                       save=out / "distribution_per_fold.csv", resume=_resumable(out, args) if args.resume else None,
                                       **json.loads(args.spadit))
         table = summarize_distribution(per_fold)

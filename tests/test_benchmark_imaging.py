@@ -40,7 +40,9 @@ def test_distribution_rows_reward_calibrated_draws():
 
 
 def test_sampler_argument_reads_the_four_settings_and_rejects_others():
-    assert imaging._sampler_arg("euler,80,0.002,3") == dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
-    assert imaging._sampler_arg(None) is None
+    from _cli import sampler_arg  # the drivers' shared command-line helpers (imaging, spatial_genes)
+
+    assert sampler_arg("euler,80,0.002,3") == dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
+    assert sampler_arg(None) is None
     with pytest.raises(SystemExit, match="SOLVER"):
-        imaging._sampler_arg("euler,80")
+        sampler_arg("euler,80")

@@ -285,6 +285,35 @@ def test_key_added_overwrite_and_run_record(trained) -> None:
     assert "w" in q.obsm and "w_variance" not in q.obsm
 
 
+def test_sampler_settings_change_the_draws_and_are_recorded(trained, tmp_path) -> None:
+    """EDM's Heun from sigma_max=10 by default (a model saved before the settings existed reads
+    the same); set_sampler to Euler changes the draws and the evaluations; the run records them;
+    save keeps them; bad settings are refused without a change."""
+    import copy
+
+    model, sp, _, _ = trained
+    assert model.sampler_settings == dict(solver="heun", sigma_max=10.0, sigma_min=0.002, rho=7.0)
+    old = copy.deepcopy(model)
+    for k in ("solver", "sigma_min", "rho"):
+        del old.init_args[k]
+    assert old.sampler_settings == model.sampler_settings  # sigma_max stays the model's 10, not EDM's 80
+    kw = dict(indices=np.arange(30), n_samples=2, steps=3, seed=2)
+    heun = model.posterior(sp, **kw)["mean"]
+    np.testing.assert_array_equal(old.posterior(sp, **kw)["mean"], heun)
+    euler = copy.deepcopy(model)
+    euler.set_sampler(solver="euler")
+    assert euler.network_evaluations(steps=3) == 3 and model.network_evaluations(steps=3) == 5
+    assert not np.allclose(euler.posterior(sp, **kw)["mean"], heun)
+    q = sp.copy()
+    euler.predict(q, n_samples=1, steps=3, key_added="e")
+    assert q.uns["e"]["solver"] == "euler" and q.uns["e"]["nfe_per_draw"] == 3 and q.uns["e"]["sigma_max"] == 10.0
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        euler.set_sampler(sigma_min=20.0)
+    assert euler.sampler_settings["sigma_min"] == 0.002
+    euler.save(tmp_path / "euler")
+    assert SpaDiT.load(tmp_path / "euler", sp).sampler_settings["solver"] == "euler"
+
+
 def test_query_errors_leave_the_object_unchanged(trained) -> None:
     model, sp, _, _ = trained
     nan = sp.copy()

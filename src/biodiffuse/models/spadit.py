@@ -19,8 +19,9 @@ Method (SpaDiT paper, with the protocol of stDiff; see ``docs/spadit.md`` for th
   ``psi``: a learned, masked soft nearest-neighbour transfer; a training cell never sees
   itself in the bank); :class:`~biodiffuse.nn.GeneDiT` (adaLN-zero transformer over gene
   groups); the shared EDM loss on the genes not shown.
-* **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with EDM Heun steps and one random
-  stream per cell (``obs_name``); several draws give a mean and a variance.
+* **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with the EDM ODE sampler on the
+  model's schedule (Heun from ``sigma_max`` by default; :meth:`~SpaDiT.set_sampler`) and one
+  random stream per cell (``obs_name``); several draws give a mean and a variance.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from anndata import AnnData
 from ..data import check_adata, write_setup_record
 from ..data.alignment import percentiles, quantile_map
 from ..data.fields import MatrixField
-from ..diffusion import Moments, edm_sampler, row_seeds, sample_rows
+from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.spadit import SpaDiTDenoiser, SpaDiTObjective, build_network, make_prepare
+from ._edm_sampling import EDMSamplerMixin, checked_sampler
 from .base import BaseModel, resolve_device
 
 __all__ = ["SpaDiT"]
@@ -66,7 +68,7 @@ def _read_counts(obj: AnnData, layer: str | None, genes: Sequence[str], what: st
         raise _named(err, what) from err
 
 
-class SpaDiT(BaseModel):
+class SpaDiT(EDMSamplerMixin, BaseModel):
     """Diffusion transformer that predicts unmeasured spatial genes.
 
     Parameters
@@ -114,6 +116,11 @@ class SpaDiT(BaseModel):
         sampling starts (``P(sigma > 10) < 1e-4``); for z-scored genes we start at 10 and
         train with ``ln sigma ~ N(0, 1.5^2)`` (6% of draws above 10), so the first step, whose
         output is the conditional mean, is a level the network has learned.
+    solver, sigma_min, rho
+        The rest of the sampler (:func:`~biodiffuse.diffusion.edm_sampler`): ODE solver
+        (``"heun"``, ``2 * steps - 1`` evaluations per draw, or ``"euler"``, ``steps``) and the
+        Karras schedule's lowest level and curvature; :meth:`set_sampler` changes them. The
+        defaults are EDM's, the sampler every SpaDiT benchmark ran.
     seed
         Seeds the initial weights.
 
@@ -223,9 +230,13 @@ class SpaDiT(BaseModel):
         sigma_max: float = 10.0,
         P_mean: float = 0.0,
         P_std: float = 1.5,
+        solver: str = "heun",
+        sigma_min: float = 0.002,
+        rho: float = 7.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        sampler = checked_sampler(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
         check_adata(adata)
         setup = self._setup_record(adata)
         if setup.get("has_reference"):
@@ -272,8 +283,8 @@ class SpaDiT(BaseModel):
         self.init_args = dict(
             observed_fraction=float(observed_fraction), bank_size=int(bank_size), genes_per_token=int(genes_per_token or max(4, math.ceil(len(genes) / 64))),
             dim=int(dim), depth=int(depth), heads=int(heads), ref_heads=int(ref_heads), dropout=float(dropout),
-            alignment=alignment, sigma_data=float(sigma_data), sigma_max=float(sigma_max), P_mean=float(P_mean), P_std=float(P_std),
-            seed=int(seed),
+            alignment=alignment, sigma_data=float(sigma_data), P_mean=float(P_mean), P_std=float(P_std),
+            seed=int(seed), **sampler,
         )
         self.registry = dict(
             setup={k: v for k, v in setup.items() if k != "reference_genes"}, mode="reference" if reference is not None else "panel",
@@ -520,7 +531,7 @@ class SpaDiT(BaseModel):
         mu = np.asarray(reg["ref_mean"])[cols]
         sd = np.asarray(reg["ref_std"])[cols]
         batch_size = self._default_batch_size if batch_size is None else batch_size
-        sampler = edm_sampler(steps, sigma_max=a.get("sigma_max", 80.0))
+        sampler = self._sampler(int(steps))
         obs_names = [str(n) for n in adata.obs_names[rows]]
 
         def to_genes(draws: np.ndarray, _rows: np.ndarray) -> np.ndarray:
@@ -575,7 +586,8 @@ class SpaDiT(BaseModel):
         n_samples
             Draws per cell; their mean is the prediction, their variance the uncertainty.
         steps
-            Heun sampler steps (``2 * steps - 1`` network evaluations per draw).
+            Sampler steps on the model's schedule (:attr:`sampler_settings`): ``2 * steps - 1``
+            network evaluations per draw with Heun (the default), ``steps`` with Euler.
             ``steps=1`` returns the denoiser's output at the highest noise level, i.e. the
             model's estimate of the conditional mean: the better point prediction when the
             signal is weak (a mean of a few draws adds their spread to the error); the
@@ -634,5 +646,6 @@ class SpaDiT(BaseModel):
         self._record_run(adata, key, dict(
             genes=list(cols), n_rows=len(rows), batch_size=batch_size,
             n_samples=n_samples, steps=steps, seed=seed, variance_key_added=var_key, mode=self.registry["mode"],
+            nfe_per_draw=self.network_evaluations(steps=int(steps)), **self.sampler_settings,
         ))
         return frames[key]
