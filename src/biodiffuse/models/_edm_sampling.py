@@ -28,7 +28,7 @@ logger = logging.getLogger("biodiffuse")
 EDM_HEUN = dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
 #: The image models' default: Euler from 80 with ``rho=3``, chosen by MCD's ``tune_sampler`` on
 #: the MIBI validation tiles; EDM's Heun from 80 diverged at a few steps there and on HEMIT
-#: (``docs/benchmarks.md``). MCD's images, StainDiffuser and GeneFlow's ``"edm"`` objective.
+#: (``docs/benchmarks.md``). MCD's images and StainDiffuser.
 IMAGE_EULER = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
 
 

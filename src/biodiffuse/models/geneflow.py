@@ -41,14 +41,18 @@ from ..data.histology import (
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..diffusion import Moments, flow_evaluations, flow_sampler, point_sampler, row_seeds, sample_rows
 from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, to_tiles
-from ._edm_sampling import IMAGE_EULER, EDMSamplerMixin, checked_sampler, pixel_draws
+from ._edm_sampling import EDMSamplerMixin, checked_sampler, pixel_draws
 from .base import BaseModel, resolve_device
 
 __all__ = ["GeneFlow"]
 
 logger = logging.getLogger("biodiffuse")
 
-_DEFAULT_STEPS = {"flow": 8, "edm": 18, "mse": 1}
+_DEFAULT_STEPS = {"flow": 8, "edm": 8, "mse": 1}
+#: The EDM baseline's default sampler: Euler from 80 with EDM's ``rho=7``, the schedule
+#: ``tune_sampler`` chose at 8 evaluations on the validation blocks of both Xenium and HER2ST
+#: (``docs/benchmarks.md``); the other image models' ``rho=3`` scored the worst KID on both.
+EDM_DEFAULT = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=7.0)
 
 
 class _Rows:
@@ -88,9 +92,10 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
     solver, sigma_max, sigma_min, rho
         ``objective="edm"`` only: the EDM sampler's ODE solver (``"euler"`` or ``"heun"``) and
         Karras noise schedule (:func:`~biodiffuse.diffusion.edm_sampler`);
-        :meth:`tune_sampler` chooses them on the validation tiles of a training run. The default
-        is the other image models' (Euler from 80 to 0.002, ``rho=3``). Ignored by ``"flow"``
-        (whose solver is ``generate``'s ``method``) and ``"mse"``.
+        :meth:`tune_sampler` chooses them on the validation tiles of a training run. The default,
+        Euler from 80 to 0.002 with ``rho=7``, is what it chose on Xenium and HER2ST at 8 steps
+        (``docs/benchmarks.md``). Ignored by ``"flow"`` (whose solver is ``generate``'s
+        ``method``) and ``"mse"``.
     seed
         Seeds the initial weights.
 
@@ -257,10 +262,10 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
         dropout: float = 0.0,
         gene_l1: float = 0.0,
         augment: bool = True,
-        solver: str = IMAGE_EULER["solver"],
-        sigma_max: float = IMAGE_EULER["sigma_max"],
-        sigma_min: float = IMAGE_EULER["sigma_min"],
-        rho: float = IMAGE_EULER["rho"],
+        solver: str = EDM_DEFAULT["solver"],
+        sigma_max: float = EDM_DEFAULT["sigma_max"],
+        sigma_min: float = EDM_DEFAULT["sigma_min"],
+        rho: float = EDM_DEFAULT["rho"],
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -295,7 +300,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
                                  gene_l1=a["gene_l1"], augment=a["augment"])
 
     def _build_network(self) -> GeneFlowNetwork:
-        skip = ("objective", "sigma", "time_sampling", "gene_l1", "augment", "seed", *IMAGE_EULER)
+        skip = ("objective", "sigma", "time_sampling", "gene_l1", "augment", "seed", *EDM_DEFAULT)
         a = {k: v for k, v in self.init_args.items() if k not in skip}
         return build_network(len(self.registry["genes"]), len(self.registry["channels"]), **a)
 
@@ -486,7 +491,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
         n_samples
             Tiles per row (independent draws).
         steps
-            Solver steps (default 8 for the flow, 18 for ``"edm"``, 1 for ``"mse"``).
+            Solver steps (default 8, 1 for ``"mse"``).
         method
             Flow solver: ``"euler"`` (the default; ``steps`` evaluations per tile), ``"heun"``
             (``2 * steps``) or ``"dopri5"`` (adaptive, evaluations counted). The ``"edm"``
