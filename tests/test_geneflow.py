@@ -297,6 +297,22 @@ def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
         model.generate(sdata.tables["table"])
 
 
+def test_window_mode_edm_tunes_on_validation_windows(accelerator, devices):
+    """A window-mode EDM model keeps its validation windows with their cells' masks, tunes on them
+    and generates at its default 8 Euler steps."""
+    sdata, _ = _tiny.histology()
+    bd.models.GeneFlow.setup_spatialdata(sdata, image_key="dapi", tile_size=16, scale=0.5, mode="window", max_cells=6)
+    model = bd.models.GeneFlow(sdata, objective="edm", **SMALL)
+    model.train(max_epochs=2, batch_size=16, block_size=64, enable_progress_bar=False, accelerator=accelerator,
+                devices=devices)
+    val = model._validation
+    assert val["mask"].shape[:2] == val["genes"].shape[:2] and 0 < len(val["genes"]) < 64
+    table = model.tune_sampler(candidates=[_GOOD, _BAD], n_samples=2, max_tiles=8)
+    assert len(table) == 2 and np.isfinite(table[["crps", "energy_score"]].to_numpy()).all()
+    tiles = model.generate(indices=[0, 1], key_added="edm_windows")
+    assert tiles.shape == (2, 1, 1, 16, 16) and tiles.attrs["nfe"] == model.network_evaluations(steps=8)
+
+
 def test_validation_is_whole_regions_without_shared_pixels():
     """The model's own split: validation tiles come from blocks of the slide, and no validation
     tile shares a pixel with a training tile (the cells in between are left out)."""
