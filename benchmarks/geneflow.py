@@ -299,18 +299,13 @@ def window_rows(bd, task: dict[str, Any], flow, args, rng: np.random.Generator) 
     )
 
 
-#: EDM's own sampler (Karras et al.): 8 Heun steps from 80 cost 15 evaluations per tile.
-EDM_HEUN = dict(solver="heun", sigma_max=80.0, sigma_min=0.002, rho=7.0)
-
-
-#: The other image models' default (MCD's images, StainDiffuser): Euler from 80 with rho 3.
-IMAGE_EULER = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
-
-
 def _edm_rows(model, run, args) -> dict[str, Any]:
-    """Generate with the EDM model three ways: EDM's Heun 8 from 80 (the first runs' row), the
-    other image models' Euler 8 from 80 with rho 3, and the schedule ``tune_sampler`` chooses at 8
-    evaluations per tile on the model's validation blocks. Returns the tuning's best row and time."""
+    """Generate with the EDM model three ways: EDM's Heun 8 from 80 (the first runs' row; 15
+    evaluations per tile), the other image models' Euler 8 from 80 with rho 3, and the schedule
+    ``tune_sampler`` chooses at 8 evaluations per tile on the model's validation blocks. Returns
+    the tuning's best row and time."""
+    from biodiffuse.models._edm_sampling import EDM_HEUN, IMAGE_EULER
+
     model.set_sampler(**EDM_HEUN)
     run("EDM (EDM's Heun 8 from 80)", model, steps=8)
     model.set_sampler(**IMAGE_EULER)

@@ -531,7 +531,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         mu = np.asarray(reg["ref_mean"])[cols]
         sd = np.asarray(reg["ref_std"])[cols]
         batch_size = self._default_batch_size if batch_size is None else batch_size
-        sampler = self._sampler(int(steps))
+        sampler = self._sampler(steps)
         obs_names = [str(n) for n in adata.obs_names[rows]]
 
         def to_genes(draws: np.ndarray, _rows: np.ndarray) -> np.ndarray:
@@ -646,6 +646,6 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         self._record_run(adata, key, dict(
             genes=list(cols), n_rows=len(rows), batch_size=batch_size,
             n_samples=n_samples, steps=steps, seed=seed, variance_key_added=var_key, mode=self.registry["mode"],
-            nfe_per_draw=self.network_evaluations(steps=int(steps)), **self.sampler_settings,
+            nfe_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return frames[key]
