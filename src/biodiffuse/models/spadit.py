@@ -524,7 +524,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         """
         adata, rows = self._query(adata, indices)
         self._validate_query(adata)
-        reg, a = self.registry, self.init_args
+        reg = self.registry
         all_genes = reg["genes"]
         hide = np.isin(all_genes, self._genes(adata, genes))
         cols = np.flatnonzero(hide)
