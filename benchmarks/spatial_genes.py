@@ -87,6 +87,7 @@ def kfold_distribution(
     steps: Sequence[int] = (1, 18),
     samplers: Sequence[dict[str, Any]] = (),
     sampler_steps: Sequence[int] = (5,),
+    tune_nfe: int | None = None,
     n_samples: int = 10,
     k: int = 50,
     max_epochs: int | None = None,
@@ -98,7 +99,8 @@ def kfold_distribution(
 
     In each fold: SpaDiT's ``n_samples`` draws per cell at each of ``steps`` (the model's
     sampler), then under each of ``samplers`` (``set_sampler`` settings) at each of
-    ``sampler_steps``, and kNN's draws
+    ``sampler_steps``, then (``tune_nfe``) under the schedule ``SpaDiT.tune_sampler`` chooses at
+    that many evaluations on the training run's validation reference cells, and kNN's draws
     (``bd.baselines.fit_predict_knn_draws``: the ``k`` neighbours' values as samples, and the
     kNN mean with its leave-one-out Gaussian residual), all scored on the fold's genes by
     ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
@@ -135,21 +137,31 @@ def kfold_distribution(
         runs += [(f"SpaDiT ({s_['solver']} {st}, sigma {s_['sigma_max']:g}, rho {s_['rho']:g})", s_, st)
                  for s_ in samplers for st in sampler_steps]
         default = model.sampler_settings
+        tuned = {}
+        if tune_nfe:
+            t0 = time.perf_counter()
+            best = model.tune_sampler(nfe=int(tune_nfe), seed=seed).iloc[0]
+            model.set_sampler(**default)
+            tuned = {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
+            runs.append((f"SpaDiT (tuned, {int(tune_nfe)} evaluations)", tuned, int(best["steps"])))
+            tuned = {"tuned_" + k: v for k, v in {**tuned, "steps": int(best["steps"]),
+                                                   "seconds": time.perf_counter() - t0}.items()}
         for label, settings, st in runs:
             model.set_sampler(**(settings or default))
             t0 = time.perf_counter()
             post = model.posterior(genes=test, n_samples=n_samples, steps=int(st), seed=seed, return_draws=True)
             order = [list(post["genes"]).index(g) for g in test]
             score(label, post["draws"][:, :, order], fit_s=fit_s, seconds=time.perf_counter() - t0,
-                  nfe=model.network_evaluations(steps=int(st)), epochs=len(model.history))
+                  nfe=model.network_evaluations(steps=int(st)), epochs=len(model.history),
+                  **(tuned if label.startswith("SpaDiT (tuned") else {}))
         if save is not None:
             pd.DataFrame(rows).to_csv(save, index=False)
     return pd.DataFrame(rows)
 
 
-_RUN_SETTINGS = ("folds", "steps", "samplers", "sampler_steps", "n_samples", "max_epochs", "spadit")
+_RUN_SETTINGS = ("folds", "steps", "samplers", "sampler_steps", "tune_nfe", "n_samples", "max_epochs", "spadit")
 #: Settings added after runs were saved without them: what those runs used.
-_NEWER_SETTINGS = {"samplers": [], "sampler_steps": [5]}
+_NEWER_SETTINGS = {"samplers": [], "sampler_steps": [5], "tune_nfe": None}
 
 
 def _resumable(out: Path, args: argparse.Namespace) -> pd.DataFrame | None:
@@ -312,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--samplers", nargs="*", default=[], metavar="SOLVER,SIGMA_MAX,SIGMA_MIN,RHO",
                    help="--distribution: also sample SpaDiT with these settings (e.g. euler,10,0.002,7)")
     p.add_argument("--sampler-steps", type=int, nargs="+", default=[5], help="--distribution: steps of --samplers")
+    p.add_argument("--tune-nfe", type=int, default=None,
+                   help="--distribution: also sample with the schedule SpaDiT.tune_sampler chooses at this many evaluations")
     p.add_argument("--n-samples", type=int, default=10, help="--distribution: draws per cell")
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
@@ -324,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sp, sc = datasets.osmfish_allen_visp()
         per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
                                       samplers=[sampler_arg(t) for t in args.samplers],
-                                      sampler_steps=args.sampler_steps, n_samples=args.n_samples, max_epochs=args.max_epochs,
+                                      sampler_steps=args.sampler_steps, tune_nfe=args.tune_nfe, n_samples=args.n_samples, max_epochs=args.max_epochs,
                                       save=out / "distribution_per_fold.csv", resume=_resumable(out, args) if args.resume else None,
                                       **json.loads(args.spadit))
         table = summarize_distribution(per_fold)

@@ -21,18 +21,22 @@ def test_distribution_folds_score_spadit_and_knn_draws(tmp_path):
     sc, sp = _cells(120, 1, GENES), _cells(60, 2, GENES)
     euler = dict(solver="euler", sigma_max=10.0, sigma_min=0.002, rho=7.0)
     per_fold = spatial_genes.kfold_distribution(sp, sc, n_folds=5, max_folds=3, steps=(1, 2), samplers=[euler],
-                                                sampler_steps=(2,), n_samples=4, k=10, max_epochs=2,
+                                                sampler_steps=(2,), tune_nfe=3, n_samples=4, k=10, max_epochs=2,
                                                 save=tmp_path / "folds.csv", **TINY)
     import pandas as pd
 
     saved = pd.read_csv(tmp_path / "folds.csv")  # rewritten after every fold
     np.testing.assert_allclose(saved["crps"], per_fold["crps"])
-    methods = ["kNN + neighbours", "kNN + gaussian", "SpaDiT (1 step)", "SpaDiT (2 steps)", "SpaDiT (euler 2, sigma 10, rho 7)"]
-    assert list(per_fold["method"]) == methods * 3 and list(per_fold["fold"]) == [0] * 5 + [1] * 5 + [2] * 5
+    methods = ["kNN + neighbours", "kNN + gaussian", "SpaDiT (1 step)", "SpaDiT (2 steps)", "SpaDiT (euler 2, sigma 10, rho 7)",
+               "SpaDiT (tuned, 3 evaluations)"]
+    assert list(per_fold["method"]) == methods * 3 and list(per_fold["fold"]) == [0] * 6 + [1] * 6 + [2] * 6
+    tuned = per_fold[per_fold.method == methods[-1]]  # the tuned schedule costs the evaluations asked for
+    assert list(tuned["nfe"]) == [3, 3, 3] and tuned["tuned_solver"].isin(["euler", "heun"]).all()
+    assert (tuned["tuned_steps"] == np.where(tuned["tuned_solver"] == "euler", 3, 2)).all()
     assert list(per_fold.loc[per_fold.method == "SpaDiT (2 steps)", "nfe"]) == [3, 3, 3]
     by = per_fold.set_index(["fold", "method"])["crps"]  # the extra sampler is used, and the model's kept for the rest
-    assert list(per_fold.loc[per_fold.method == methods[-1], "nfe"]) == [2, 2, 2]
-    assert all(by[(f, methods[-1])] != by[(f, "SpaDiT (2 steps)")] for f in range(3))
+    assert list(per_fold.loc[per_fold.method == methods[4], "nfe"]) == [2, 2, 2]
+    assert all(by[(f, methods[4])] != by[(f, "SpaDiT (2 steps)")] for f in range(3))
     for col in ("coverage50", "coverage80", "coverage90"):
         assert per_fold[col].between(0, 1).all()
     assert np.isfinite(per_fold[["crps", "energy_score", "r_p"]].to_numpy()).all()
@@ -55,7 +59,7 @@ def test_distribution_folds_score_spadit_and_knn_draws(tmp_path):
     spatial_genes._fit_spadit = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
     try:
         resumed = spatial_genes.kfold_distribution(sp, sc, n_folds=5, max_folds=3, steps=(1, 2), samplers=[euler],
-                                                   sampler_steps=(2,), n_samples=4, k=10, max_epochs=2,
+                                                   sampler_steps=(2,), tune_nfe=3, n_samples=4, k=10, max_epochs=2,
                                                    resume=saved[saved.fold < 2], **TINY)
     finally:
         spatial_genes._fit_spadit = real_fit
@@ -67,7 +71,7 @@ def test_distribution_folds_score_spadit_and_knn_draws(tmp_path):
     (tmp_path / "distribution_per_fold.csv").write_text((tmp_path / "folds.csv").read_text())
     settings = dict(folds=5, steps=[1, 2], n_samples=4, max_epochs=2, spadit="{}")
     (tmp_path / "distribution.json").write_text(json.dumps({"settings": settings}))
-    assert len(spatial_genes._resumable(tmp_path, argparse.Namespace(**settings))) == 15  # saved before --samplers
+    assert len(spatial_genes._resumable(tmp_path, argparse.Namespace(**settings))) == 18  # saved before --samplers
     with pytest.raises(ValueError, match="samplers"):
         spatial_genes._resumable(tmp_path, argparse.Namespace(**settings, samplers=["euler,10,0.002,7"], sampler_steps=[5]))
     with pytest.raises(ValueError, match="n_samples"):

@@ -314,6 +314,57 @@ def test_sampler_settings_change_the_draws_and_are_recorded(trained, tmp_path) -
     assert SpaDiT.load(tmp_path / "euler", sp).sampler_settings["solver"] == "euler"
 
 
+def test_tune_sampler_scores_validation_cells_and_keeps_the_better_schedule(trained, data, tmp_path) -> None:
+    """The tuner scores the reference's validation cells: of Heun from the trained sigma_max and
+    Heun from EDM's 80 (levels the network never trained), it keeps the one whose draws are also
+    closer to the spatial cells' held-out genes; the choice is the model's schedule, kept by save."""
+    import copy
+
+    from biodiffuse.metrics import score_draws
+
+    model, sp, sp_full, _ = trained
+    model = copy.deepcopy(model)
+    good = dict(solver="heun", steps=3, nfe=5, sigma_max=10.0, sigma_min=0.002, rho=7.0)
+    bad = dict(solver="heun", steps=3, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=7.0)
+    keys = ("solver", "sigma_max", "sigma_min", "rho")
+    table = model.tune_sampler(candidates=[bad, good], n_samples=3, max_cells=40)
+    assert len(table) == 2 and list(table["crps"]) == sorted(table["crps"]) and np.isfinite(table["crps"]).all()
+    best = table.iloc[0]
+    assert model.sampler_settings == {k: best[k] for k in keys}
+    assert model.registry["sampler_tuning"]["crps"] == best["crps"]
+    truth = _truth(sp, sp_full)
+    crps = {}
+    for name, cand in (("good", good), ("bad", bad)):
+        model.set_sampler(**{k: cand[k] for k in keys})
+        post = model.posterior(sp, n_samples=3, steps=cand["steps"], return_draws=True)
+        crps[name] = score_draws(truth, post["draws"])["crps"]
+    chosen = "good" if best["sigma_max"] == 10.0 else "bad"
+    assert crps[chosen] == min(crps.values()), (chosen, crps)
+    model.set_sampler(**{k: best[k] for k in keys})
+    model.save(tmp_path / "tuned")
+    loaded = SpaDiT.load(tmp_path / "tuned", sp, reference=data[0])
+    assert loaded.sampler_settings == model.sampler_settings
+    with pytest.raises(ValueError, match="No validation cells"):
+        loaded.tune_sampler(candidates=[good])
+    with pytest.raises(ValueError, match="max_cells"):
+        model.tune_sampler(candidates=[good], max_cells=0)
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        model.tune_sampler(candidates=[good], n_samples=1)
+
+
+def test_within_panel_model_tunes_on_hidden_genes(accelerator) -> None:
+    """Within-panel (no reference): the tuner hides a fixed share of the validation cells' genes
+    and scores their draws; both candidates are scored."""
+    sp = _cells(160, 3, GENES)
+    SpaDiT.setup_anndata(sp)
+    model = SpaDiT(sp, **SMALL)
+    model.train(max_epochs=2, accelerator=accelerator, **FIT)
+    cands = [dict(solver=s, steps=st, nfe=5, sigma_max=10.0, sigma_min=0.002, rho=7.0) for s, st in (("euler", 5), ("heun", 3))]
+    table = model.tune_sampler(candidates=cands, n_samples=2)
+    assert len(table) == 2 and np.isfinite(table[["crps", "energy_score", "r_p"]].to_numpy()).all()
+    assert model.sampler_settings["solver"] == table.iloc[0]["solver"]
+
+
 def test_query_errors_leave_the_object_unchanged(trained) -> None:
     model, sp, _, _ = trained
     nan = sp.copy()

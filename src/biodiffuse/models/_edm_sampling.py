@@ -5,7 +5,7 @@
 stored in ``init_args`` (so :meth:`~biodiffuse.models.BaseModel.save` keeps them), read by
 :attr:`~EDMSamplerMixin.sampler_settings`, changed by :meth:`~EDMSamplerMixin.set_sampler`, and
 chosen by :meth:`~EDMSamplerMixin._choose_sampler` from a model-supplied validation score over
-the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD, StainDiffuser and
+the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD, StainDiffuser, SpaDiT and
 GeneFlow's ``"edm"`` objective use it; each model only says which validation data it scores and
 how.
 """
@@ -51,7 +51,8 @@ def checked_sampler(*, solver: str, sigma_max: float, sigma_min: float, rho: flo
 class EDMSamplerMixin:
     """Solver and noise schedule of a model sampled with the EDM ODE sampler
     (:class:`~biodiffuse.models.MCD`, :class:`~biodiffuse.models.StainDiffuser`,
-    :class:`~biodiffuse.models.GeneFlow` with ``objective="edm"``).
+    :class:`~biodiffuse.models.SpaDiT`, :class:`~biodiffuse.models.GeneFlow` with
+    ``objective="edm"``).
 
     The model keeps ``solver``, ``sigma_max``, ``sigma_min`` and ``rho`` in ``init_args``;
     those missing (a model saved before they existed) read as EDM's Heun from 80. Each model
@@ -133,14 +134,15 @@ class EDMSamplerMixin:
         self.init_args.update(checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()}))
 
     @staticmethod
-    def _check_tuning(n_samples: Any, max_items: Any, *, unit: str, have_validation: bool) -> None:
-        """The argument errors every ``tune_sampler`` shares (``unit``: what a draw is of)."""
+    def _check_tuning(n_samples: Any, max_items: Any, *, unit: str, have_validation: bool, items: str = "tiles") -> None:
+        """The argument errors every ``tune_sampler`` shares (``unit``: what a draw is of;
+        ``items``: what the validation data are, as in the ``max_<items>`` argument)."""
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
             raise ValueError(f"tune_sampler needs at least 2 draws per {unit} to score a distribution, got n_samples={n_samples!r}.")
         if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
-            raise ValueError(f"max_tiles must be a positive integer, got {max_items!r}.")
+            raise ValueError(f"max_{items} must be a positive integer, got {max_items!r}.")
         if not have_validation:
-            raise ValueError("No validation tiles: this model has not been trained in this session, or with train_size=1.")
+            raise ValueError(f"No validation {items}: this model has not been trained in this session, or with train_size=1.")
 
     def _choose_sampler(
         self,

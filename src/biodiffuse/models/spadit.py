@@ -454,6 +454,8 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         def part(idx: np.ndarray) -> dict[str, torch.Tensor]:
             return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in tensors.items()}
 
+        # for tune_sampler: the validation cells on the log-normalised and the model's scale
+        self._validation = (cells_logn[val_idx], x[val_idx]) if len(val_idx) else None
         known = torch.from_numpy(library_genes) if reg["mode"] == "reference" else None
         objective = SpaDiTObjective(known, a["observed_fraction"], a["sigma_data"], a["P_mean"], a["P_std"])
         return objective, part(train_idx), part(val_idx) if len(val_idx) else None
@@ -537,20 +539,119 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         def to_genes(draws: np.ndarray, _rows: np.ndarray) -> np.ndarray:
             return np.clip(draws[:, :, cols] * sd + mu, 0.0, None)  # log1p values are non-negative
 
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        try:
-            out = sample_rows(
-                make_prepare(net, lambda r: self._query_scale(adata, hide, rows[r])), len(rows), (len(all_genes),),
-                seeds=row_seeds(seed, self._row_keys(obs_names)), sampler=sampler, n_samples=n_samples,
-                batch_size=batch_size, device=dev, reducer=Moments(len(rows), transforms={"": to_genes}, keep_draws=bool(return_draws)),
-            )
-        finally:
-            self.network.cpu()
+        out = self._sample_cells(lambda r: self._query_scale(adata, hide, rows[r]), len(rows),
+                                 seeds=row_seeds(seed, self._row_keys(obs_names)), sampler=sampler, n_samples=n_samples,
+                                 batch_size=batch_size, device=device, to_genes=to_genes, keep_draws=bool(return_draws))
         res = {"genes": [all_genes[i] for i in cols], "obs_names": obs_names, "mean": out["mean"], "variance": out["variance"]}
         if return_draws:
             res["draws"] = out["draws"]
         return res
+
+    def _sample_cells(self, read, n_rows: int, *, seeds, sampler, n_samples: int, batch_size: int, device: str,
+                      to_genes, keep_draws: bool) -> dict[str, np.ndarray]:
+        """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` cells whose
+        model-scale values and observed genes ``read(rows)`` returns; ``to_genes`` maps the draws."""
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        try:
+            return sample_rows(
+                make_prepare(net, read), n_rows, (len(self.registry["genes"]),), seeds=seeds, sampler=sampler,
+                n_samples=n_samples, batch_size=batch_size, device=dev,
+                reducer=Moments(n_rows, transforms={"": to_genes}, keep_draws=keep_draws),
+            )
+        finally:
+            self.network.cpu()
+
+    def tune_sampler(
+        self,
+        *,
+        nfe: int = 5,
+        n_samples: int = 4,
+        candidates: Sequence[dict[str, Any]] | None = None,
+        max_cells: int = 512,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> pd.DataFrame:
+        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation cells.
+
+        Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
+        evaluations per draw predicts the hidden genes of the validation cells of the last
+        training run (the cells early stopping held out; never test data): in reference mode
+        the target genes from the known genes, within-panel a random ``1 - observed_fraction``
+        of the genes (the same for every cell and candidate) from the rest. The one with the
+        lowest CRPS per cell and gene (log-normalised scale, as :meth:`predict` returns) becomes
+        the model's schedule (``init_args``, kept by :meth:`save`), and :meth:`predict` with
+        ``steps`` equal to its ``steps`` then costs ``nfe`` evaluations per draw.
+
+        The validation cells come from the training data (in reference mode, the scRNA-seq
+        reference): a schedule that suits them need not suit a spatial platform with another
+        shift (``docs/benchmarks.md``, osmFISH).
+
+        Parameters
+        ----------
+        nfe
+            Network evaluations per draw to tune for.
+        n_samples
+            Draws per cell (at least 2).
+        candidates
+            Schedules to try (dicts as :func:`~biodiffuse.diffusion.schedule_grid` returns);
+            default: that grid.
+        max_cells
+            Score at most this many validation cells (a random subset, the same for every
+            candidate).
+        seed, device
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` and
+            ``coverage80`` as :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS
+            first. The chosen row is kept in ``registry["sampler_tuning"]``.
+
+        Raises
+        ------
+        ValueError
+            For a model without validation cells (not trained in this session, or with
+            ``train_size=1``) or bad arguments.
+
+        Examples
+        --------
+        >>> model.train()
+        >>> table = model.tune_sampler(nfe=5)
+        >>> model.predict(adata_sp, steps=int(table.iloc[0]["steps"]))
+        """
+        from ..metrics import score_draws
+
+        val = getattr(self, "_validation", None)
+        self._check_tuning(n_samples, max_cells, unit="cell", have_validation=val is not None, items="cells")
+        logn, x = val
+        rng = np.random.default_rng(seed)
+        if len(x) > max_cells:
+            pick = np.sort(rng.choice(len(x), int(max_cells), replace=False))
+            logn, x = logn[pick], x[pick]
+        reg = self.registry
+        genes = np.asarray(reg["genes"])
+        if reg["mode"] == "reference":
+            observed = np.isin(genes, reg["known_genes"])
+        else:  # a fixed random share hidden, at least one gene on each side
+            observed = rng.random(len(genes)) < self.init_args["observed_fraction"]
+            observed[rng.choice(len(genes), 2, replace=False)] = [True, False]
+        cols = np.flatnonzero(~observed)
+        mu, sd = np.asarray(reg["ref_mean"])[cols], np.asarray(reg["ref_std"])[cols]
+        shown = np.where(observed[None, :], x, 0.0).astype(np.float32)
+        mask = np.broadcast_to(observed, x.shape)
+
+        def to_genes(draws: np.ndarray, _rows: np.ndarray) -> np.ndarray:
+            return np.clip(draws[:, :, cols] * sd + mu, 0.0, None)
+
+        def score(sampler) -> dict[str, float]:
+            out = self._sample_cells(lambda r: (shown[r], mask[r]), len(x), seeds=row_seeds(seed, [f"validation {i}" for i in range(len(x))]),
+                                     sampler=sampler, n_samples=int(n_samples), batch_size=self._default_batch_size,
+                                     device=device, to_genes=to_genes, keep_draws=True)
+            return score_draws(logn[:, cols], out["draws"], levels=(0.8,))
+
+        return self._choose_sampler(score, nfe=nfe, candidates=candidates, scored_on=f"{len(x)} validation cells")
 
     def predict(
         self,
