@@ -337,6 +337,94 @@ def test_consensus_weights_favour_the_informative_condition() -> None:
     np.testing.assert_allclose(both["latent"], mix, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [MultiConditionDiffusion, CoherentDenoising])
+def test_sampler_settings_change_the_draws_and_count_evaluations(toy_models, cls, tmp_path) -> None:
+    mdata, models = toy_models
+    model = models[cls]
+    assert model.sampler_settings == {"solver": "heun", "sigma_max": 10.0, "sigma_min": 0.002, "rho": 7.0}
+    kw = dict(target="target", n_samples=2, steps=3, seed=1, indices=np.arange(30))
+    heun = model.sample(mdata, **kw)
+    members = 1 if cls is MultiConditionDiffusion else 2  # a consensus of good->target and noise->target
+    retries = heun.get("retries", np.zeros_like(heun["nfe"]))
+    np.testing.assert_array_equal(heun["nfe"], (retries + 1) * 5 * members)
+    try:
+        model.set_sampler(solver="euler", rho=3.0)
+        euler = model.sample(mdata, **kw)
+        assert not np.allclose(euler["latent"], heun["latent"])
+        np.testing.assert_array_equal(euler["nfe"], (euler.get("retries", 0) + 1) * 3 * members)
+        out = mdata.copy()
+        model.synthesize(out, target="target", n_samples=2, steps=3, key_added="t_euler")
+        assert out.uns["t_euler"]["sampler"] == {"solver": "euler", "sigma_max": 10.0, "sigma_min": 0.002, "rho": 3.0}
+        assert out.uns["t_euler"]["nfe_per_draw"] >= 3 * members
+        model.save(tmp_path / "m")
+        assert cls.load(tmp_path / "m").sampler_settings == model.sampler_settings
+        with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+            model.set_sampler(sigma_min=20.0)
+        with pytest.raises(ValueError, match="solver"):
+            model.set_sampler(solver="rk4")
+    finally:
+        model.set_sampler(solver="heun", rho=7.0)
+    np.testing.assert_array_equal(model.sample(mdata, **kw)["latent"], heun["latent"])
+    with pytest.raises(ValueError, match="sigma_max"):
+        cls(mdata, sigma_max=-1.0)
+    with pytest.raises(ValueError, match="solver"):
+        cls(mdata, solver="dopri5")
+
+
+def test_calibrated_threshold_follows_the_sampler(toy_models) -> None:
+    mdata, models = toy_models
+    model = models[CoherentDenoising]
+    before = dict(model.init_args)
+    try:
+        model.set_sampler(solver="euler", sigma_max=2.0, rho=3.0)
+        model.calibrate_threshold(mdata, rejection=0.3, n_samples=4, steps=3, seed=3)
+        model.init_args["max_retries"] = 0
+        _, present = model.latents(mdata)
+        rejected = []
+        for t, mod in enumerate(MODS):
+            rows = np.flatnonzero(present[:, [c for c in range(3) if c != t]].sum(axis=1) >= 2)
+            rejected.append(model.sample(mdata, target=mod, n_samples=4, steps=3, indices=rows, seed=3)["rejected"].ravel())
+        assert abs(np.concatenate(rejected).mean() - 0.3) < 0.01
+    finally:
+        model.init_args.clear()
+        model.init_args.update(before)
+
+
+@pytest.mark.parametrize("cls", [MultiConditionDiffusion, CoherentDenoising])
+def test_tune_sampler_scores_the_validation_patients(toy_models, cls) -> None:
+    from biodiffuse.metrics import score_draws
+
+    mdata, models = toy_models
+    model = models[cls]
+    cands = [dict(solver="euler", steps=3, nfe=3, sigma_max=10.0, sigma_min=0.002, rho=7.0),
+             dict(solver="heun", steps=2, nfe=3, sigma_max=2.0, sigma_min=0.05, rho=3.0)]
+    before = model.sampler_settings
+    try:
+        table = model.tune_sampler(nfe=3, n_samples=3, candidates=cands, seed=1)
+        assert len(table) == 2 and table["crps"].is_monotonic_increasing and table["crps"].nunique() == 2
+        best = table.iloc[0]
+        assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
+        assert model.registry["sampler_tuning"]["crps"] == pytest.approx(best["crps"])
+        # the score is the CRPS of sample()'s latent draws of every modality of the validation patients
+        val = model._validation_rows
+        zs, present = model.latents(mdata, indices=val)
+        crps, sizes = [], []
+        for t, mod in enumerate(MODS):
+            sel = np.flatnonzero(present[:, t] & np.delete(present, t, axis=1).any(axis=1))
+            draws = model.sample(mdata, target=mod, indices=val[sel], n_samples=3, steps=int(best["steps"]), seed=1)["latent"]
+            crps.append(score_draws(zs[t][sel], draws.transpose(1, 0, 2))["crps"])
+            sizes.append(zs[t][sel].size)
+        assert best["crps"] == pytest.approx(np.average(crps, weights=sizes), rel=1e-6)
+    finally:
+        model.set_sampler(**before)
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        model.tune_sampler(n_samples=1)
+    with pytest.raises(ValueError, match="max_patients"):
+        model.tune_sampler(max_patients=0)
+    with pytest.raises(ValueError, match="No validation patients"):
+        cls(mdata, latent_dim=4, hidden=32).tune_sampler()
+
+
 def test_counterfactual_variance_key_added_and_overwrite(toy_models) -> None:
     mdata, models = toy_models
     model = models[MultiConditionDiffusion]

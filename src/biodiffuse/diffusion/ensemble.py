@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .edm import heun_sampler
+from .edm import heun_sampler, karras_sigmas, network_evaluations
 
 __all__ = ["CoherentConsensus", "coherent_sample", "coherent_sampler"]
 
@@ -126,7 +126,7 @@ def coherent_sample(
         ``redraw(draws)`` returns fresh standard-normal latents for those draws (from each
         draw's own random stream, see :func:`~biodiffuse.diffusion.sample_rows`).
     steps
-        Heun steps.
+        Sampler steps (:func:`~biodiffuse.diffusion.heun_sampler`).
     max_incoherent_fraction
         A sample is rejected when more than this fraction of its steps was incoherent.
     max_retries
@@ -167,19 +167,30 @@ def coherent_sample(
 
 
 def coherent_sampler(
-    steps: int, sigma_max: float = 80.0, max_incoherent_fraction: float = 0.1, max_retries: int = 10
+    steps: int,
+    sigma_max: float = 80.0,
+    max_incoherent_fraction: float = 0.1,
+    max_retries: int = 10,
+    *,
+    sigma_min: float = 0.002,
+    rho: float = 7.0,
+    solver: str = "heun",
 ) -> Callable:
     """:func:`coherent_sample` as a sampler of :func:`~biodiffuse.diffusion.sample_rows`: the
-    batch's ``denoiser`` is the consensus factory; diagnostics ``retries`` and ``rejected``.
+    batch's ``denoiser`` is the consensus factory; diagnostics ``retries``, ``rejected`` and
+    ``nfe`` (network evaluations of each draw, redraws and every denoiser of the consensus
+    included).
 
     Parameters
     ----------
     steps
-        Heun steps per draw.
-    sigma_max
-        Largest noise level of the Karras schedule.
+        Sampler steps per draw.
+    sigma_max, sigma_min, rho
+        The Karras schedule (:func:`~biodiffuse.diffusion.karras_sigmas`).
     max_incoherent_fraction, max_retries
         As in :func:`coherent_sample`.
+    solver
+        ``"heun"`` or ``"euler"`` (:func:`~biodiffuse.diffusion.heun_sampler`).
 
     Examples
     --------
@@ -187,12 +198,25 @@ def coherent_sampler(
     >>> out = bd.diffusion.sample_rows(prepare, n, (d,), seeds=seeds, sampler=sampler, n_samples=10)
     >>> out["retries"].shape, out["rejected"].mean()     # (n, 10) per draw; Batch.denoiser: make_consensus
     """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
+    per_pass = network_evaluations(steps, solver)  # and a bad solver
+    schedule = dict(sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, solver=solver)
 
     def sampler(make: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
+        members: list[int] = []
+
+        def counted(draws: torch.Tensor) -> CoherentConsensus:
+            consensus = make(draws)
+            members.append(len(consensus.denoisers))
+            return consensus
+
         x, retries, rejected = coherent_sample(
-            make, latents, redraw, steps=int(steps), max_incoherent_fraction=max_incoherent_fraction,
-            max_retries=max_retries, sigma_max=sigma_max,
+            counted, latents, redraw, steps=int(steps), max_incoherent_fraction=max_incoherent_fraction,
+            max_retries=max_retries, **schedule,
         )
-        return x, {"retries": retries, "rejected": rejected}
+        nfe = (retries + 1) * per_pass * max(members)
+        return x, {"retries": retries, "rejected": rejected, "nfe": nfe}
 
     return sampler

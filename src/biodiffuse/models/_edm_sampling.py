@@ -5,9 +5,9 @@
 stored in ``init_args`` (so :meth:`~biodiffuse.models.BaseModel.save` keeps them), read by
 :attr:`~EDMSamplerMixin.sampler_settings`, changed by :meth:`~EDMSamplerMixin.set_sampler`, and
 chosen by :meth:`~EDMSamplerMixin._choose_sampler` from a model-supplied validation score over
-the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD, StainDiffuser, SpaDiT and
-GeneFlow's ``"edm"`` objective use it; each model only says which validation data it scores and
-how.
+the candidates of :func:`~biodiffuse.diffusion.schedule_grid`. MCD, StainDiffuser, SpaDiT,
+GeneFlow's ``"edm"`` objective and the modality models use it; each model only says which
+validation data it scores and how.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class EDMSamplerMixin:
     """Solver and noise schedule of a model sampled with the EDM ODE sampler
     (:class:`~biodiffuse.models.MCD`, :class:`~biodiffuse.models.StainDiffuser`,
     :class:`~biodiffuse.models.SpaDiT`, :class:`~biodiffuse.models.GeneFlow` with
-    ``objective="edm"``).
+    ``objective="edm"``, :class:`~biodiffuse.models.MultiConditionDiffusion` and
+    :class:`~biodiffuse.models.CoherentDenoising`).
 
     The model keeps ``solver``, ``sigma_max``, ``sigma_min`` and ``rho`` in ``init_args``;
     those missing (a model saved before they existed) read as EDM's Heun from 80. Each model
@@ -151,8 +152,11 @@ class EDMSamplerMixin:
         nfe: int,
         candidates: Sequence[Mapping[str, Any]] | None,
         scored_on: str,
+        make_sampler: Callable[..., Any] = edm_sampler,
     ) -> pd.DataFrame:
-        """Score every candidate schedule with ``score(sampler)``, keep the lowest CRPS.
+        """Score every candidate schedule with ``score(make_sampler(steps, **schedule))``, keep
+        the lowest CRPS (``make_sampler``: the loop sampler of a schedule; a model whose draws
+        are more than one ODE solve, such as Coherent Denoising's consensus, passes its own).
 
         The winner becomes the model's schedule (:meth:`set_sampler`) and its row is kept in
         ``registry["sampler_tuning"]``. Returns every candidate, best first
@@ -161,7 +165,7 @@ class EDMSamplerMixin:
         from ..diffusion import choose_schedule, schedule_grid
 
         def by_settings(cand: Mapping[str, Any]) -> Mapping[str, float]:
-            return score(edm_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
+            return score(make_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
 
         table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe))
         best = table.iloc[0]

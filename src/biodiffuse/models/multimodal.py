@@ -33,6 +33,7 @@ import logging
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from torch import nn
@@ -43,6 +44,7 @@ from ..data.modality import ModalityEncoder
 from ..diffusion import Moments, coherent_sampler, edm_sampler, row_seeds, sample_rows
 from ..module import modality as mm
 from ..module.modality import ModalityObjective
+from ._edm_sampling import EDMSamplerMixin, checked_sampler
 from .base import BaseModel, resolve_device
 
 __all__ = ["MultiConditionDiffusion", "CoherentDenoising", "ModalityObjective"]
@@ -50,7 +52,7 @@ __all__ = ["MultiConditionDiffusion", "CoherentDenoising", "ModalityObjective"]
 logger = logging.getLogger("biodiffuse")
 
 
-class _ModalityDiffusion(BaseModel):
+class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
     """Shared set-up, encoders, training data and sampling of the two modality models."""
 
     _model_name = "_ModalityDiffusion"
@@ -119,8 +121,12 @@ class _ModalityDiffusion(BaseModel):
         P_mean: float = 0.0,
         P_std: float = 1.5,
         seed: int = 0,
+        solver: str = "heun",
+        sigma_min: float = 0.002,
+        rho: float = 7.0,
     ) -> None:
         super().__init__()
+        sampler = checked_sampler(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
         setup = self._setup_record(mdata, "setup_mudata")
         ModalityEncoder(latent_dim=latent_dim, method=encoder, seed=seed)  # checks the encoder arguments
         mods = list(setup["modalities"])
@@ -136,7 +142,7 @@ class _ModalityDiffusion(BaseModel):
         self.init_args = dict(
             latent_dim=int(latent_dim), encoder=encoder, hidden=int(hidden), layers=int(layers), emb_dim=int(emb_dim),
             dropout=float(dropout), observed_fraction=float(observed_fraction), sigma_data=float(sigma_data),
-            sigma_max=float(sigma_max), P_mean=float(P_mean), P_std=float(P_std), seed=int(seed),
+            P_mean=float(P_mean), P_std=float(P_std), seed=int(seed), **sampler,
         )
         self.registry = dict(
             setup=setup, modalities=mods, dims=dims, encoders={m: None for m in mods}, val_loss=None, features=features,
@@ -151,8 +157,10 @@ class _ModalityDiffusion(BaseModel):
         return self.init_args["observed_fraction"]
 
     def _sampling(self, t: int, conds: list[int], zs: list[np.ndarray], present: np.ndarray, names: np.ndarray,
-                  n_samples: int, steps: int) -> tuple[Any, Any]:
-        """``(prepare, sampler)`` for :func:`~biodiffuse.diffusion.sample_rows`."""
+                  n_samples: int, steps: int, schedule: dict[str, Any]) -> tuple[Any, Any]:
+        """``(prepare, sampler)`` for :func:`~biodiffuse.diffusion.sample_rows`, the sampler
+        ``steps`` steps on ``schedule`` (:attr:`sampler_settings` or a candidate of
+        :meth:`tune_sampler`)."""
         raise NotImplementedError
 
     # --- network --------------------------------------------------------------------------------
@@ -269,6 +277,7 @@ class _ModalityDiffusion(BaseModel):
         tensors["present"] = torch.from_numpy(present)
         part = lambda idx: {k: v[torch.from_numpy(idx)] for k, v in tensors.items()}  # noqa: E731
         self._eval_batches = (part(tr), part(va))
+        self._validation_rows = va if len(va) else None  # for tune_sampler
         return self._objective(pairs, self._training_fraction()), part(tr), part(va) if len(va) else None
 
     def _fit_encoders(self, mdata: Any, present: np.ndarray, tr: np.ndarray) -> None:
@@ -326,7 +335,7 @@ class _ModalityDiffusion(BaseModel):
 
     @torch.no_grad()
     def _sample(self, mdata: Any, rows: np.ndarray, *, target: str, conditions: Any, batch_size: int | None,
-                n_samples: int, steps: int, seed: int, device: str) -> dict[str, Any]:
+                n_samples: int, steps: int, seed: int, device: str, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
         t = self._target_index(target)
         conds = self._conditions(target, conditions)
         zs, present = self._latents(mdata, rows)
@@ -341,7 +350,8 @@ class _ModalityDiffusion(BaseModel):
         dev = resolve_device(device)
         try:
             self.network.to(dev).eval()
-            prepare, sampler = self._sampling(t, conds, zs, present, names, int(n_samples), int(steps))
+            prepare, sampler = self._sampling(t, conds, zs, present, names, int(n_samples), steps,
+                                              dict(schedule or self.sampler_settings))
             out = sample_rows(
                 prepare, len(rows), (self.registry["dims"][t],), seeds=row_seeds(seed, self._row_keys(names)),
                 sampler=sampler, n_samples=n_samples, batch_size=self._batch(batch_size), device=dev, reducer=reducer,
@@ -354,10 +364,104 @@ class _ModalityDiffusion(BaseModel):
             variance=out["variance"], latent_mean=out["latent_mean"], latent_variance=out["latent_variance"],
             obs_names=list(names), var_names=list(self.registry["features"][target]),
         )
-        for key in ("retries", "rejected"):
+        for key in ("retries", "rejected", "nfe"):
             if key in out:
                 res[key] = out[key]
         return res
+
+    @torch.no_grad()
+    def tune_sampler(
+        self,
+        *,
+        nfe: int = 5,
+        n_samples: int = 4,
+        candidates: Sequence[dict[str, Any]] | None = None,
+        max_patients: int = 512,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> pd.DataFrame:
+        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation patients.
+
+        Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` steps' worth
+        of network evaluations per draw (``nfe`` per denoiser for a Coherent Denoising
+        consensus, before redraws) synthesises every modality of the validation patients of
+        the last training run (those early stopping held out; never test data) that have it,
+        from all of their other modalities, exactly as :meth:`sample` would. The one with the
+        lowest CRPS per patient and latent dimension (the standardised latents, pooled over
+        the target modalities) becomes the model's schedule (``init_args``, kept by
+        :meth:`save`); :meth:`sample` with ``steps`` equal to its ``steps`` then costs ``nfe``
+        evaluations per draw and denoiser.
+
+        Parameters
+        ----------
+        nfe
+            Network evaluations per draw to tune for.
+        n_samples
+            Draws per patient (at least 2).
+        candidates
+            Schedules to try (dicts as :func:`~biodiffuse.diffusion.schedule_grid` returns);
+            default: that grid.
+        max_patients
+            Score at most this many validation patients (a random subset, the same for every
+            candidate).
+        seed, device
+            As in :meth:`sample`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per candidate: its settings, then ``crps``, ``energy_score`` (the mean
+            over targets) and ``coverage80`` of the latents, best CRPS first. The chosen row
+            is kept in ``registry["sampler_tuning"]``.
+
+        Raises
+        ------
+        ValueError
+            For a model without validation patients (not trained in this session, or with
+            ``train_size=1``), validation patients with no modality to score, or bad arguments.
+
+        Examples
+        --------
+        >>> model.train()
+        >>> table = model.tune_sampler(nfe=5)
+        >>> model.synthesize(mdata, target="protein", steps=int(table.iloc[0]["steps"]))
+        """
+        from ..metrics import score_draws
+
+        val = getattr(self, "_validation_rows", None)
+        self._check_tuning(n_samples, max_patients, unit="patient", have_validation=val is not None, items="patients")
+        rng = np.random.default_rng(seed)
+        if len(val) > max_patients:
+            val = np.sort(rng.choice(val, int(max_patients), replace=False))
+        mdata, mods = self.adata, self.registry["modalities"]
+        present = self._presence(mdata, val)
+        zs, _ = self._latents(mdata, val)
+        targets = []  # (target, rows of val with it and another modality)
+        for t, mod in enumerate(mods):
+            sel = present[:, t] & np.delete(present, t, axis=1).any(axis=1)
+            if sel.any():
+                targets.append((t, np.flatnonzero(sel)))
+        if not targets:
+            raise ValueError("No validation patient has a modality and another to synthesise it from; nothing to tune on.")
+        sizes = np.array([len(sel) * self.registry["dims"][t] for t, sel in targets], dtype=float)
+
+        def score(schedule: tuple[int, dict[str, Any]]) -> dict[str, float]:
+            steps, settings = schedule
+            parts = []
+            for t, sel in targets:
+                res = self._sample(mdata, val[sel], target=mods[t], conditions=None, batch_size=None, n_samples=int(n_samples),
+                                   steps=steps, seed=seed, device=device, schedule=settings)
+                parts.append(score_draws(zs[t][sel], res["latent"].transpose(1, 0, 2), levels=(0.8,)))
+            return {
+                "crps": float(np.average([p["crps"] for p in parts], weights=sizes)),
+                "energy_score": float(np.mean([p["energy_score"] for p in parts])),
+                "coverage80": float(np.average([p["coverage80"] for p in parts], weights=sizes)),
+            }
+
+        return self._choose_sampler(
+            score, nfe=nfe, candidates=candidates, scored_on=f"{len(val)} validation patients",
+            make_sampler=lambda steps, **settings: (steps, settings),
+        )
 
     def sample(
         self,
@@ -393,7 +497,9 @@ class _ModalityDiffusion(BaseModel):
         n_samples
             Draws per patient.
         steps
-            Heun steps per draw.
+            Sampler steps per draw on the model's schedule (:attr:`sampler_settings`; Heun
+            from ``sigma_max`` by default: ``2 * steps - 1`` network evaluations, ``steps``
+            with Euler; Coherent Denoising evaluates each denoiser of the consensus).
         seed
             One random stream per patient from ``(seed, obs_name)``: the same seed gives the
             same numbers for a patient whatever ``batch_size`` and the other patients.
@@ -406,7 +512,8 @@ class _ModalityDiffusion(BaseModel):
         (n_samples, n, n_features) decoded to the modality's original units, ``mean`` and
         ``variance`` (n, n_features) and ``latent_mean`` / ``latent_variance`` (n, d) over the
         draws, ``obs_names`` and ``var_names``, and for Coherent Denoising the per-draw
-        diagnostics ``retries`` / ``rejected`` (n, n_samples).
+        diagnostics ``retries`` / ``rejected`` (n, n_samples); ``nfe`` (n, n_samples): the
+        network evaluations of each draw (a consensus counts every denoiser and redraw).
 
         Examples
         --------
@@ -494,7 +601,8 @@ class _ModalityDiffusion(BaseModel):
         params = dict(
             target=target, conditions=[self.registry["modalities"][c] for c in conds], patients=patients,
             n_patients=int(len(chosen)), n_samples=int(n_samples), steps=int(steps), seed=int(seed),
-            batch_size=self._batch(batch_size),
+            batch_size=self._batch(batch_size), sampler=self.sampler_settings,
+            nfe_per_draw=float(np.mean(res["nfe"])),
         )
         if "rejected" in res:
             params["rejected_fraction"] = float(np.mean(res["rejected"]))
@@ -530,6 +638,11 @@ class MultiConditionDiffusion(_ModalityDiffusion):
         noise (as SpaDiT, the first sampler step is a noise level the network trains on).
     seed
         Initial weights and the encoders.
+    solver, sigma_min, rho
+        The rest of the sampler (:func:`~biodiffuse.diffusion.edm_sampler`): ODE solver
+        (``"heun"`` or ``"euler"``), lowest noise level and curvature of the Karras schedule.
+        :meth:`~biodiffuse.models.EDMSamplerMixin.set_sampler` changes them, :meth:`tune_sampler`
+        chooses them on the validation patients.
 
     Notes
     -----
@@ -557,9 +670,9 @@ class MultiConditionDiffusion(_ModalityDiffusion):
     def _pairs(self) -> list[tuple[str, int, list[int]]]:
         return mm.mcd_pairs(self.registry["modalities"])
 
-    def _sampling(self, t, conds, zs, present, names, n_samples, steps):
+    def _sampling(self, t, conds, zs, present, names, n_samples, steps, schedule):
         net = self.network[self.registry["modalities"][t]]
-        return mm.mcd_prepare(net, t, conds, zs, present), edm_sampler(steps, sigma_max=self.init_args["sigma_max"])
+        return mm.mcd_prepare(net, t, conds, zs, present), edm_sampler(steps, **schedule)
 
 
 class CoherentDenoising(_ModalityDiffusion):
@@ -647,11 +760,11 @@ class CoherentDenoising(_ModalityDiffusion):
             n_samples=n_samples, threshold=threshold,
         )
 
-    def _sampling(self, t, conds, zs, present, names, n_samples, steps):
+    def _sampling(self, t, conds, zs, present, names, n_samples, steps, schedule):
         a, mods = self.init_args, self.registry["modalities"]
         if not conds:
             net = self.network[mm.pair_key(mm.NONE, mods[t])]
-            return mm.unconditional_prepare(net), edm_sampler(steps, sigma_max=a["sigma_max"])
+            return mm.unconditional_prepare(net), edm_sampler(steps, **schedule)
         lacking = ~present[:, conds].any(axis=1)
         if lacking.any():
             raise ValueError(
@@ -661,7 +774,7 @@ class CoherentDenoising(_ModalityDiffusion):
             )
         prepare = self._consensus_prepare(t, conds, zs, present, n_samples, a["threshold"])
         sampler = coherent_sampler(
-            steps, sigma_max=a["sigma_max"], max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"]
+            steps, max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"], **schedule
         )
         return prepare, sampler
 
@@ -717,7 +830,7 @@ class CoherentDenoising(_ModalityDiffusion):
         zs, present = self._latents(mdata, rows)
         keys = np.asarray(self._row_keys(np.asarray(mdata.obs_names)[rows]), dtype=object)
         dev = resolve_device(device)
-        sampler = mm.critical_sampler(steps, a["sigma_max"], a["max_incoherent_fraction"])
+        sampler = mm.critical_sampler(steps, a["max_incoherent_fraction"], **self.sampler_settings)
         critical = []
         try:
             self.network.to(dev).eval()

@@ -228,14 +228,16 @@ def coherent_prepare(
     return prepare
 
 
-def critical_sampler(steps: int, sigma_max: float, max_incoherent_fraction: float) -> Callable:
-    """A loop sampler for calibration: one Heun pass of the consensus (no redraws) per draw,
-    with diagnostic ``critical``: the smallest threshold at which the draw is kept
+def critical_sampler(steps: int, max_incoherent_fraction: float, **schedule: object) -> Callable:
+    """A loop sampler for calibration: one pass of the consensus (no redraws) per draw, on the
+    schedule ``schedule`` (``solver``, ``sigma_max``, ``sigma_min``, ``rho`` of
+    :func:`~biodiffuse.diffusion.heun_sampler`), with diagnostic ``critical``: the smallest
+    threshold at which the draw is kept
     (:meth:`~biodiffuse.diffusion.CoherentConsensus.critical_threshold`)."""
 
     def sampler(make: Callable, latents: torch.Tensor, cond: object, redraw: Callable) -> tuple[torch.Tensor, dict]:
         consensus = make(torch.arange(latents.shape[0]))
-        x = heun_sampler(consensus, latents, None, steps=int(steps), sigma_max=sigma_max)
+        x = heun_sampler(consensus, latents, None, steps=int(steps), **schedule)
         return x, {"critical": consensus.critical_threshold(max_incoherent_fraction)}
 
     return sampler
