@@ -28,7 +28,7 @@ def test_distribution_scores_use_the_training_scale():
 
 @pytest.mark.skipif(not (SHARED_DATA / "tcga").exists(), reason="needs ../shared/data/tcga")
 def test_brca_folds_carry_distribution_rows():
-    table = multimodal.run_brca(folds=2, max_epochs=2, n_samples=3, steps=2)
+    table = multimodal.run_brca(folds=2, max_epochs=2, n_samples=3, steps=2, tune_nfe=(3,))
     methods = set(table["method"])
     assert {"ridge + gaussian", "ridge + residuals", "knn + neighbours", "MultiConditionDiffusion", "CoherentDenoising"} <= methods
     for m in ("ridge + gaussian", "knn + neighbours", "MultiConditionDiffusion", "CoherentDenoising"):
@@ -36,3 +36,11 @@ def test_brca_folds_carry_distribution_rows():
         assert len(sub) == 2 and np.isfinite(sub[["dist_crps", "dist_energy_score", "dist_coverage90"]].to_numpy()).all()
     assert table.loc[table.method == "ridge", "r2_feature"].notna().all()
     assert table.loc[table.method == "ridge + gaussian", "r2_feature"].isna().all()
+    # the draws' cost per draw: Heun 2 steps = 3 evaluations; a consensus of two pairs twice that per pass
+    nfe = table.groupby("method")["nfe"].mean()
+    assert nfe["MultiConditionDiffusion"] == 3 and nfe["MultiConditionDiffusion 1-step"] == 1
+    assert nfe["CoherentDenoising"] >= 6 and nfe["CoherentDenoising 1-step"] >= 2
+    tuned = table[table.method == "MultiConditionDiffusion tuned 3"]
+    assert len(tuned) == 2 and (tuned["nfe"] == 3).all() and tuned["schedule"].str.match(r"(euler 3|heun 2), sigma").all()
+    assert np.isfinite(tuned["dist_crps"]).all()
+    assert (table.loc[table.method == "CoherentDenoising tuned 3", "nfe"] >= 6).all()
