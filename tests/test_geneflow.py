@@ -297,7 +297,7 @@ def test_window_mode_pools_the_cells_of_each_window(accelerator, devices):
         model.generate(sdata.tables["table"])
 
 
-def test_window_mode_edm_tunes_on_validation_windows(accelerator, devices):
+def test_window_mode_edm_tunes_on_validation_windows(accelerator, devices, monkeypatch):
     """A window-mode EDM model keeps its validation windows with their cells' masks, tunes on them
     and generates at its default 8 Euler steps."""
     sdata, _ = _tiny.histology()
@@ -309,6 +309,27 @@ def test_window_mode_edm_tunes_on_validation_windows(accelerator, devices):
     assert val["mask"].shape[:2] == val["genes"].shape[:2] and 0 < len(val["genes"]) < 64
     table = model.tune_sampler(candidates=[_GOOD, _BAD], n_samples=2, max_tiles=8)
     assert len(table) == 2 and np.isfinite(table[["crps", "energy_score"]].to_numpy()).all()
+    # the windows' cells go to the network with their masks (padding is not a cell)
+    import biodiffuse.models.geneflow as gf
+
+    seen = []
+
+    def spying(net, kind, read, **kw):
+        def spy(rows):
+            seen.append(read(rows))
+            return seen[-1]
+        return make_prepare(net, kind, spy, **kw)
+
+    make_prepare = gf.make_prepare
+    monkeypatch.setattr(gf, "make_prepare", spying)
+    every = len(val["genes"])
+    model.tune_sampler(candidates=[_GOOD], n_samples=2, max_tiles=every)
+    genes = np.concatenate([g for g, _ in seen])
+    masks = np.concatenate([m for _, m in seen])
+    np.testing.assert_array_equal(genes, val["genes"].numpy())
+    np.testing.assert_array_equal(masks, val["mask"].numpy())
+    assert not masks.all()
+    monkeypatch.undo()
     tiles = model.generate(indices=[0, 1], key_added="edm_windows")
     assert tiles.shape == (2, 1, 1, 16, 16) and tiles.attrs["nfe"] == model.network_evaluations(steps=8)
 

@@ -38,7 +38,7 @@ from ..data.tiles import (
 from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.mcd import make_prepare
 from ._edm_sampling import pixel_draws
-from .base import resolve_device
+
 
 __all__ = ["SDATA_ATTRS_KEY", "MCDImageMixin", "read_image_setup", "write_image_setup", "image_array", "image_channels", "region_tiles", "TileMoments"]
 
@@ -265,10 +265,9 @@ class MCDImageMixin:
 
     def _sample_tiles(self, read, n: int, shape: tuple[int, ...], *, seeds, sampler, n_samples: int, batch_size: int, device: str, reducer):
         """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n`` tiles that ``read`` returns."""
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        return sample_rows(make_prepare(net, read, self._tile_chunk), n, shape, seeds=seeds, sampler=sampler,
-                           n_samples=n_samples, batch_size=batch_size, device=dev, reducer=reducer)
+        with self._on_device(device) as (net, dev):
+            return sample_rows(make_prepare(net, read, self._tile_chunk), n, shape, seeds=seeds, sampler=sampler,
+                               n_samples=n_samples, batch_size=batch_size, device=dev, reducer=reducer)
 
     def _tile_draws(self, tiles: np.ndarray, observed: np.ndarray, sampler, *, n_samples: int, seed: int, device: str) -> np.ndarray:
         """Draws of the unobserved channels of ``tiles`` (n, C, T, T; model scale) in the normalised

@@ -3,11 +3,12 @@ trainer, device choice, and versioned save / load that never executes code from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -274,6 +275,20 @@ class BaseModel:
         record = json.loads(json.dumps(record, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
         store = adata.attrs if hasattr(adata, "images") and hasattr(adata, "attrs") else adata.uns
         store[key] = record
+
+    @contextlib.contextmanager
+    def _on_device(self, device: str | torch.device | None, *, evaluate: bool = True) -> Iterator[tuple[nn.Module, torch.device]]:
+        """``with self._on_device(device) as (net, dev):`` the network on ``dev`` (``"auto"``:
+        the GPU when there), in eval mode unless ``evaluate=False``; back on the CPU afterwards,
+        also after an error, so that a model never holds GPU memory between calls."""
+        dev = resolve_device(device)
+        net = self.network.to(dev)
+        if evaluate:
+            net.eval()
+        try:
+            yield net, dev
+        finally:
+            self.network.cpu()
 
     @staticmethod
     def _row_keys(names: Sequence[Any]) -> list[str]:

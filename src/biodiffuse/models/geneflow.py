@@ -42,7 +42,7 @@ from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..diffusion import Moments, flow_evaluations, flow_sampler, point_sampler, row_seeds, sample_rows
 from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, to_tiles
 from ._edm_sampling import EDMSamplerMixin, checked_sampler, pixel_draws
-from .base import BaseModel, resolve_device
+from .base import BaseModel
 
 __all__ = ["GeneFlow"]
 
@@ -595,14 +595,10 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
         the conditions that ``read`` returns; the draws on the model's scale."""
         r = self.registry
         shape = (len(r["channels"]), r["tile_size"], r["tile_size"])
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        try:
+        with self._on_device(device) as (net, dev):
             prepare = make_prepare(net, self.init_args["objective"], read, chunk=self._network_chunk)
             return sample_rows(prepare, n_rows, shape, seeds=seeds, sampler=sampler, n_samples=n_samples,
                                batch_size=batch_size, device=dev, reducer=Moments(n_rows, keep_draws=True))
-        finally:
-            self.network.cpu()
 
     def _check_edm_sampler(self) -> None:
         if self.init_args["objective"] != "edm":
@@ -822,16 +818,12 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
             x, mask = wc.values[rows].astype(np.float32), wc.mask[rows]
         else:
             x, keys = self._expression(table, rows), self._row_keys(table.obs_names[rows])
-        dev = resolve_device(device)
-        net = self.network.to(dev)
-        try:
+        with self._on_device(device, evaluate=False) as (net, dev):
             scores = gene_importance(
                 net.velocity, x, image_shape=(len(r["channels"]), r["tile_size"], r["tile_size"]), encode=net.encode,
                 images=images, mask=mask, keys=keys, n_t=n_t, n_noise=n_noise,
                 batch_size=int(batch_size or 32), seed=seed, device=dev,
             )
-        finally:
-            self.network.cpu()
         series = pd.Series(scores, index=pd.Index(self.genes), name=key)
         write_importance(table, series, key_added=key, overwrite=overwrite)
         self._record_run(table, key, dict(n_t=n_t, n_noise=n_noise, use_images=images is not None, seed=seed, n_rows=len(rows)))

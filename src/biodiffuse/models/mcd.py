@@ -34,7 +34,7 @@ from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.mcd import MCDNetwork, MCDObjective, build_condition, build_network, make_prepare
 from . import _mcd_image as img
 from ._edm_sampling import EDMSamplerMixin, check_positive, checked_sampler
-from .base import BaseModel, resolve_device
+from .base import BaseModel
 
 __all__ = ["MCD", "MCDObjective", "build_condition"]
 
@@ -667,15 +667,14 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             z = normalized(d, r)
             return norm.inverse_transform(z.reshape(-1, c)).reshape(z.shape)
 
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
         n = len(prepared["rows"])
-        res = sample_rows(
-            make_prepare(net, read, self._network_chunk), n, (c, 1, 1), seeds=row_seeds(seed, prepared["keys"]),
-            sampler=sampler, n_samples=n_samples, batch_size=batch_size, device=dev,
-            # the normalised scale first: it is the one whose draws are kept
-            reducer=Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws)),
-        )
+        with self._on_device(device) as (net, dev):
+            res = sample_rows(
+                make_prepare(net, read, self._network_chunk), n, (c, 1, 1), seeds=row_seeds(seed, prepared["keys"]),
+                sampler=sampler, n_samples=n_samples, batch_size=batch_size, device=dev,
+                # the normalised scale first: it is the one whose draws are kept
+                reducer=Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws)),
+            )
         out = {
             "mean": np.where(obs_mask, values, res["mean"]),
             "variance": np.where(obs_mask, 0.0, res["variance"]),

@@ -45,7 +45,7 @@ from ..diffusion import Moments, coherent_sampler, edm_sampler, row_seeds, sampl
 from ..module import modality as mm
 from ..module.modality import ModalityObjective
 from ._edm_sampling import EDMSamplerMixin, checked_sampler
-from .base import BaseModel, resolve_device
+from .base import BaseModel
 
 __all__ = ["MultiConditionDiffusion", "CoherentDenoising", "ModalityObjective"]
 
@@ -256,7 +256,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
 
     # --- training -------------------------------------------------------------------------------
     def _training_data(self, train_size: float, seed: int, **data_kwargs: Any) -> tuple[Any, dict, dict | None]:
-        mdata, mods = self.adata, self.registry["modalities"]
+        mdata = self.adata
         self._check_mudata(mdata)
         n = mdata.n_obs
         present = self._presence(mdata, np.arange(n))
@@ -347,17 +347,13 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
             return enc.decode(draws.reshape(b * k, d)).reshape(b, k, -1)
 
         reducer = Moments(len(rows), transforms={"latent_": lambda d, r: d, "": decode}, keep_draws=True)
-        dev = resolve_device(device)
-        try:
-            self.network.to(dev).eval()
+        with self._on_device(device) as (_, dev):
             prepare, sampler = self._sampling(t, conds, zs, present, names, int(n_samples), steps,
                                               dict(schedule or self.sampler_settings))
             out = sample_rows(
                 prepare, len(rows), (self.registry["dims"][t],), seeds=row_seeds(seed, self._row_keys(names)),
                 sampler=sampler, n_samples=n_samples, batch_size=self._batch(batch_size), device=dev, reducer=reducer,
             )
-        finally:
-            self.network.cpu()
         draws = out["draws"]  # (n, n_samples, d)
         res = dict(
             latent=draws.transpose(1, 0, 2), features=decode(draws).transpose(1, 0, 2), mean=out["mean"],
@@ -829,11 +825,9 @@ class CoherentDenoising(_ModalityDiffusion):
         a, mods = self.init_args, self.registry["modalities"]
         zs, present = self._latents(mdata, rows)
         keys = np.asarray(self._row_keys(np.asarray(mdata.obs_names)[rows]), dtype=object)
-        dev = resolve_device(device)
         sampler = mm.critical_sampler(steps, a["max_incoherent_fraction"], **self.sampler_settings)
         critical = []
-        try:
-            self.network.to(dev).eval()
+        with self._on_device(device) as (_, dev):
             for t in range(len(mods)):
                 conds = [c for c in range(len(mods)) if c != t]
                 sel = np.flatnonzero(present[:, conds].sum(axis=1) >= 2)
@@ -845,8 +839,6 @@ class CoherentDenoising(_ModalityDiffusion):
                     n_samples=n_samples, batch_size=self._batch(batch_size), device=dev, reducer=Moments(len(sel)),
                 )
                 critical.append(out["critical"].ravel())
-        finally:
-            self.network.cpu()
         if not critical:
             raise ValueError("No patient has two or more conditions for any target; nothing to calibrate on.")
         threshold = float(np.quantile(np.concatenate(critical), 1.0 - rejection))

@@ -42,7 +42,7 @@ from ..data.fields import MatrixField
 from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.spadit import SpaDiTDenoiser, SpaDiTObjective, build_network, make_prepare
 from ._edm_sampling import EDMSamplerMixin, checked_sampler
-from .base import BaseModel, resolve_device
+from .base import BaseModel
 
 __all__ = ["SpaDiT"]
 
@@ -551,16 +551,12 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
                       to_genes, keep_draws: bool) -> dict[str, np.ndarray]:
         """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` cells whose
         model-scale values and observed genes ``read(rows)`` returns; ``to_genes`` maps the draws."""
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        try:
+        with self._on_device(device) as (net, dev):
             return sample_rows(
                 make_prepare(net, read), n_rows, (len(self.registry["genes"]),), seeds=seeds, sampler=sampler,
                 n_samples=n_samples, batch_size=batch_size, device=dev,
                 reducer=Moments(n_rows, transforms={"": to_genes}, keep_draws=keep_draws),
             )
-        finally:
-            self.network.cpu()
 
     def tune_sampler(
         self,

@@ -51,7 +51,7 @@ from ..module.staindiffuser import (
     to_unit,
 )
 from ._edm_sampling import IMAGE_EULER, EDMSamplerMixin, checked_sampler, pixel_draws
-from .base import BaseModel, resolve_device
+from .base import BaseModel
 
 __all__ = ["StainDiffuser"]
 
@@ -488,14 +488,10 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
     def _sample_crops(self, read, n_rows: int, shape: tuple[int, ...], *, seeds, sampler, n_samples: int,
                       batch_size: int, device: str, reducer):
         """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` crops that ``read`` returns."""
-        dev = resolve_device(device)
-        net = self.network.to(dev).eval()
-        try:
+        with self._on_device(device) as (net, dev):
             prepare = make_prepare(net, read, n_stains=len(self.stains), chunk=self._network_chunk, kind=self.kind)
             return sample_rows(prepare, n_rows, shape, seeds=seeds, sampler=sampler, n_samples=n_samples,
                                batch_size=batch_size, device=dev, reducer=reducer)
-        finally:
-            self.network.cpu()
 
     def tune_sampler(
         self,
