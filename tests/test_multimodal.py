@@ -371,6 +371,38 @@ def test_sampler_settings_change_the_draws_and_count_evaluations(toy_models, cls
         cls(mdata, solver="dopri5")
 
 
+def test_training_calibrates_the_threshold_on_validation_patients(toy_models) -> None:
+    mdata, models = toy_models
+    model = models[CoherentDenoising]
+    rec = model.registry["threshold_calibration"]
+    assert rec["rejection"] == 0.1 and rec["threshold"] == model.init_args["threshold"] != 0.5
+    val = model._validation_rows
+    assert rec["n_patients"] == len(val) > 0
+    # the first draws of the validation patients (calibration's seed, draws and steps) are rejected at that rate
+    before = model.init_args["max_retries"]
+    try:
+        model.init_args["max_retries"] = 0
+        _, present = model.latents(mdata, indices=val)
+        rejected = []
+        for t, mod in enumerate(MODS):
+            rows = val[present[:, [c for c in range(3) if c != t]].sum(axis=1) >= 2]
+            rejected.append(model.sample(mdata, target=mod, n_samples=4, steps=18, indices=rows, seed=0)["rejected"].ravel())
+        frac = np.concatenate(rejected).mean()
+        assert abs(frac - 0.1) <= 1.0 / len(np.concatenate(rejected)) + 1e-9
+    finally:
+        model.init_args["max_retries"] = before
+    fixed = CoherentDenoising(mdata, latent_dim=4, hidden=16, rejection=None)
+    fixed.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False)
+    assert fixed.init_args["threshold"] == 0.5 and "threshold_calibration" not in fixed.registry
+    alone = CoherentDenoising(mdata, latent_dim=4, hidden=16)
+    with pytest.warns(UserWarning, match="not calibrated: no validation patients"):
+        alone.train(max_epochs=1, train_size=1.0, accelerator="cpu", enable_progress_bar=False)
+    assert alone.init_args["threshold"] == 0.5
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="rejection"):
+            CoherentDenoising(mdata, rejection=bad)
+
+
 def test_calibrated_threshold_follows_the_sampler(toy_models) -> None:
     mdata, models = toy_models
     model = models[CoherentDenoising]
