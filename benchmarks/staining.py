@@ -1,8 +1,14 @@
 """StainDiffuser on HEMIT: virtual DAPI + 3 mIHC markers from H&E, against Pix2Pix, an L1 U-Net
-and the single-task diffusion model, on held-out regions.
+and the single-task diffusion model, on held-out regions; or on DeepLIIF: mpIF DAPI, Lap2 and
+Ki67 from IHC Ki67, trained on one tissue and scored on the other.
 
     python benchmarks/staining.py                 # CPU settings (its three parts took 2.3 h on one thread each)
     python benchmarks/staining.py --quick         # smoke run (minutes)
+    python benchmarks/staining.py --dataset deepliif --deepliif-train train_Bladder1   # scored on train_Lung1
+
+DeepLIIF (``bd.datasets.deepliif``): only the two sample sets ``train_Bladder1`` and
+``train_Lung1`` carry targets (one 512 px field each); the model trains on one (16 tiles of 128
+px, validation: one quadrant of 4) and is scored on the 16 128-px windows of the other.
 
 Data: ``bd.datasets.hemit`` (../shared/data/staining/hemit): 692 training tiles (28 regions)
 and 250 test tiles (10 other regions), 256 px. Every model trains on the training regions (its
@@ -77,8 +83,54 @@ def load(args) -> dict[str, Any]:
     tr_obs = train.tables["tiles"].obs
     tr_real = extract_tiles(np.asarray(train.images["mihc"].data), tr_obs[["y0", "x0"]].to_numpy(), size)
     _, thresholds = bd.metrics.stain_masks(tr_real, method="otsu")
-    return {"train": train, "test": test, "real": real, "he": he, "stains": stains, "thresholds": thresholds,
+    return {"name": "HEMIT", "train": train, "test": test, "real": real, "he": he, "stains": stains, "thresholds": thresholds,
             "n_train": len(tr_obs), "n_train_regions": tr_obs["region"].nunique(), "windows": win}
+
+
+DEEPLIIF_TARGETS = {"dapi": "DAPI", "lap2": "Lap2", "ki67_if": "Ki67"}
+DEEPLIIF_SETS = ("train_Bladder1", "train_Lung1")
+
+
+def _deepliif_field(name: str, window: int):
+    """One DeepLIIF field as SpatialData (``ihc`` RGB, ``mpif`` DAPI / Lap2 / Ki67 from the grey
+    panels' first channel) with a table of its ``window``-px tiles, a 2 x 2 grid of regions."""
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, TableModel
+
+    import biodiffuse as bd
+
+    field = bd.datasets.deepliif(sets=[name])
+    ihc = np.asarray(field.images["ihc"].data)
+    mpif = np.stack([np.asarray(field.images[p].data)[0] for p in DEEPLIIF_TARGETS])
+    size = ihc.shape[1]
+    ys, xs = np.meshgrid(np.arange(0, size - window + 1, window), np.arange(0, size - window + 1, window), indexing="ij")
+    half = size // 2
+    obs = pd.DataFrame({"y0": ys.ravel(), "x0": xs.ravel(), "tile_size": window})
+    obs["region"] = [f"{name} {'top' if y < half else 'bottom'} {'left' if x < half else 'right'}" for y, x in zip(obs.y0, obs.x0)]
+    obs.index = [f"{name} {y} {x}" for y, x in zip(obs.y0, obs.x0)]
+    images = {"ihc": Image2DModel.parse(ihc, dims=("c", "y", "x"), c_coords=["R", "G", "B"]),
+              "mpif": Image2DModel.parse(mpif, dims=("c", "y", "x"), c_coords=list(DEEPLIIF_TARGETS.values()))}
+    table = TableModel.parse(ad.AnnData(np.zeros((len(obs), 0), np.float32), obs=obs))
+    return SpatialData(images=images, tables={"tiles": table}), ihc, mpif
+
+
+def load_deepliif(args) -> dict[str, Any]:
+    """The ``load`` of DeepLIIF: train on ``--deepliif-train``, score the other set's windows."""
+    import biodiffuse as bd
+    from biodiffuse.data.tiles import extract_tiles
+
+    test_name = [s for s in DEEPLIIF_SETS if s != args.deepliif_train][0]
+    train, _, train_mpif = _deepliif_field(args.deepliif_train, 128)
+    test, ihc, mpif = _deepliif_field(test_name, args.window)
+    win = test.tables["tiles"].obs
+    origins = win[["y0", "x0"]].to_numpy()
+    tr_obs = train.tables["tiles"].obs
+    _, thresholds = bd.metrics.stain_masks(train_mpif[None], method="otsu")
+    return {"name": f"DeepLIIF {args.deepliif_train} -> {test_name}", "source_key": "ihc", "target_key": "mpif",
+            "train": train, "test": test, "real": extract_tiles(mpif, origins, args.window),
+            "he": extract_tiles(ihc, origins, args.window), "stains": list(DEEPLIIF_TARGETS.values()),
+            "thresholds": thresholds, "n_train": len(tr_obs), "n_train_regions": tr_obs["region"].nunique(), "windows": win}
 
 
 def train_model(data, args, *, seed: int = 0, stains: list[str] | None = None, **kwargs) -> tuple[Any, float]:
@@ -88,7 +140,8 @@ def train_model(data, args, *, seed: int = 0, stains: list[str] | None = None, *
 
     # a SpatialData of its own (same elements), so that each model keeps its own set-up record
     sdata = SpatialData(images=dict(data["train"].images), tables=dict(data["train"].tables))
-    StainDiffuser.setup_spatialdata(sdata, source_key="he", target_key="mihc", stains=stains)
+    StainDiffuser.setup_spatialdata(sdata, source_key=data.get("source_key", "he"), target_key=data.get("target_key", "mihc"),
+                                    stains=stains)
     model = StainDiffuser(sdata, crop_size=args.crop, model_channels=args.model_channels, channel_mult=(1, 1, 2, 2),
                           seed=seed, **kwargs)
     epochs = max(1, int(round(args.train_steps * args.batch_size / (0.85 * data["n_train"]))))
@@ -190,6 +243,9 @@ def mean_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["hemit", "deepliif"], default="hemit")
+    p.add_argument("--deepliif-train", choices=DEEPLIIF_SETS, default="train_Bladder1",
+                   help="DeepLIIF: the set to train on (the other is scored)")
     p.add_argument("--train-steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -229,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import biodiffuse as bd
 
     t0 = time.time()
-    data = load(args)
+    data = load_deepliif(args) if args.dataset == "deepliif" else load(args)
     stains, real = data["stains"], data["real"]
     _log(f"{data['n_train']} training tiles ({data['n_train_regions']} regions); scoring {len(real)} test windows "
          f"of {args.window} px from {data['windows']['region'].nunique()} held-out regions")
@@ -320,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     figures(data, fakes, real_pos, labels, out)
     table = format_table(results)
-    header = (f"HEMIT: {data['n_train']} training tiles ({data['n_train_regions']} regions) / {len(real)} scored "
+    header = (f"{data['name']}: {data['n_train']} training tiles ({data['n_train_regions']} regions) / {len(real)} scored "
               f"{args.window}-px windows of held-out regions; {args.crop}-px crops, UNet model_channels "
               f"{args.model_channels}, {args.train_steps} steps of batch {args.batch_size}, lr {args.lr}; "
               f"{time.time() - t0:.0f} s in all")

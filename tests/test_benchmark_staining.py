@@ -31,3 +31,31 @@ def test_mean_table_averages_stains_and_markers():
     assert multi[0] == "| multi" and multi[1] == "24.0" and multi[3] == "0.100" and multi[4] == "200"
     assert multi[6] == "0.600" and multi[7] == "0.200 |"  # segmentation Dice; positivity over the two markers
     assert point[0] == "| point" and point[4] == "150" and point[6] == "-"  # no segmentation task
+
+
+def test_deepliif_trains_on_one_field_and_scores_the_other():
+    import argparse
+
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "staining" / "deepliif").exists():
+        pytest.skip("needs ../shared/data/staining/deepliif")
+    import biodiffuse as bd
+
+    args = argparse.Namespace(deepliif_train="train_Lung1", window=128)
+    data = staining.load_deepliif(args)
+    assert data["name"] == "DeepLIIF train_Lung1 -> train_Bladder1" and data["stains"] == ["DAPI", "Lap2", "Ki67"]
+    train, test = data["train"], data["test"]
+    # the targets are the grey panels of the other field, registered with its IHC
+    other = bd.datasets.deepliif(sets=["train_Bladder1"])
+    np.testing.assert_array_equal(np.asarray(test.images["mpif"].data)[1], np.asarray(other.images["lap2"].data)[0])
+    np.testing.assert_array_equal(np.asarray(test.images["ihc"].data), np.asarray(other.images["ihc"].data))
+    lung = bd.datasets.deepliif(sets=["train_Lung1"])
+    np.testing.assert_array_equal(np.asarray(train.images["mpif"].data)[2], np.asarray(lung.images["ki67_if"].data)[0])
+    assert data["real"].shape == (16, 3, 128, 128) and data["he"].shape == (16, 3, 128, 128)
+    np.testing.assert_array_equal(data["real"][5], np.asarray(test.images["mpif"].data)[:, 128:256, 128:256])
+    # four regions of four tiles each (whole quadrants for validation), the thresholds from the training field
+    obs = train.tables["tiles"].obs
+    assert data["n_train"] == 16 and obs.groupby("region").size().tolist() == [4, 4, 4, 4]
+    _, thr = bd.metrics.stain_masks(np.asarray(train.images["mpif"].data)[None], method="otsu")
+    np.testing.assert_allclose(data["thresholds"], thr)
