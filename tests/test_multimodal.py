@@ -371,6 +371,23 @@ def test_sampler_settings_change_the_draws_and_count_evaluations(toy_models, cls
         cls(mdata, solver="dopri5")
 
 
+def _first_draw_rejection(model, mdata, mods, *, steps: int, seed: int, rows=None) -> np.ndarray:
+    """Per first draw (4 per patient) of ``rows`` (default all) with two or more conditions, every
+    target: whether Coherent Denoising rejects it (no redraws)."""
+    before = model.init_args["max_retries"]
+    rows = np.arange(mdata.n_obs) if rows is None else np.asarray(rows)
+    _, present = model.latents(mdata, indices=rows)
+    rejected = []
+    try:
+        model.init_args["max_retries"] = 0
+        for t, mod in enumerate(mods):
+            sel = rows[present[:, [c for c in range(len(mods)) if c != t]].sum(axis=1) >= 2]
+            rejected.append(model.sample(mdata, target=mod, n_samples=4, steps=steps, indices=sel, seed=seed)["rejected"].ravel())
+    finally:
+        model.init_args["max_retries"] = before
+    return np.concatenate(rejected)
+
+
 def test_training_calibrates_the_threshold_on_validation_patients(toy_models) -> None:
     mdata, models = toy_models
     model = models[CoherentDenoising]
@@ -379,18 +396,8 @@ def test_training_calibrates_the_threshold_on_validation_patients(toy_models) ->
     val = model._validation_rows
     assert rec["n_patients"] == len(val) > 0
     # the first draws of the validation patients (calibration's seed, draws and steps) are rejected at that rate
-    before = model.init_args["max_retries"]
-    try:
-        model.init_args["max_retries"] = 0
-        _, present = model.latents(mdata, indices=val)
-        rejected = []
-        for t, mod in enumerate(MODS):
-            rows = val[present[:, [c for c in range(3) if c != t]].sum(axis=1) >= 2]
-            rejected.append(model.sample(mdata, target=mod, n_samples=4, steps=18, indices=rows, seed=0)["rejected"].ravel())
-        frac = np.concatenate(rejected).mean()
-        assert abs(frac - 0.1) <= 1.0 / len(np.concatenate(rejected)) + 1e-9
-    finally:
-        model.init_args["max_retries"] = before
+    rejected = _first_draw_rejection(model, mdata, MODS, steps=18, seed=0, rows=val)
+    assert abs(rejected.mean() - 0.1) <= 1.0 / len(rejected) + 1e-9
     fixed = CoherentDenoising(mdata, latent_dim=4, hidden=16, rejection=None)
     fixed.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False)
     assert fixed.init_args["threshold"] == 0.5 and "threshold_calibration" not in fixed.registry
@@ -410,13 +417,7 @@ def test_calibrated_threshold_follows_the_sampler(toy_models) -> None:
     try:
         model.set_sampler(solver="euler", sigma_max=2.0, rho=3.0)
         model.calibrate_threshold(mdata, rejection=0.3, n_samples=4, steps=3, seed=3)
-        model.init_args["max_retries"] = 0
-        _, present = model.latents(mdata)
-        rejected = []
-        for t, mod in enumerate(MODS):
-            rows = np.flatnonzero(present[:, [c for c in range(3) if c != t]].sum(axis=1) >= 2)
-            rejected.append(model.sample(mdata, target=mod, n_samples=4, steps=3, indices=rows, seed=3)["rejected"].ravel())
-        assert abs(np.concatenate(rejected).mean() - 0.3) < 0.01
+        assert abs(_first_draw_rejection(model, mdata, MODS, steps=3, seed=3).mean() - 0.3) < 0.01
     finally:
         model.init_args.clear()
         model.init_args.update(before)
@@ -548,13 +549,6 @@ def test_train_synthesize_never_reads_target(brca, cls, tmp_path) -> None:
     if cls is CoherentDenoising:  # the calibrated threshold rejects the asked share of first draws
         thr = model.calibrate_threshold(train, rejection=0.3, n_samples=4, steps=4, seed=3)
         assert thr > 0 and model.init_args["threshold"] == thr
-        model.init_args["max_retries"] = 0
-        _, present = model.latents(train)
-        rejected = []
-        for t, mod in enumerate(mods):
-            rows = np.flatnonzero(present[:, [c for c in range(3) if c != t]].sum(axis=1) >= 2)
-            rejected.append(model.sample(train, target=mod, n_samples=4, steps=4, indices=rows, seed=3)["rejected"].ravel())
-        assert abs(np.concatenate(rejected).mean() - 0.3) < 0.02
-        model.init_args["max_retries"] = 10
+        assert abs(_first_draw_rejection(model, train, mods, steps=4, seed=3).mean() - 0.3) < 0.02
         with pytest.raises(ValueError, match="rejection"):
             model.calibrate_threshold(rejection=1.0)
