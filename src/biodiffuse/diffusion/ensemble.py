@@ -190,7 +190,7 @@ def coherent_sampler(
     max_incoherent_fraction, max_retries
         As in :func:`coherent_sample`.
     solver
-        ``"heun"`` or ``"euler"`` (:func:`~biodiffuse.diffusion.heun_sampler`).
+        ``"heun"``, ``"euler"`` or ``"dpm2m"`` (:func:`~biodiffuse.diffusion.heun_sampler`).
 
     Examples
     --------

@@ -209,7 +209,7 @@ def edm_sampler(
     sigma_max, sigma_min, rho
         The Karras schedule (:func:`~biodiffuse.diffusion.karras_sigmas`).
     solver
-        ``"heun"`` or ``"euler"``.
+        ``"heun"``, ``"euler"`` or ``"dpm2m"``.
 
     Examples
     --------

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .edm import SOLVERS, karras_sigmas, network_evaluations
+from .edm import TUNED_SOLVERS, karras_sigmas, network_evaluations
 
 __all__ = ["schedule_grid", "choose_schedule"]
 
@@ -22,21 +22,23 @@ __all__ = ["schedule_grid", "choose_schedule"]
 def schedule_grid(
     nfe: int,
     *,
-    solvers: Sequence[str] = SOLVERS,
+    solvers: Sequence[str] = TUNED_SOLVERS,
     sigma_max: Sequence[float] = (80.0, 10.0, 2.0),
     sigma_min: Sequence[float] = (0.002, 0.05, 0.2),
     rho: Sequence[float] = (7.0, 3.0),
 ) -> list[dict[str, Any]]:
     """Candidate schedules that cost at most ``nfe`` network evaluations per draw.
 
-    Each solver gets the most steps the budget allows (Euler: ``nfe``; Heun: ``(nfe + 1) // 2``).
+    Each solver gets the most steps the budget allows (Euler and DPM-Solver++ 2M: ``nfe``; Heun:
+    ``(nfe + 1) // 2``).
 
     Parameters
     ----------
     nfe
         Network evaluations per draw, at least 1.
     solvers, sigma_max, sigma_min, rho
-        The grid (pairs with ``sigma_min >= sigma_max`` are left out).
+        The grid (pairs with ``sigma_min >= sigma_max`` are left out). ``solvers`` defaults to
+        Heun and Euler; add ``"dpm2m"`` to try DPM-Solver++ 2M.
 
     Returns
     -------
@@ -55,7 +57,7 @@ def schedule_grid(
         if smin >= smax:
             continue
         karras_sigmas(1, smin, smax, r)  # validates the schedule
-        steps = int(nfe) if solver == "euler" else (int(nfe) + 1) // 2
+        steps = (int(nfe) + 1) // 2 if solver == "heun" else int(nfe)
         out.append(dict(solver=solver, steps=steps, nfe=network_evaluations(steps, solver),
                         sigma_max=float(smax), sigma_min=float(smin), rho=float(r)))
     if not out:

@@ -119,7 +119,7 @@ class EDMSamplerMixin:
         Parameters
         ----------
         solver
-            ``"euler"`` or ``"heun"``.
+            ``"euler"``, ``"heun"`` or ``"dpm2m"`` (DPM-Solver++ 2M: one evaluation a step, second order).
         sigma_max, sigma_min, rho
             The Karras schedule: highest and lowest noise level and its curvature.
 

@@ -90,7 +90,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
     augment
         Random 90-degree rotations and flips of the training tiles.
     solver, sigma_max, sigma_min, rho
-        ``objective="edm"`` only: the EDM sampler's ODE solver (``"euler"`` or ``"heun"``) and
+        ``objective="edm"`` only: the EDM sampler's ODE solver (``"euler"``, ``"heun"`` or ``"dpm2m"``) and
         Karras noise schedule (:func:`~biodiffuse.diffusion.edm_sampler`);
         :meth:`tune_sampler` chooses them on the validation tiles of a training run. The default,
         Euler from 80 to 0.002 with ``rho=7``, is what it chose on Xenium and HER2ST at 8 steps

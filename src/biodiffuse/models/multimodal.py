@@ -637,7 +637,7 @@ class MultiConditionDiffusion(_ModalityDiffusion):
         Initial weights and the encoders.
     solver, sigma_min, rho
         The rest of the sampler (:func:`~biodiffuse.diffusion.edm_sampler`): ODE solver
-        (``"heun"`` or ``"euler"``), lowest noise level and curvature of the Karras schedule.
+        (``"heun"``, ``"euler"`` or ``"dpm2m"``), lowest noise level and curvature of the Karras schedule.
         :meth:`~biodiffuse.models.EDMSamplerMixin.set_sampler` changes them, :meth:`tune_sampler`
         chooses them on the validation patients.
 

@@ -165,7 +165,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
     model_channels, channel_mult, num_blocks, heads, dropout
         The UNet (:class:`~biodiffuse.nn.ConditionalImageUNet`, attention at its lowest level).
     solver, sigma_max, sigma_min, rho
-        The diffusion model's sampler: ODE solver (``"euler"`` or ``"heun"``) and Karras noise
+        The diffusion model's sampler: ODE solver (``"euler"``, ``"heun"`` or ``"dpm2m"``) and Karras noise
         schedule (:func:`~biodiffuse.diffusion.edm_sampler`); :meth:`tune_sampler` chooses them
         on the validation tiles of a training run. The default, Euler from 80 to 0.002 with
         ``rho=3``, is MCD's image default; EDM's Heun from 80 (``rho=7``) diverged at a few steps
