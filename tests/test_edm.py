@@ -147,9 +147,8 @@ def test_heun_sampler_step_counts_and_single_step() -> None:
     assert math.isfinite(one.sum().item())
 
 
-def test_euler_solver_costs_one_evaluation_a_step_and_converges_to_the_ode() -> None:
-    """Euler skips Heun's correction: ``steps`` evaluations, the same single step, and with many
-    steps the same flow as Heun (the exact Gaussian conditional)."""
+def _counted_gaussian():
+    """The exact denoiser of a 2-D Gaussian, its covariance, and a copy that counts its calls."""
     mean = torch.tensor([2.0, -1.0], dtype=torch.float64)
     cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
     exact = gaussian_denoiser(mean, cov)
@@ -158,6 +157,14 @@ def test_euler_solver_costs_one_evaluation_a_step_and_converges_to_the_ode() -> 
     def counting(x, sigma, cond=None):
         calls["n"] += 1
         return exact(x, sigma)
+
+    return exact, cov, counting, calls
+
+
+def test_euler_solver_costs_one_evaluation_a_step_and_converges_to_the_ode() -> None:
+    """Euler skips Heun's correction: ``steps`` evaluations, the same single step, and with many
+    steps the same flow as Heun (the exact Gaussian conditional)."""
+    exact, cov, counting, calls = _counted_gaussian()
 
     lat = torch.randn(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for steps in (1, 3, 5):
@@ -179,14 +186,7 @@ def test_euler_solver_costs_one_evaluation_a_step_and_converges_to_the_ode() -> 
 def test_dpm2m_is_second_order_at_one_evaluation_a_step() -> None:
     """DPM-Solver++ 2M: ``steps`` evaluations, Euler's single step, and on Gaussian data (exact
     denoiser) a far smaller error than Euler at the same few evaluations, converging to the ODE."""
-    mean = torch.tensor([2.0, -1.0], dtype=torch.float64)
-    cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
-    exact = gaussian_denoiser(mean, cov)
-    calls = {"n": 0}
-
-    def counting(x, sigma, cond=None):
-        calls["n"] += 1
-        return exact(x, sigma)
+    exact, cov, counting, calls = _counted_gaussian()
 
     lat = torch.randn(4000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     for steps in (1, 2, 5):
