@@ -336,10 +336,13 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
 
     @torch.no_grad()
     def _sample(self, mdata: Any, rows: np.ndarray, *, target: str, conditions: Any, batch_size: int | None,
-                n_samples: int, steps: int, seed: int, device: str, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+                n_samples: int, steps: int, seed: int, device: str, schedule: dict[str, Any] | None = None,
+                encoded: tuple[list[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+        """Draws of ``target`` for ``rows`` of ``mdata``; ``encoded``: their ``_latents`` when
+        already computed (tune_sampler scores many schedules on the same patients)."""
         t = self._target_index(target)
         conds = self._conditions(target, conditions)
-        zs, present = self._latents(mdata, rows)
+        zs, present = self._latents(mdata, rows) if encoded is None else encoded
         names = np.asarray(mdata.obs_names)[rows]
         enc = self._encoder(target)
 
@@ -431,8 +434,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         if len(val) > max_patients:
             val = np.sort(rng.choice(val, int(max_patients), replace=False))
         mdata, mods = self.adata, self.registry["modalities"]
-        present = self._presence(mdata, val)
-        zs, _ = self._latents(mdata, val)
+        zs, present = self._latents(mdata, val)  # encoded once, for every candidate
         targets = []  # (target, rows of val with it and another modality)
         for t, mod in enumerate(mods):
             sel = present[:, t] & np.delete(present, t, axis=1).any(axis=1)
@@ -447,7 +449,8 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
             parts = []
             for t, sel in targets:
                 res = self._sample(mdata, val[sel], target=mods[t], conditions=None, batch_size=None, n_samples=int(n_samples),
-                                   steps=steps, seed=seed, device=device, schedule=settings)
+                                   steps=steps, seed=seed, device=device, schedule=settings,
+                                   encoded=([z[sel] for z in zs], present[sel]))
                 parts.append(score_draws(zs[t][sel], res["latent"].transpose(1, 0, 2), levels=(0.8,)))
             return {
                 "crps": float(np.average([p["crps"] for p in parts], weights=sizes)),
@@ -710,9 +713,9 @@ class CoherentDenoising(_ModalityDiffusion):
     A fixed threshold of 0.5 (the default before session 13) left 89-91 % of draws on TCGA
     BRCA still incoherent after all 10 retries (kept anyway), at 20 times the network
     evaluations of :class:`MultiConditionDiffusion`; hence the threshold is calibrated on the
-    validation patients by default (``rejection=0.1``). When there are too few validation
-    patients with two or more conditions (or ``train_size=1``), the threshold stays as it is
-    and a warning says so.
+    validation patients by default (``rejection=0.1``). When no validation patient has two or
+    more conditions for a target (or ``train_size=1``), the threshold stays as it is and a
+    warning says so.
 
     Examples
     --------
