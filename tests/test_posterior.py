@@ -117,6 +117,8 @@ def test_coherent_redraws_come_from_the_row_streams() -> None:
     b = run(list("abcd"), 1)
     assert a["retries"].tolist() == [[0, 0], [2, 2], [0, 0], [2, 2]]
     assert a["rejected"][[1, 3]].all() and not a["rejected"][[0, 2]].any()
+    # 2 Heun steps = 3 calls a pass; rows 1 and 3: two denoisers, three passes; rows 0 and 2: one, one
+    assert a["nfe"].tolist() == [[3, 3], [18, 18], [3, 3], [18, 18]]
     np.testing.assert_array_equal(a["mean"], b["mean"])
 
 

@@ -21,6 +21,18 @@ from .edm import heun_sampler, karras_sigmas, network_evaluations
 __all__ = ["CoherentConsensus", "coherent_sample", "coherent_sampler"]
 
 
+def _take_rows(cond: Any, rows: torch.Tensor, n: int) -> Any:
+    """``cond`` restricted to ``rows``: every tensor with ``n`` rows is indexed, lists, tuples
+    and dicts are followed, anything else (``None``, scalars, shared tensors) is kept."""
+    if isinstance(cond, torch.Tensor):
+        return cond[rows.to(cond.device)] if cond.dim() > 0 and cond.shape[0] == n else cond
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(_take_rows(c, rows, n) for c in cond)
+    if isinstance(cond, dict):
+        return {k: _take_rows(v, rows, n) for k, v in cond.items()}
+    return cond
+
+
 class CoherentConsensus:
     """A denoiser callable that averages several conditional denoisers.
 
@@ -34,7 +46,9 @@ class CoherentConsensus:
         (K,) non-negative weights (e.g. softmax of inverse validation losses).
     available
         (B, K) booleans: which denoisers apply to each sample (its condition is measured).
-        Every sample needs at least one.
+        Every sample needs at least one. A denoiser is evaluated on its available samples only
+        (its condition's tensors with B rows are indexed to them), so a sample costs one
+        network evaluation per available denoiser and call.
     threshold
         Cosine distance between two noise predictions above which a step is incoherent.
 
@@ -67,12 +81,33 @@ class CoherentConsensus:
         self.w = w / w.sum(dim=1, keepdim=True)
         self.available = available.bool()
         self.threshold = float(threshold)
+        n = available.shape[0]
+        # per denoiser: None when it applies to every sample, else its samples and their conditions
+        self._subsets = []
+        for k, c in enumerate(self.conds):
+            if bool(self.available[:, k].all()):
+                self._subsets.append(None)
+            else:
+                rows = torch.nonzero(self.available[:, k]).reshape(-1)
+                self._subsets.append((rows, _take_rows(c, rows, n)))
         self.steps = 0
         self.incoherent = torch.zeros(available.shape[0], device=available.device)
         self.worst: list[torch.Tensor] = []  # per call, each sample's largest pairwise distance
 
+    def _denoise(self, k: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Denoiser ``k``'s output on its available samples; ``x`` (no noise predicted) elsewhere."""
+        subset = self._subsets[k]
+        if subset is None:
+            return self.denoisers[k](x, sigma, self.conds[k])
+        rows, cond = subset
+        out = x.clone()
+        if len(rows):
+            rows = rows.to(x.device)
+            out[rows] = self.denoisers[k](x[rows], sigma[rows], cond).to(x.dtype)
+        return out
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, _cond: Any = None) -> torch.Tensor:
-        outs = torch.stack([d(x, sigma, c) for d, c in zip(self.denoisers, self.conds)], dim=1)  # (B, K, D)
+        outs = torch.stack([self._denoise(k, x, sigma) for k in range(len(self.denoisers))], dim=1)  # (B, K, D)
         consensus = (self.w.to(outs.dtype)[:, :, None] * outs).sum(dim=1)
         if len(self.denoisers) > 1:
             eps = (x[:, None, :] - outs) / sigma.reshape(-1, 1, 1).to(outs.dtype)
@@ -84,6 +119,10 @@ class CoherentConsensus:
             self.worst.append(worst.detach())
         self.steps += 1
         return consensus
+
+    def evaluations(self) -> torch.Tensor:
+        """Per sample, the network evaluations spent on it so far (calls x available denoisers)."""
+        return self.steps * self.available.sum(dim=1)
 
     def incoherent_fraction(self) -> torch.Tensor:
         """Per sample, the fraction of denoiser calls judged incoherent so far."""
@@ -178,8 +217,8 @@ def coherent_sampler(
 ) -> Callable:
     """:func:`coherent_sample` as a sampler of :func:`~biodiffuse.diffusion.sample_rows`: the
     batch's ``denoiser`` is the consensus factory; diagnostics ``retries``, ``rejected`` and
-    ``nfe`` (network evaluations of each draw, redraws and every denoiser of the consensus
-    included).
+    ``nfe`` (network evaluations of each draw: its redraws included, one per available
+    denoiser of the consensus and call).
 
     Parameters
     ----------
@@ -201,22 +240,24 @@ def coherent_sampler(
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
-    per_pass = network_evaluations(steps, solver)  # and a bad solver
+    network_evaluations(steps, solver)  # a bad solver fails here too
     schedule = dict(sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, solver=solver)
 
     def sampler(make: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
-        members: list[int] = []
+        passes: list[tuple[torch.Tensor, CoherentConsensus]] = []
 
         def counted(draws: torch.Tensor) -> CoherentConsensus:
             consensus = make(draws)
-            members.append(len(consensus.denoisers))
+            passes.append((draws, consensus))
             return consensus
 
         x, retries, rejected = coherent_sample(
             counted, latents, redraw, steps=int(steps), max_incoherent_fraction=max_incoherent_fraction,
             max_retries=max_retries, **schedule,
         )
-        nfe = (retries + 1) * per_pass * max(members)
+        nfe = torch.zeros(latents.shape[0], dtype=torch.long)
+        for draws, consensus in passes:  # every pass: steps' calls x the draw's available denoisers
+            nfe[draws.cpu()] += consensus.evaluations().cpu().long()
         return x, {"retries": retries, "rejected": rejected, "nfe": nfe}
 
     return sampler
