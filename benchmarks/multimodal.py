@@ -36,6 +36,7 @@ from sklearn.model_selection import StratifiedKFold
 from _cli import limit_threads
 
 from biodiffuse.baselines import fit_predict_draws, fit_predict_modality
+from biodiffuse.diffusion import schedule_grid
 from biodiffuse.metrics import output_variance_fraction, r2_score_modality, score_draws
 
 __all__ = ["run_brca", "run_brca_test_split", "distribution_scores", "BASELINE_DRAWS"]
@@ -55,13 +56,14 @@ def distribution_scores(truth: np.ndarray, draws: np.ndarray, scale: np.ndarray)
 
 def run_brca(
     folds: int = 5, max_epochs: int | None = None, n_samples: int = 10, steps: int = 18, seed: int = 0,
-    tune_nfe: Sequence[int] = (),
+    tune_nfe: Sequence[int] = (), solvers: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Run the benchmark; returns one row per (fold, method) with the network evaluations per
     draw (``nfe``; a Coherent Denoising consensus counts every denoiser and redraw).
 
     ``tune_nfe``: for each budget, also the draws with the schedule each model chooses on its
-    validation patients (``tune_sampler(nfe=...)``), as ``"<model> tuned <nfe>"``."""
+    validation patients (``tune_sampler(nfe=...)``; ``solvers``: those of its grid, default
+    :func:`~biodiffuse.diffusion.schedule_grid`'s), as ``"<model> tuned <nfe>"``."""
     from biodiffuse import datasets
     from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
     from biodiffuse.tl import acquisition_curve, area_under_curve, counterfactual_spread, fit_predictor, predict_output
@@ -97,7 +99,8 @@ def run_brca(
             default = model.sampler_settings
             for budget in tune_nfe:
                 model.set_sampler(**default)
-                chosen = model.tune_sampler(nfe=int(budget), seed=seed).iloc[0]
+                grid = None if solvers is None else schedule_grid(int(budget), solvers=tuple(solvers))
+                chosen = model.tune_sampler(nfe=int(budget), seed=seed, candidates=grid).iloc[0]
                 tuned = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=int(chosen["steps"]), seed=seed)
                 name = f"{cls.__name__} tuned {budget}"
                 synth[name], latent_pred[name] = tuned["features"], tuned["latent"].mean(axis=0)
@@ -203,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n-samples", type=int, default=10)
     p.add_argument("--steps", type=int, default=18)
     p.add_argument("--tune-nfe", type=int, nargs="*", default=[], help="also sample with the schedule tune_sampler chooses at these budgets")
+    p.add_argument("--solvers", nargs="+", default=None, choices=["heun", "euler", "dpm2m"],
+                   help="--tune-nfe: the solvers of the tuning grid (default: schedule_grid's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--test-split", action="store_true", help="synthesise protein for the 70 test patients instead of cross-validating")
     p.add_argument("--repeats", type=int, default=3, help="--test-split: repeats")
@@ -217,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         acc = table.groupby("method")["balanced_accuracy"]
         print((acc.mean().round(3).astype(str) + " ± " + acc.std().round(3).astype(str)).to_string())
         return
-    table = run_brca(args.folds, args.max_epochs, args.n_samples, args.steps, tune_nfe=args.tune_nfe)
+    table = run_brca(args.folds, args.max_epochs, args.n_samples, args.steps, tune_nfe=args.tune_nfe, solvers=args.solvers)
     table.to_csv(out / "brca_folds.csv", index=False)
     summary = table.drop(columns=["fold", "schedule"], errors="ignore").groupby("method").agg(["mean", "std"])
     (out / "brca_summary.json").write_text(json.dumps(json.loads(summary.to_json()), indent=1))

@@ -35,6 +35,7 @@ import pandas as pd
 
 from biodiffuse.data import ChannelNormalizer, get_obsm_frame
 from biodiffuse.diffusion import heun_sampler, network_evaluations, schedule_grid
+from biodiffuse.diffusion.edm import TUNED_SOLVERS
 from biodiffuse.metrics import score_draws
 from biodiffuse.models import MCD
 
@@ -64,10 +65,12 @@ TABLE_DEFAULT = dict(solver="euler", sigma_max=10.0, sigma_min=0.05, rho=7.0)
 def exact_gaussian_spread(
     sigma_data: float = 0.5, n: int = 20000, nfe: int = 5, seed: int = 0,
     euler_steps: tuple[int, ...] = (1, 2, 3, 5, 10, 18, 50, 200), heun_steps: tuple[int, ...] = (2, 3, 5, 18),
+    solvers: tuple[str, ...] = TUNED_SOLVERS, dpm2m_steps: tuple[int, ...] = (),
 ) -> pd.DataFrame:
     """Variance of ``n`` draws over the target's for the exact denoiser of ``N(0, sigma_data^2)``:
-    MCD's table sampler at ``euler_steps``, EDM's Heun from 80 at ``heun_steps``, and every
-    schedule of ``schedule_grid(nfe)`` (``sampler`` column says which)."""
+    MCD's table sampler at ``euler_steps`` (and, with DPM-Solver++ 2M in place of Euler, at
+    ``dpm2m_steps``), EDM's Heun from 80 at ``heun_steps``, and every schedule of
+    ``schedule_grid(nfe, solvers=solvers)`` (``sampler`` column says which)."""
     import torch
     from scipy.stats import norm
 
@@ -86,16 +89,20 @@ def exact_gaussian_spread(
 
     for st in euler_steps:
         add("MCD table default", st, TABLE_DEFAULT)
+    for st in dpm2m_steps:
+        add("MCD table schedule, DPM-Solver++ 2M", st, {**TABLE_DEFAULT, "solver": "dpm2m"})
     for st in heun_steps:
         add("EDM Heun", st, HEUN_EDM)
-    for cand in schedule_grid(nfe):
+    for cand in schedule_grid(nfe, solvers=solvers):
         add(f"grid at {nfe} NFE", cand["steps"], {k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
     return pd.DataFrame(rows)
 
 
 def run(max_epochs: int | None = 600, nfe: int = 5, n_samples: int = 10, reference_steps: int = 500, seed: int = 0,
-        euler_steps: tuple[int, ...] = (1, 3, 5, 10, 18, 50, 200), mcd_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train once, tune on validation cells, score on test cells; returns the tables."""
+        euler_steps: tuple[int, ...] = (1, 3, 5, 10, 18, 50, 200), mcd_kwargs: dict[str, Any] | None = None,
+        solvers: tuple[str, ...] = TUNED_SOLVERS, dpm2m_steps: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Train once, tune on validation cells (``schedule_grid(nfe, solvers=solvers)``), score on
+    test cells (also the default schedule with DPM-Solver++ 2M at ``dpm2m_steps``); returns the tables."""
     from sklearn.model_selection import KFold
 
     from biodiffuse.datasets import eccite_pbmc
@@ -110,7 +117,7 @@ def run(max_epochs: int | None = 600, nfe: int = 5, n_samples: int = 10, referen
     fit_s = time.perf_counter() - t0
     default = model.sampler_settings
 
-    val_table = model.tune_sampler(nfe=nfe, n_samples=n_samples, seed=seed)
+    val_table = model.tune_sampler(nfe=nfe, n_samples=n_samples, seed=seed, candidates=schedule_grid(nfe, solvers=solvers))
     chosen = model.sampler_settings
     query = test.copy()
     del query.obsm[KEY]
@@ -121,6 +128,9 @@ def run(max_epochs: int | None = 600, nfe: int = 5, n_samples: int = 10, referen
             dict(sampler=f"EDM Heun, {reference_steps} steps", **_score(model, query, y, HEUN_EDM, reference_steps, n_samples, seed))]
     for steps in euler_steps:
         rows.append(dict(sampler=f"default schedule, {steps} Euler steps", **_score(model, query, y, default, steps, n_samples, seed)))
+    for steps in dpm2m_steps:
+        rows.append(dict(sampler=f"default schedule, {steps} DPM++ 2M steps",
+                         **_score(model, query, y, {**default, "solver": "dpm2m"}, steps, n_samples, seed)))
     test_table = pd.DataFrame(rows)
     return dict(n_train=len(tr), n_validation=len(model.validation_indices), n_test=len(te), epochs=len(model.history), fit_s=fit_s,
                 validation=val_table, test=test_table)
@@ -177,6 +187,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-samples", type=int, default=10)
     p.add_argument("--reference-steps", type=int, default=500)
     p.add_argument("--euler-steps", type=int, nargs="*", default=[1, 3, 5, 10, 18, 50, 200])
+    p.add_argument("--solvers", nargs="+", default=list(TUNED_SOLVERS), choices=["heun", "euler", "dpm2m"],
+                   help="solvers of the tuning grid (and of the exact-Gaussian grid)")
+    p.add_argument("--dpm2m-steps", type=int, nargs="*", default=[],
+                   help="also score the default schedule with DPM-Solver++ 2M at these steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--P-mean", type=float, default=None, help="MCD's training noise, ln sigma ~ N(P_mean, P_std^2) (default EDM's)")
     p.add_argument("--P-std", type=float, default=None)
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _write_table(args.out, text, table)
         return {"few_draws": table}
     if args.exact_gaussian:
-        table = exact_gaussian_spread(nfe=args.nfe, seed=args.seed)
+        table = exact_gaussian_spread(nfe=args.nfe, seed=args.seed, solvers=tuple(args.solvers), dpm2m_steps=tuple(args.dpm2m_steps))
         grid = table[table["sampler"].str.startswith("grid")]
         best = grid.iloc[[int(np.argmin(np.abs(np.log(grid["variance_ratio"]))))]]
         shown = pd.concat([table[~table["sampler"].str.startswith("grid")], best.assign(sampler=f"closest of the grid at {args.nfe} NFE")])
@@ -206,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _write_table(args.out, text, table)
         return {"exact_gaussian": table}
     noise = {k: v for k, v in (("P_mean", args.P_mean), ("P_std", args.P_std)) if v is not None}
-    res = run(args.max_epochs, args.nfe, args.n_samples, args.reference_steps, args.seed, tuple(args.euler_steps), noise)
+    res = run(args.max_epochs, args.nfe, args.n_samples, args.reference_steps, args.seed, tuple(args.euler_steps), noise,
+              tuple(args.solvers), tuple(args.dpm2m_steps))
     header = (f"eccite_pbmc500, fold 0 of KFold(5, seed {args.seed}): {res['n_train']} training cells "
               f"({res['n_validation']} of them validation), {res['n_test']} test; MCD trained {res['epochs']} epochs "
               f"in {res['fit_s']:.0f} s; {args.n_samples} draws per cell; tuned at {args.nfe} evaluations per draw"

@@ -50,3 +50,15 @@ def test_few_draws_coverage_shows_the_span_of_draws_under_covers(tmp_path):
     assert ((pit["coverage90"] - 0.9).abs() < 0.015).all()  # calibrated by the PIT at any number of draws
     assert abs(span.loc[10, "coverage90"] - 0.76) < 0.02 and span["coverage90"].is_monotonic_increasing
     assert "quantile" in (tmp_path / "f.md").read_text()
+
+
+def test_exact_gaussian_dpm2m_keeps_the_spread_at_few_steps():
+    """DPM-Solver++ 2M on the same schedule reaches the target's variance at 5 steps, where
+    Euler gives half of it (the measured case for adding it to the tuning grid)."""
+    table = sampler_schedule.exact_gaussian_spread(n=4000, euler_steps=(5,), heun_steps=(), dpm2m_steps=(5,),
+                                                   solvers=("euler", "dpm2m"))
+    by = table.set_index("sampler")
+    assert by.loc["MCD table default", "variance_ratio"] < 0.6
+    dpm = by.loc["MCD table schedule, DPM-Solver++ 2M"]
+    assert dpm["nfe"] == 5 and abs(dpm["variance_ratio"] - 1.0) < 0.06
+    assert set(table.loc[table["sampler"] == "grid at 5 NFE", "solver"]) == {"euler", "dpm2m"}

@@ -454,9 +454,12 @@ def test_tune_sampler_scores_the_validation_patients(toy_models, cls) -> None:
     model = models[cls]
     cands = [dict(solver="euler", steps=3, nfe=3, sigma_max=10.0, sigma_min=0.002, rho=7.0),
              dict(solver="heun", steps=2, nfe=3, sigma_max=2.0, sigma_min=0.05, rho=3.0)]
-    before = model.sampler_settings
+    before, init, registry = model.sampler_settings, dict(model.init_args), dict(model.registry)
     try:
-        table = model.tune_sampler(nfe=3, n_samples=3, candidates=cands, seed=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            table = model.tune_sampler(nfe=3, n_samples=3, candidates=cands, seed=1)
+        assert not [w for w in caught if "calibrated for" in str(w.message)]  # each schedule has its own threshold
         assert len(table) == 2 and table["crps"].is_monotonic_increasing and table["crps"].nunique() == 2
         best = table.iloc[0]
         assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
@@ -471,8 +474,24 @@ def test_tune_sampler_scores_the_validation_patients(toy_models, cls) -> None:
             crps.append(score_draws(zs[t][sel], draws.transpose(1, 0, 2))["crps"])
             sizes.append(zs[t][sel].size)
         assert best["crps"] == pytest.approx(np.average(crps, weights=sizes), rel=1e-6)
+        if cls is CoherentDenoising:  # every schedule was scored with the threshold calibrated for it; the winner's is kept
+            assert table["threshold"].nunique() == 2
+            assert model.init_args["threshold"] == best["threshold"]
+            rec = model.registry["threshold_calibration"]
+            assert rec["steps"] == best["steps"] and rec["sampler"] == model.sampler_settings and rec["threshold"] == best["threshold"]
+            with pytest.warns(UserWarning, match=f"calibrated for {int(best['steps'])} steps"):
+                model.sample(mdata, target="target", indices=val, n_samples=2, steps=5)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model.sample(mdata, target="target", indices=val, n_samples=2, steps=int(best["steps"]))
+            for _, row in table.iterrows():
+                model.set_sampler(**{k: row[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
+                thr = model.calibrate_threshold(mdata, rejection=0.1, indices=val, n_samples=4, steps=int(row["steps"]), seed=1)
+                assert thr == pytest.approx(row["threshold"], rel=1e-6)
     finally:
         model.set_sampler(**before)
+        model.init_args.clear(), model.init_args.update(init)
+        model.registry.clear(), model.registry.update(registry)
     with pytest.raises(ValueError, match="at least 2 draws"):
         model.tune_sampler(n_samples=1)
     with pytest.raises(ValueError, match="max_patients"):

@@ -29,6 +29,7 @@ Method (Coherent Denoising paper; see ``docs/multimodal.md`` for our choices):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import Any, Sequence
@@ -447,21 +448,34 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         def score(schedule: tuple[int, dict[str, Any]]) -> dict[str, float]:
             steps, settings = schedule
             parts = []
-            for t, sel in targets:
-                res = self._sample(mdata, val[sel], target=mods[t], conditions=None, batch_size=None, n_samples=int(n_samples),
-                                   steps=steps, seed=seed, device=device, schedule=settings,
-                                   encoded=([z[sel] for z in zs], present[sel]))
-                parts.append(score_draws(zs[t][sel], res["latent"].transpose(1, 0, 2), levels=(0.8,)))
+            with self._scheduled(mdata, val, steps, settings, seed=seed, device=device, encoded=(zs, present)) as extra:
+                for t, sel in targets:
+                    res = self._sample(mdata, val[sel], target=mods[t], conditions=None, batch_size=None, n_samples=int(n_samples),
+                                       steps=steps, seed=seed, device=device, schedule=settings,
+                                       encoded=([z[sel] for z in zs], present[sel]))
+                    parts.append(score_draws(zs[t][sel], res["latent"].transpose(1, 0, 2), levels=(0.8,)))
             return {
                 "crps": float(np.average([p["crps"] for p in parts], weights=sizes)),
                 "energy_score": float(np.mean([p["energy_score"] for p in parts])),
                 "coverage80": float(np.average([p["coverage80"] for p in parts], weights=sizes)),
+                **extra,
             }
 
-        return self._choose_sampler(
+        table = self._choose_sampler(
             score, nfe=nfe, candidates=candidates, scored_on=f"{len(val)} validation patients",
             make_sampler=lambda steps, **settings: (steps, settings),
         )
+        self._after_tuning(mdata, val, seed=seed, device=device)
+        return table
+
+    @contextlib.contextmanager
+    def _scheduled(self, mdata: Any, rows: np.ndarray, steps: int, settings: dict[str, Any], **kwargs: Any):
+        """What a model sets for one candidate schedule while :meth:`tune_sampler` scores it;
+        yields extra columns of the tuning table (none here)."""
+        yield {}
+
+    def _after_tuning(self, mdata: Any, rows: np.ndarray, **kwargs: Any) -> None:
+        """Called once :meth:`tune_sampler` has set the winning schedule (nothing to do here)."""
 
     def sample(
         self,
@@ -698,7 +712,8 @@ class CoherentDenoising(_ModalityDiffusion):
     rejection
         At the end of every :meth:`train`, :meth:`calibrate_threshold` sets ``threshold`` so
         that this share of first draws of the validation patients is rejected (4 draws each,
-        ``steps=18`` on the model's schedule). ``None`` keeps ``threshold`` as given.
+        ``steps=18`` on the model's schedule), and :meth:`tune_sampler` does so for each
+        schedule it scores (keeping the winner's). ``None`` keeps ``threshold`` as given.
     **kwargs
         As :class:`MultiConditionDiffusion` (``observed_fraction`` is not used: each pair
         denoiser trains on the patients that have both of its modalities).
@@ -756,17 +771,12 @@ class CoherentDenoising(_ModalityDiffusion):
         if rejection is None or len(self.registry["modalities"]) < 3:
             return  # fixed by the user; or every consensus is a single pair, always coherent
         val = getattr(self, "_validation_rows", None)
-        why = "no validation patients (train_size=1)" if val is None else None
-        if val is not None:
-            present = self._presence(self.adata, val)
-            if not any((np.delete(present, t, axis=1).sum(axis=1) >= 2).any() for t in range(present.shape[1])):
-                why = f"none of the {len(val)} validation patients has two or more conditions for a target"
+        why = "no validation patients (train_size=1)" if val is None else self._why_not_calibrated(self._presence(self.adata, val))
         if why is not None:
             warnings.warn(f"{self._model_name}: threshold left at {self.init_args['threshold']:g}, not calibrated: {why}.", stacklevel=3)
             return
         threshold = self.calibrate_threshold(self.adata, rejection=rejection, indices=val, n_samples=4,
                                              steps=self._default_steps, device="cpu")
-        self.registry["threshold_calibration"] = dict(rejection=float(rejection), n_patients=int(len(val)), threshold=threshold)
         logger.info("%s: threshold %.4g rejects %.0f %% of first draws of %d validation patients",
                     self._model_name, threshold, 100 * rejection, len(val))
 
@@ -819,6 +829,13 @@ class CoherentDenoising(_ModalityDiffusion):
                 f"(e.g. {list(names[lacking][:5])}); pass indices= of patients that have one, or conditions=[] "
                 f"for unconditional draws."
             )
+        rec = self.registry.get("threshold_calibration") or {}
+        if "steps" in rec and not getattr(self, "_tuning", False) and (int(rec["steps"]), dict(rec["sampler"])) != (int(steps), dict(schedule)):
+            warnings.warn(
+                f"{self._model_name}: the threshold {a['threshold']:.4g} was calibrated for {rec['steps']} steps of {rec['sampler']}; "
+                f"sampling with {steps} steps of {dict(schedule)} rejects another share of draws than {rec['rejection']:g}. "
+                f"calibrate_threshold(steps={steps}) calibrates it for these.", UserWarning, stacklevel=4,
+            )
         prepare = self._consensus_prepare(t, conds, zs, present, n_samples, a["threshold"])
         sampler = coherent_sampler(
             steps, max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"], **schedule
@@ -861,7 +878,11 @@ class CoherentDenoising(_ModalityDiffusion):
 
         Returns
         -------
-        The new threshold (also in ``init_args["threshold"]``, saved with the model).
+        The new threshold (also in ``init_args["threshold"]``, saved with the model). The draws
+        use the model's current sampler (:attr:`sampler_settings`); it and ``steps`` are kept in
+        ``registry["threshold_calibration"]``, and :meth:`sample` warns when it samples with
+        others (the share of rejected draws then differs). :meth:`tune_sampler` calibrates the
+        threshold for every schedule it scores and keeps the winner's.
 
         Examples
         --------
@@ -872,10 +893,21 @@ class CoherentDenoising(_ModalityDiffusion):
         """
         _check_rejection(rejection)
         mdata, rows = self._query(mdata, indices)
+        schedule = self.sampler_settings
+        threshold = self._calibrated(mdata, rows, rejection=rejection, steps=steps, schedule=schedule, n_samples=n_samples,
+                                     seed=seed, device=device, batch_size=batch_size)
+        self._set_threshold(threshold, rejection=rejection, n_patients=len(rows), steps=steps, sampler=schedule)
+        return threshold
+
+    def _calibrated(self, mdata: Any, rows: np.ndarray, *, rejection: float, steps: int, schedule: dict[str, Any], n_samples: int,
+                    seed: int, device: str, batch_size: int | None = None,
+                    encoded: tuple[list[np.ndarray], np.ndarray] | None = None) -> float:
+        """The threshold that rejects ``rejection`` of the first draws of ``rows`` on ``schedule``
+        (``encoded``: their ``_latents`` when already computed)."""
         a, mods = self.init_args, self.registry["modalities"]
-        zs, present = self._latents(mdata, rows)
+        zs, present = self._latents(mdata, rows) if encoded is None else encoded
         keys = np.asarray(self._row_keys(np.asarray(mdata.obs_names)[rows]), dtype=object)
-        sampler = mm.critical_sampler(steps, a["max_incoherent_fraction"], **self.sampler_settings)
+        sampler = mm.critical_sampler(steps, a["max_incoherent_fraction"], **schedule)
         critical = []
         with self._on_device(device) as (_, dev):
             for t in range(len(mods)):
@@ -891,6 +923,46 @@ class CoherentDenoising(_ModalityDiffusion):
                 critical.append(out["critical"].ravel())
         if not critical:
             raise ValueError("No patient has two or more conditions for any target; nothing to calibrate on.")
-        threshold = float(np.quantile(np.concatenate(critical), 1.0 - rejection))
-        self.init_args["threshold"] = threshold
-        return threshold
+        return float(np.quantile(np.concatenate(critical), 1.0 - rejection))
+
+    def _set_threshold(self, threshold: float, *, rejection: float, n_patients: int, steps: int, sampler: dict[str, Any]) -> None:
+        self.init_args["threshold"] = float(threshold)
+        self.registry["threshold_calibration"] = dict(
+            rejection=float(rejection), n_patients=int(n_patients), threshold=float(threshold), steps=int(steps), sampler=dict(sampler),
+        )
+
+    def _why_not_calibrated(self, present: np.ndarray) -> str | None:
+        """Why the threshold of patients with ``present`` modalities is not calibrated (None: it is)."""
+        if self.init_args.get("rejection") is None:
+            return "rejection=None"
+        if len(self.registry["modalities"]) < 3:
+            return "every consensus is a single pair (two modalities)"
+        if not any((np.delete(present, t, axis=1).sum(axis=1) >= 2).any() for t in range(present.shape[1])):
+            return f"none of the {len(present)} validation patients has two or more conditions for a target"
+        return None
+
+    @contextlib.contextmanager
+    def _scheduled(self, mdata: Any, rows: np.ndarray, steps: int, settings: dict[str, Any], *, seed: int, device: str,
+                   encoded: tuple[list[np.ndarray], np.ndarray]):
+        """While :meth:`tune_sampler` scores a schedule: the threshold calibrated for it (column ``threshold``)."""
+        if self._why_not_calibrated(encoded[1]) is not None:
+            yield {}
+            return
+        before = self.init_args["threshold"]
+        self.init_args["threshold"] = self._calibrated(
+            mdata, rows, rejection=self.init_args["rejection"], steps=steps, schedule=settings, n_samples=4, seed=seed,
+            device=device, encoded=encoded,
+        )
+        self._tuning = True
+        try:
+            yield {"threshold": self.init_args["threshold"]}
+        finally:
+            self.init_args["threshold"] = before
+            self._tuning = False
+
+    def _after_tuning(self, mdata: Any, rows: np.ndarray, **kwargs: Any) -> None:
+        best = self.registry["sampler_tuning"]
+        if "threshold" in best and np.isfinite(best["threshold"]):
+            self._set_threshold(best["threshold"], rejection=self.init_args["rejection"], n_patients=len(rows),
+                                steps=int(best["steps"]), sampler=self.sampler_settings)
+
