@@ -36,6 +36,7 @@ import pandas as pd
 from biodiffuse.baselines import fit_predict_channels, fit_predict_draws
 from biodiffuse.data import ChannelNormalizer, image_array, image_channels
 from biodiffuse.data.tiles import crop_to_factor, downsample_mask, downsample_mean, spatial_split, upsample_to
+from biodiffuse.diffusion import schedule_grid
 from biodiffuse.metrics import gaussian_samples, pearson_per_channel, score_draws
 from biodiffuse.models import MCD
 
@@ -127,12 +128,14 @@ def run(
     path: str | None = None,
     tune_nfe: int | None = None,
     sampler: dict[str, Any] | None = None,
+    solvers: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Train MCD on the training region, impute ``held_out`` channels, score everything on the test region.
 
     ``tune_nfe``: also choose the sampler on the training run's validation tiles at this many network
     evaluations per draw (``MCD.tune_sampler``) and score the choice on the test region (rows "tuned").
     ``sampler``: ``MCD.set_sampler`` settings for the ``steps`` rows (default: the model's).
+    ``solvers``: those of the tuning grid (default: :func:`~biodiffuse.diffusion.schedule_grid`'s).
     """
     from biodiffuse.datasets import mibi_granuloma
 
@@ -149,6 +152,7 @@ def run(
 
     MCD.setup_spatialdata(sdata, image_key="mibi", tile_size=tile_size, downsample=factor)
     model = MCD(sdata, model_channels=model_channels, heads=2, **(sampler or {}))
+    fixed_sampler = model.sampler_settings  # of the ``steps`` rows (tune_sampler changes the model's)
     t0 = time.perf_counter()
     model.train(max_epochs=max_epochs, batch_size=batch_size, holdout=test_mask, seed=seed, enable_progress_bar=False)
     fit_s = time.perf_counter() - t0
@@ -165,7 +169,8 @@ def run(
     tuning = None
     if tune_nfe is not None:
         t0 = time.perf_counter()
-        tuning = model.tune_sampler(nfe=tune_nfe, n_samples=n_samples, seed=seed)
+        grid = None if solvers is None else schedule_grid(tune_nfe, solvers=solvers)
+        tuning = model.tune_sampler(nfe=tune_nfe, n_samples=n_samples, seed=seed, candidates=grid)
         tune_s = time.perf_counter() - t0
         best = tuning.iloc[0]
         sample(f"tuned: {best['solver']} {int(best['steps'])} step{'s' if best['steps'] > 1 else ''} from {best['sigma_max']:g}", int(best["steps"]))
@@ -245,7 +250,7 @@ def run(
         "error_uncertainty_spearman": {str(k): v for k, v in err_unc.items()}, "distribution": distribution,
         "epochs": len(model.history), "best_val_loss": float(model.history["val_loss"].min()) if "val_loss" in model.history else None,
         "settings": dict(max_epochs=max_epochs, model_channels=model_channels, batch_size=batch_size, n_samples=n_samples, steps=steps,
-                         baseline_max_train=baseline_max_train, tune_nfe=tune_nfe, sampler=model.sampler_settings if sampler else None),
+                         baseline_max_train=baseline_max_train, tune_nfe=tune_nfe, sampler=fixed_sampler if sampler else None),
         "nfe_per_draw": nfe,
         "sampler_tuning": None if tuning is None else {"seconds": tune_s, "table": json.loads(tuning.to_json(orient="records"))},
     }
@@ -285,13 +290,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="also choose the sampler on the validation tiles at this many network evaluations per draw")
     p.add_argument("--sampler", default=None, metavar="SOLVER,SIGMA_MAX,SIGMA_MIN,RHO",
                    help="the sampler of the --steps rows, e.g. euler,80,0.002,3 (default: the model's)")
+    p.add_argument("--solvers", nargs="+", default=None, choices=["heun", "euler", "dpm2m"],
+                   help="--tune-nfe: the solvers of the tuning grid (default: schedule_grid's)")
     p.add_argument("--out", default="results/imaging_mibi")
     args = p.parse_args(argv)
     from _cli import limit_threads, sampler_arg  # sibling module of the drivers
 
     limit_threads(args.threads)
     res = run(tuple(args.held_out), args.max_epochs, args.model_channels, n_samples=args.n_samples, steps=tuple(args.steps), seed=args.seed,
-              tune_nfe=args.tune_nfe, sampler=sampler_arg(args.sampler))
+              tune_nfe=args.tune_nfe, sampler=sampler_arg(args.sampler), solvers=None if args.solvers is None else tuple(args.solvers))
     table = format_table(res)
     extra = (f"calibration (corr of channel-channel correlations, pairs with an imputed channel): {res['calibration_corr_of_corr']:.3f}; "
              f"accuracy-uncertainty Spearman (local r vs sample variance, per test tile x channel): {res['accuracy_uncertainty_spearman']:.3f}")

@@ -59,7 +59,7 @@ def run_brca(
     tune_nfe: Sequence[int] = (), solvers: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Run the benchmark; returns one row per (fold, method) with the network evaluations per
-    draw (``nfe``; a Coherent Denoising consensus counts every denoiser and redraw).
+    draw (``nfe``; a Coherent Denoising consensus counts each available denoiser and redraw).
 
     ``tune_nfe``: for each budget, also the draws with the schedule each model chooses on its
     validation patients (``tune_sampler(nfe=...)``; ``solvers``: those of its grid, default

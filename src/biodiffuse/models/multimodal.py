@@ -527,7 +527,8 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         ``variance`` (n, n_features) and ``latent_mean`` / ``latent_variance`` (n, d) over the
         draws, ``obs_names`` and ``var_names``, and for Coherent Denoising the per-draw
         diagnostics ``retries`` / ``rejected`` (n, n_samples); ``nfe`` (n, n_samples): the
-        network evaluations of each draw (a consensus counts every denoiser and redraw).
+        network evaluations of each draw (a consensus counts each denoiser of a condition the
+        patient has, per step and redraw).
 
         Examples
         --------
