@@ -88,6 +88,7 @@ def kfold_distribution(
     samplers: Sequence[dict[str, Any]] = (),
     sampler_steps: Sequence[int] = (5,),
     tune_nfe: int | None = None,
+    solvers: Sequence[str] | None = None,
     n_samples: int = 10,
     k: int = 50,
     max_epochs: int | None = None,
@@ -100,7 +101,8 @@ def kfold_distribution(
     In each fold: SpaDiT's ``n_samples`` draws per cell at each of ``steps`` (the model's
     sampler), then under each of ``samplers`` (``set_sampler`` settings) at each of
     ``sampler_steps``, then (``tune_nfe``) under the schedule ``SpaDiT.tune_sampler`` chooses at
-    that many evaluations on the training run's validation reference cells, and kNN's draws
+    that many evaluations on the training run's validation reference cells (``solvers``: those
+    of its grid, default :func:`~biodiffuse.diffusion.schedule_grid`'s), and kNN's draws
     (``bd.baselines.fit_predict_knn_draws``: the ``k`` neighbours' values as samples, and the
     kNN mean with its leave-one-out Gaussian residual), all scored on the fold's genes by
     ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
@@ -140,7 +142,10 @@ def kfold_distribution(
         tuned = {}
         if tune_nfe:
             t0 = time.perf_counter()
-            best = model.tune_sampler(nfe=int(tune_nfe), seed=seed).iloc[0]
+            from biodiffuse.diffusion import schedule_grid
+
+            grid = None if solvers is None else schedule_grid(int(tune_nfe), solvers=tuple(solvers))
+            best = model.tune_sampler(nfe=int(tune_nfe), seed=seed, candidates=grid).iloc[0]
             model.set_sampler(**default)
             tuned = {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
             runs.append((f"SpaDiT (tuned, {int(tune_nfe)} evaluations)", tuned, int(best["steps"])))
@@ -326,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--sampler-steps", type=int, nargs="+", default=[5], help="--distribution: steps of --samplers")
     p.add_argument("--tune-nfe", type=int, default=None,
                    help="--distribution: also sample with the schedule SpaDiT.tune_sampler chooses at this many evaluations")
+    p.add_argument("--solvers", nargs="+", default=None, choices=["heun", "euler", "dpm2m"],
+                   help="--tune-nfe: the solvers of the tuning grid (default: schedule_grid's)")
     p.add_argument("--n-samples", type=int, default=10, help="--distribution: draws per cell")
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
@@ -338,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sp, sc = datasets.osmfish_allen_visp()
         per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
                                       samplers=[sampler_arg(t) for t in args.samplers],
-                                      sampler_steps=args.sampler_steps, tune_nfe=args.tune_nfe, n_samples=args.n_samples, max_epochs=args.max_epochs,
+                                      sampler_steps=args.sampler_steps, tune_nfe=args.tune_nfe, solvers=args.solvers,
+                                      n_samples=args.n_samples, max_epochs=args.max_epochs,
                                       save=out / "distribution_per_fold.csv", resume=_resumable(out, args) if args.resume else None,
                                       **json.loads(args.spadit))
         table = summarize_distribution(per_fold)
