@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from biodiffuse.diffusion import EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evaluations
+from biodiffuse.diffusion import EDMLoss, EDMPrecond, check_count, heun_sampler, karras_sigmas, network_evaluations
 
 
 def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor):
@@ -23,6 +23,18 @@ def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor):
         return m + (x - m) @ gain.T
 
     return d
+
+
+def test_one_count_check_refuses_what_is_not_a_positive_whole_number() -> None:
+    import numpy as np
+
+    assert check_count(5) == 5 and check_count(5.0) == 5 and check_count(np.int64(3), "n_samples") == 3
+    for bad in (0, -1, 2.5, True, np.bool_(True), "5", None, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+            check_count(bad, "n_samples")
+    for call in (lambda: karras_sigmas(True), lambda: heun_sampler(lambda x, s, c: x, torch.zeros(1, 1), steps=2.5)):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            call()
 
 
 def test_karras_schedule_endpoints_and_monotone() -> None:

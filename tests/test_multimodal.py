@@ -594,3 +594,6 @@ def test_train_synthesize_never_reads_target(brca, cls, tmp_path) -> None:
         assert abs(_first_draw_rejection(model, train, mods, steps=4, seed=3).mean() - 0.3) < 0.02
         with pytest.raises(ValueError, match="rejection"):
             model.calibrate_threshold(rejection=1.0)
+        for steps in (2.5, True, 0):  # not rounded or taken as 1 (the record would name a sampler never used)
+            with pytest.raises(ValueError, match="steps must be a positive integer"):
+                model.calibrate_threshold(train, steps=steps)

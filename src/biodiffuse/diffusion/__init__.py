@@ -2,7 +2,7 @@
 masking, the coherent consensus of several denoisers, and the one batched posterior loop
 (:func:`sample_rows`) every model samples through."""
 
-from .edm import SOLVERS, EDMLoss, EDMPrecond, heun_sampler, karras_sigmas, network_evaluations
+from .edm import SOLVERS, EDMLoss, EDMPrecond, check_count, heun_sampler, karras_sigmas, network_evaluations
 from .ensemble import CoherentConsensus, coherent_sample, coherent_sampler
 from .flow import FLOW_METHODS, FlowLoss, flow_evaluations, flow_sampler, flow_solve
 from .masking import masked_condition, random_channel_mask
@@ -29,6 +29,7 @@ __all__ = [
     "coherent_sampler",
     "EDMLoss",
     "EDMPrecond",
+    "check_count",
     "heun_sampler",
     "karras_sigmas",
     "network_evaluations",

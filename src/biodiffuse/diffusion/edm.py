@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["masked_mean", "EDMPrecond", "EDMLoss", "karras_sigmas", "heun_sampler", "network_evaluations", "SOLVERS"]
+__all__ = ["masked_mean", "EDMPrecond", "EDMLoss", "check_count", "karras_sigmas", "heun_sampler", "network_evaluations", "SOLVERS"]
 
 
 def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +146,33 @@ class EDMLoss:
         return masked_mean(err, loss_mask)
 
 
+def check_count(value: Any, name: str = "steps") -> int:
+    """``value`` as an int, after a clear error unless it is a positive whole number.
+
+    The one check of the counts the samplers take (``steps``, ``n_samples``, ``batch_size``):
+    ``True``, ``2.5``, ``0`` and ``"5"`` are refused; ``5`` and ``5.0`` give ``5``.
+
+    Parameters
+    ----------
+    value
+        The count.
+    name
+        Its argument's name, for the error.
+
+    Examples
+    --------
+    >>> bd.diffusion.check_count(5)
+    5
+    >>> bd.diffusion.check_count(2.5, "n_samples")
+    Traceback (most recent call last):
+    ValueError: n_samples must be a positive integer, got 2.5.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not np.isfinite(value) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
 def karras_sigmas(
     steps: int,
     sigma_min: float = 0.002,
@@ -175,8 +203,7 @@ def karras_sigmas(
     >>> bd.diffusion.karras_sigmas(18).shape                   # 18 levels and the final 0
     torch.Size([19])
     """
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    check_count(steps)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"Need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
     steps = int(steps)

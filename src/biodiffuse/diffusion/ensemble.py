@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .edm import heun_sampler, karras_sigmas, network_evaluations
+from .edm import check_count, heun_sampler, karras_sigmas, network_evaluations
 
 __all__ = ["CoherentConsensus", "coherent_sample", "coherent_sampler"]
 
@@ -237,8 +237,7 @@ def coherent_sampler(
     >>> out = bd.diffusion.sample_rows(prepare, n, (d,), seeds=seeds, sampler=sampler, n_samples=10)
     >>> out["retries"].shape, out["rejected"].mean()     # (n, 10) per draw; Batch.denoiser: make_consensus
     """
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    check_count(steps)
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
     network_evaluations(steps, solver)  # a bad solver fails here too
     schedule = dict(sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, solver=solver)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .edm import masked_mean
+from .edm import check_count, masked_mean
 
 __all__ = ["FlowLoss", "flow_solve", "flow_sampler", "flow_evaluations", "FLOW_METHODS"]
 
@@ -137,8 +137,7 @@ class FlowLoss:
 def _check(steps: int, method: str) -> None:
     if method not in FLOW_METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {FLOW_METHODS}.")
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    check_count(steps)
 
 
 def flow_evaluations(steps: int, method: str = "euler") -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._settings import settings
-from .edm import heun_sampler, karras_sigmas, network_evaluations
+from .edm import check_count, heun_sampler, karras_sigmas, network_evaluations
 
 __all__ = ["row_seeds", "RowNoise", "Batch", "FixedChunks", "Moments", "edm_sampler", "sample_rows"]
 
@@ -217,8 +217,7 @@ def edm_sampler(
     >>> out = bd.diffusion.sample_rows(prepare, n_rows, (8,), seeds=seeds, sampler=sampler, n_samples=10)
     >>> mean_only = bd.diffusion.edm_sampler(1)                # the denoiser's conditional-mean estimate
     """
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    check_count(steps)
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
     nfe = network_evaluations(steps, solver)  # and a bad solver
 
@@ -367,10 +366,8 @@ def sample_rows(
     >>> out["mean"].shape, out["variance"].shape
     ((10, 3), (10, 3))
     """
-    if n_samples < 1 or int(n_samples) != n_samples:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-    if batch_size < 1 or int(batch_size) != batch_size:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    check_count(n_samples, "n_samples")
+    check_count(batch_size, "batch_size")
     if len(seeds) != n_rows:
         raise ValueError(f"Need one seed per row: got {len(seeds)} seeds for {n_rows} rows.")
     n_samples, batch_size = int(n_samples), int(batch_size)

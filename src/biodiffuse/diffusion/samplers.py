@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .edm import network_evaluations
+from .edm import check_count, network_evaluations
 from .flow import flow_evaluations, flow_sampler
 from .posterior import edm_sampler, point_sampler
 
@@ -74,8 +74,7 @@ def evaluations_for(family: str, steps: int = 1, *, method: str = "euler", solve
     (35, 1)
     """
     _check_family(family)
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    check_count(steps)
     if family == "flow":
         return flow_evaluations(steps, method)
     if family == "edm":

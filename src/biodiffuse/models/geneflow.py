@@ -39,7 +39,7 @@ from ..data.histology import (
     WindowCells, cell_tiles, cpm_log1p, region_split, row_positions, tile_footprint, tile_scaling, window_cells,
 )
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
-from ..diffusion import Moments, flow_evaluations, flow_sampler, point_sampler, row_seeds, sample_rows
+from ..diffusion import Moments, check_count, flow_evaluations, flow_sampler, point_sampler, row_seeds, sample_rows
 from ..module.geneflow import OBJECTIVES, GeneFlowNetwork, GeneFlowObjective, build_network, make_prepare, to_tiles
 from ._edm_sampling import EDMSamplerMixin, checked_sampler, pixel_draws
 from .base import BaseModel
@@ -584,8 +584,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
                 f"method={method!r} chooses the flow's solver; an {kind!r} model samples with "
                 + ("its own solver and schedule (set_sampler, tune_sampler)." if kind == "edm" else "one evaluation.")
             )
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+        check_count(steps)
         if kind == "flow":
             return flow_sampler(int(steps), method or "euler")
         return self._sampler(int(steps)) if kind == "edm" else point_sampler

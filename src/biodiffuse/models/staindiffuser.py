@@ -38,7 +38,7 @@ from ..data import write_setup_record
 from ..data.histology import row_positions
 from ..data.spatialdata import image_channels, image_element, is_spatialdata
 from ..data.tiles import TileAccumulator, extract_tiles, tile_origins
-from ..diffusion import Moments, point_sampler, row_seeds, sample_rows
+from ..diffusion import Moments, check_count, point_sampler, row_seeds, sample_rows
 from ..metrics.staining import stain_masks
 from ..module.staindiffuser import (
     KINDS,
@@ -689,8 +689,8 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         r, c = self.registry, self.init_args["crop_size"]
         if not (0 <= float(overlap) < 1):
             raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}.")
-        if int(steps) != steps or steps < 1 or int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"steps and n_samples must be positive integers, got {steps!r}, {n_samples!r}.")
+        check_count(steps)
+        check_count(n_samples, "n_samples")
         image_key = r["source_key"] if image_key is None else image_key
         src = self._source(obj, image_key)
         height, width = int(src.shape[1]), int(src.shape[2])

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion import Batch, CoherentConsensus, EDMLoss, EDMPrecond, heun_sampler
+from ..diffusion import Batch, CoherentConsensus, EDMLoss, EDMPrecond, check_count, heun_sampler
 from ..nn import MLPDenoiser
 
 __all__ = [
@@ -234,6 +234,7 @@ def critical_sampler(steps: int, max_incoherent_fraction: float, **schedule: obj
     :func:`~biodiffuse.diffusion.heun_sampler`), with diagnostic ``critical``: the smallest
     threshold at which the draw is kept
     (:meth:`~biodiffuse.diffusion.CoherentConsensus.critical_threshold`)."""
+    check_count(steps)
 
     def sampler(make: Callable, latents: torch.Tensor, cond: object, redraw: Callable) -> tuple[torch.Tensor, dict]:
         consensus = make(torch.arange(latents.shape[0]))
