@@ -203,7 +203,43 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
     ("StainDiffuser query bad tile row", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, indices=[99]), IndexError, r"range"),
     ("Modality unknown target", mudata, lambda m, r: _fx("multicond")(r).synthesize(m, target="atac"), ValueError, r"atac"),
     ("Modality key exists", lambda: _with_mod(mudata(), "prot_MultiConditionDiffusion"), lambda m, r: _fx("multicond")(r).synthesize(m, target="prot", patients="all"), KeyError, r"prot_MultiConditionDiffusion.*overwrite"),
+    # counts, fractions, seeds and devices: refused, never rounded or taken as another value
+    ("Train fractional batch_size", lambda: _set_up_mcd(channels()), lambda a, r: _tiny_mcd(a).train(batch_size=2.5, **QUIET), ValueError, r"batch_size must be a positive integer, got 2.5"),
+    ("Train zero max_epochs", lambda: _set_up_mcd(channels()), lambda a, r: _tiny_mcd(a).train(max_epochs=0, **QUIET), ValueError, r"max_epochs must be a positive integer"),
+    ("Train negative patience", lambda: _set_up_mcd(channels()), lambda a, r: _tiny_mcd(a).train(max_epochs=1, early_stopping_patience=-5, **QUIET), ValueError, r"early_stopping_patience"),
+    ("Train train_size as text", lambda: _set_up_mcd(channels()), lambda a, r: _tiny_mcd(a).train(max_epochs=1, train_size="0.5", **QUIET), ValueError, r"train_size must be a finite number"),
+    ("MCD variance onto the mean", channels, lambda a, r: _fx("mcd_channels")(r).impute(a, missing=["CD8"], key_added="m", variance_key_added="m"), ValueError, r"both 'm'"),
+    ("MCD not a device", channels, lambda a, r: _fx("mcd_channels")(r).impute(a, missing=["CD8"], device="gpu"), ValueError, r"device must be"),
+    ("MCD fractional seed", channels, lambda a, r: _fx("mcd_channels")(r).impute(a, missing=["CD8"], seed=2.7), ValueError, r"seed must be an integer"),
+    ("MCD zero steps counted", channels, lambda a, r: _fx("mcd_channels")(r).network_evaluations(steps=0), ValueError, r"steps must be a positive integer"),
+    ("Coherent negative max_retries", lambda: _set_up_md(mudata(), CoherentDenoising), lambda m, r: CoherentDenoising(m, max_retries=-1), ValueError, r"max_retries must be an integer >= 0"),
+    ("Coherent max_incoherent_fraction above 1", lambda: _set_up_md(mudata(), CoherentDenoising), lambda m, r: CoherentDenoising(m, max_incoherent_fraction=2.0), ValueError, r"max_incoherent_fraction"),
+    ("Coherent NaN threshold", lambda: _set_up_md(mudata(), CoherentDenoising), lambda m, r: CoherentDenoising(m, threshold=float("nan")), ValueError, r"threshold must be a finite number"),
+    ("MultiCond observed_fraction above 1", lambda: _set_up_md(mudata(), MultiConditionDiffusion), lambda m, r: MultiConditionDiffusion(m, observed_fraction=1.7), ValueError, r"observed_fraction"),
+    ("Modality fractional batch_size", mudata, lambda m, r: _fx("multicond")(r).synthesize(m, target="prot", patients="all", batch_size=2.5), ValueError, r"batch_size must be a positive integer"),
+    ("StainDiffuser zero batch_size", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, batch_size=0), ValueError, r"batch_size must be a positive integer"),
+    ("StainDiffuser repeated training tiles", lambda: _set_up_stain(staining()[0]), lambda s, r: StainDiffuser(s, crop_size=16, model_channels=8, channel_mult=(1, 2)).train(tiles=[0, 0, 1, 2], max_epochs=1, **QUIET), ValueError, r"more than once"),
+    ("GeneFlow repeated training cells", lambda: _set_up_flow(histology()[0]), lambda s, r: GeneFlow(s, dim=8, rank=2, model_channels=8, channel_mult=(1,), encoder_layers=1).train(cells=[0, 0, 1], max_epochs=1, **QUIET), ValueError, r"more than once"),
 ]
+
+
+def _set_up_mcd(a: AnnData) -> AnnData:
+    MCD.setup_anndata(a)
+    return a
+
+
+def _tiny_mcd(a: AnnData) -> MCD:
+    return MCD(a, model_channels=8, channel_mult=(1,), heads=1)
+
+
+def _set_up_md(md: MuData, cls: type) -> MuData:
+    cls.setup_mudata(md, modalities=["rna", "prot"])
+    return md
+
+
+def _set_up_flow(s):
+    GeneFlow.setup_spatialdata(s, image_key="dapi", tile_size=16)
+    return s
 
 
 def _sd_counts(value: float):

@@ -107,7 +107,7 @@ def _coords(adata, spatial_key: str, pixels_per_unit: float = 1.0) -> np.ndarray
     return xy * float(pixels_per_unit)
 
 
-def row_positions(adata: Any, cells: Any) -> np.ndarray:
+def row_positions(adata: Any, cells: Any, *, unique: bool = False) -> np.ndarray:
     """Row positions (int64) of ``adata`` from None (all rows), a boolean mask, integer positions
     or obs names.
 
@@ -117,6 +117,9 @@ def row_positions(adata: Any, cells: Any) -> np.ndarray:
         AnnData (``n_obs``, ``obs_names``).
     cells
         The selection.
+    unique
+        Raise if the selection names a row more than once (a training selection: a repeated
+        row could land in both the training and the validation split).
 
     Returns
     -------
@@ -132,6 +135,15 @@ def row_positions(adata: Any, cells: Any) -> np.ndarray:
     >>> bd.data.row_positions(adata, np.array([True, False, True, False]))
     array([0, 2])
     """
+    rows = _row_positions(adata, cells)
+    if unique and len(np.unique(rows)) < len(rows):
+        values, counts = np.unique(rows, return_counts=True)
+        names = list(np.asarray(adata.obs_names)[values[counts > 1]][:5])
+        raise ValueError(f"The selection names {int((counts > 1).sum())} row(s) more than once (e.g. {names}); pass each once.")
+    return rows
+
+
+def _row_positions(adata: Any, cells: Any) -> np.ndarray:
     n = adata.n_obs
     if cells is None:
         return np.arange(n, dtype=np.int64)
@@ -817,7 +829,7 @@ def select_genes(
     import scanpy as sc
 
     adata = _table(adata, table_key)
-    rows = row_positions(adata, train)
+    rows = row_positions(adata, train, unique=True)
     if not len(rows):
         raise ValueError("select_genes: no training cells.")
     n_top = int(n_top)

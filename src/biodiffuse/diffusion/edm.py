@@ -245,7 +245,8 @@ def network_evaluations(steps: int, solver: str = "heun") -> int:
     5
     """
     _check_solver(solver)
-    return 2 * int(steps) - 1 if solver == "heun" else int(steps)
+    steps = check_count(steps)
+    return 2 * steps - 1 if solver == "heun" else steps
 
 
 def _dpm2m_denoised(d_cur: torch.Tensor, d_prev: torch.Tensor | None, t_prev, t_cur, t_next) -> torch.Tensor:

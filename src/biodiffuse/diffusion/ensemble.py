@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .edm import check_count, heun_sampler, karras_sigmas, network_evaluations
@@ -142,6 +143,15 @@ class CoherentConsensus:
         return dist.sort(dim=1, descending=True).values[:, min(m, dist.shape[1] - 1)]
 
 
+def _check_redraws(max_incoherent_fraction: Any, max_retries: Any) -> None:
+    """Clear errors for a rejection rule that is not one (a negative ``max_retries`` would draw nothing)."""
+    if isinstance(max_retries, (bool, np.bool_)) or not isinstance(max_retries, (int, np.integer)) or max_retries < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}.")
+    f = max_incoherent_fraction
+    if isinstance(f, (bool, np.bool_)) or not isinstance(f, (int, float, np.integer, np.floating)) or not 0.0 <= f <= 1.0:
+        raise ValueError(f"max_incoherent_fraction must lie in [0, 1], got {f!r}.")
+
+
 @torch.no_grad()
 def coherent_sample(
     make_consensus: Callable[[torch.Tensor], CoherentConsensus],
@@ -185,6 +195,7 @@ def coherent_sample(
     >>> redraw = lambda rows: torch.randn(len(rows), d)
     >>> x, retries, rejected = bd.diffusion.coherent_sample(make_consensus, torch.randn(n, d), redraw, steps=18)
     """
+    _check_redraws(max_incoherent_fraction, max_retries)
     n = latents.shape[0]
     out = torch.empty_like(latents)
     retries = torch.zeros(n, dtype=torch.long)
@@ -238,6 +249,7 @@ def coherent_sampler(
     >>> out["retries"].shape, out["rejected"].mean()     # (n, 10) per draw; Batch.denoiser: make_consensus
     """
     check_count(steps)
+    _check_redraws(max_incoherent_fraction, max_retries)
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
     network_evaluations(steps, solver)  # a bad solver fails here too
     schedule = dict(sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, solver=solver)

@@ -51,6 +51,8 @@ def row_seeds(seed: int, keys: Iterable[Any]) -> np.ndarray:
     >>> bool(a[1] == b[0])                                      # independent of the other rows
     True
     """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
     seed = int(seed)
     out = []
     for k in keys:

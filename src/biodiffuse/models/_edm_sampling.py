@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..diffusion import edm_sampler, network_evaluations
+from ..diffusion import check_count, edm_sampler, network_evaluations
 
 __all__ = ["EDMSamplerMixin", "IMAGE_EULER", "check_positive", "checked_sampler", "pixel_draws"]
 
@@ -138,10 +138,9 @@ class EDMSamplerMixin:
     def _check_tuning(n_samples: Any, max_items: Any, *, unit: str, have_validation: bool, items: str = "tiles") -> None:
         """The argument errors every ``tune_sampler`` shares (``unit``: what a draw is of;
         ``items``: what the validation data are, as in the ``max_<items>`` argument)."""
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+        if check_count(n_samples, "n_samples") < 2:
             raise ValueError(f"tune_sampler needs at least 2 draws per {unit} to score a distribution, got n_samples={n_samples!r}.")
-        if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
-            raise ValueError(f"max_{items} must be a positive integer, got {max_items!r}.")
+        check_count(max_items, f"max_{items}")
         if not have_validation:
             raise ValueError(f"No validation {items}: this model has not been trained in this session, or with train_size=1.")
 
@@ -165,7 +164,8 @@ class EDMSamplerMixin:
         from ..diffusion import choose_schedule, schedule_grid
 
         def by_settings(cand: Mapping[str, Any]) -> Mapping[str, float]:
-            return score(make_sampler(int(cand["steps"]), **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
+            steps = check_count(cand["steps"], "a candidate's steps")
+            return score(make_sampler(steps, **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
 
         table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe))
         best = table.iloc[0]

@@ -411,7 +411,7 @@ class MCDImageMixin:
         setup = self.registry["setup"]
         image_key = image_key or setup["image_key"]
         key = self._key(key_added, "imputed") if key_added is not None else f"{image_key}_MCD_imputed"
-        vkey = self._variance_key(key_added, variance_key_added, f"{image_key}_MCD_variance")
+        vkey = self._variance_key(key, key_added, variance_key_added, f"{image_key}_MCD_variance")
         # per-cell means in the table: the same names as the elements when key_added is given
         cell_key = key_added or "MCD_imputed"
         cell_vkey = None if vkey is None else (vkey if key_added is not None or variance_key_added not in (None, True) else "MCD_variance")

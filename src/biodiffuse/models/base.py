@@ -16,6 +16,7 @@ import torch
 from anndata import AnnData
 from torch import nn
 
+from ..diffusion import check_count
 from ..train import GenerativeModule, fit
 
 __all__ = ["BaseModel", "SAVE_FORMAT_VERSION"]
@@ -27,11 +28,26 @@ _WEIGHTS = "model.pt"
 _META = "model.json"
 
 
+def _real(name: str, value: Any) -> float:
+    """``value`` as a float, after a clear error unless it is a finite real number (bools and
+    strings are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` / None -> CUDA if available, else CPU."""
+    """``"auto"`` / None -> CUDA if available, else CPU; a clear error for a device that is not
+    one, or a CUDA device on a machine without CUDA."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>' (a torch device), got {device!r}.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch finds no CUDA device here; use device='auto' or 'cpu'.")
+    return dev
 
 
 class BaseModel:
@@ -173,13 +189,14 @@ class BaseModel:
                 f"or {self._model_name}.load(..., adata)."
             )
         d = self._training_defaults()
-        batch_size = int(d["batch_size"] if batch_size is None else batch_size)
-        lr = float(d["lr"] if lr is None else lr)
-        weight_decay = float(d["weight_decay"] if weight_decay is None else weight_decay)
-        train_size = float(d["train_size"] if train_size is None else train_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-        if not (math.isfinite(lr) and lr >= 0):
+        batch_size = check_count(d["batch_size"] if batch_size is None else batch_size, "batch_size")
+        for name, value in (("max_epochs", max_epochs), ("early_stopping_patience", early_stopping_patience)):
+            if value is not None:
+                check_count(value, name)
+        lr = _real("lr", d["lr"] if lr is None else lr)
+        weight_decay = _real("weight_decay", d["weight_decay"] if weight_decay is None else weight_decay)
+        train_size = _real("train_size", d["train_size"] if train_size is None else train_size)
+        if lr < 0:
             raise ValueError(f"lr must be a finite number >= 0, got {lr}.")
         if not 0 < train_size <= 1:
             raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
@@ -252,6 +269,23 @@ class BaseModel:
         if idx.min() < -n or idx.max() >= n:
             raise IndexError(f"indices out of range for {n} rows.")
         return adata, np.sort(np.unique(np.where(idx < 0, idx + n, idx)))
+
+    @staticmethod
+    def _variance_key(key: str, key_added: str | None, variance_key_added: str | bool | None, default: str) -> str | None:
+        """Where a verb writes the variance beside the mean it writes at ``key``: None with
+        ``variance_key_added=False``; ``default`` (or ``f"{key_added}_variance"``) with None /
+        True; else the name given, which must differ from ``key``."""
+        if variance_key_added is False:
+            return None
+        if variance_key_added is None or variance_key_added is True:
+            vkey = default if key_added is None else f"{key_added}_variance"
+        elif not isinstance(variance_key_added, str) or not variance_key_added:
+            raise ValueError(f"variance_key_added must be a non-empty string, None or False, got {variance_key_added!r}.")
+        else:
+            vkey = variance_key_added
+        if vkey == key:
+            raise ValueError(f"key_added and variance_key_added are both {key!r}: the variance would overwrite the mean.")
+        return vkey
 
     def _key(self, key_added: str | None, what: str) -> str:
         """``key_added`` or the default ``f"{model name}_{what}"``."""

@@ -415,7 +415,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
         if not is_spatialdata(sdata):
             raise TypeError("GeneFlow trains on the SpatialData it was set up on.")
         table = self._table(sdata)
-        rows = row_positions(table, cells)
+        rows = row_positions(table, cells, unique=True)
         if not len(rows):
             raise ValueError("cells selects no row to train on.")
         mask = None
@@ -555,7 +555,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
             keys = self._row_keys(table.obs_names[rows])
             read = lambda b: (genes[b], None)  # noqa: E731
         out = self._sample_tiles(read, len(rows), seeds=row_seeds(seed, keys), sampler=sampler, n_samples=n_samples,
-                                 batch_size=int(batch_size or 64), device=device)
+                                 batch_size=64 if batch_size is None else check_count(batch_size, "batch_size"), device=device)
         tiles = to_tiles(out["draws"]).astype(np.float32)
         nfe = float(out["nfe"].mean())
         params = dict(n_samples=n_samples, steps=steps, method=method or ("euler" if kind == "flow" else None),
@@ -821,7 +821,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
             scores = gene_importance(
                 net.velocity, x, image_shape=(len(r["channels"]), r["tile_size"], r["tile_size"]), encode=net.encode,
                 images=images, mask=mask, keys=keys, n_t=n_t, n_noise=n_noise,
-                batch_size=int(batch_size or 32), seed=seed, device=dev,
+                batch_size=32 if batch_size is None else check_count(batch_size, "batch_size"), seed=seed, device=dev,
             )
         series = pd.Series(scores, index=pd.Index(self.genes), name=key)
         write_importance(table, series, key_added=key, overwrite=overwrite)

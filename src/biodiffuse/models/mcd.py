@@ -466,11 +466,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         """
         from ..metrics import score_draws
 
-        if n_samples < 2:
-            raise ValueError(f"tune_sampler needs at least 2 draws per cell to score a distribution, got n_samples={n_samples}.")
         image = self.registry["mode"] == "image"
-        if isinstance(max_tiles, bool) or not isinstance(max_tiles, (int, np.integer)) or max_tiles < 1:
-            raise ValueError(f"max_tiles must be a positive integer, got {max_tiles!r}.")
+        self._check_tuning(n_samples, max_tiles, unit="tile" if image else "cell", have_validation=True)
         if image and (adata is not None or indices is not None):
             raise TypeError("Image models score the validation tiles of their last training run; adata= and indices= are for tables.")
         if adata is None and indices is None and not image:
@@ -781,7 +778,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         query, rows = self._query(adata, indices)
         check_adata(query, "query")
         key = self._key(key_added, "imputed")
-        vkey = self._variance_key(key_added, variance_key_added, "MCD_variance")
+        vkey = self._variance_key(key, key_added, variance_key_added, "MCD_variance")
         self._check_free(query.obsm, [key, vkey], "adata.obsm", overwrite)
         self._check_free(query.uns, [key], "adata.uns", overwrite)
         post = self.posterior(
@@ -806,12 +803,3 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         ))
         return mean
 
-    @staticmethod
-    def _variance_key(key_added: str | None, variance_key_added: str | bool | None, default: str) -> str | None:
-        if variance_key_added is False:
-            return None
-        if variance_key_added is None or variance_key_added is True:
-            return default if key_added is None else f"{key_added}_variance"
-        if not isinstance(variance_key_added, str) or not variance_key_added:
-            raise ValueError(f"variance_key_added must be a non-empty string, None or False, got {variance_key_added!r}.")
-        return variance_key_added

@@ -43,11 +43,11 @@ from torch import nn
 from ..data import write_setup_record
 from ..data.fields import ModalityField
 from ..data.modality import ModalityEncoder
-from ..diffusion import Moments, coherent_sampler, edm_sampler, row_seeds, sample_rows
+from ..diffusion import Moments, check_count, coherent_sampler, edm_sampler, row_seeds, sample_rows
 from ..module import modality as mm
 from ..module.modality import ModalityObjective
 from ._edm_sampling import EDMSamplerMixin, checked_sampler
-from .base import BaseModel
+from .base import BaseModel, _real
 
 __all__ = ["MultiConditionDiffusion", "CoherentDenoising", "ModalityObjective"]
 
@@ -129,6 +129,8 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
     ) -> None:
         super().__init__()
         sampler = checked_sampler(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
+        if not 0.0 <= _real("observed_fraction", observed_fraction) <= 1.0:
+            raise ValueError(f"observed_fraction must lie in [0, 1], got {observed_fraction!r}.")
         setup = self._setup_record(mdata, "setup_mudata")
         ModalityEncoder(latent_dim=latent_dim, method=encoder, seed=seed)  # checks the encoder arguments
         mods = list(setup["modalities"])
@@ -333,7 +335,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         return [mods.index(c) for c in conditions]
 
     def _batch(self, batch_size: int | None) -> int:
-        return self._default_batch_size if batch_size is None else int(batch_size)
+        return self._default_batch_size if batch_size is None else check_count(batch_size, "batch_size")
 
     @torch.no_grad()
     def _sample(self, mdata: Any, rows: np.ndarray, *, target: str, conditions: Any, batch_size: int | None,
@@ -341,6 +343,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
                 encoded: tuple[list[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
         """Draws of ``target`` for ``rows`` of ``mdata``; ``encoded``: their ``_latents`` when
         already computed (tune_sampler scores many schedules on the same patients)."""
+        check_count(n_samples, "n_samples")
         t = self._target_index(target)
         conds = self._conditions(target, conditions)
         zs, present = self._latents(mdata, rows) if encoded is None else encoded
@@ -691,7 +694,7 @@ class MultiConditionDiffusion(_ModalityDiffusion):
 
 
 def _check_rejection(rejection: Any) -> None:
-    if isinstance(rejection, bool) or not isinstance(rejection, (int, float)) or not 0.0 <= rejection < 1.0:
+    if not 0.0 <= _real("rejection", rejection) < 1.0:
         raise ValueError(f"rejection must lie in [0, 1), got {rejection!r}.")
 
 
@@ -759,6 +762,9 @@ class CoherentDenoising(_ModalityDiffusion):
         kwargs.setdefault("observed_fraction", 1.0)
         if rejection is not None:
             _check_rejection(rejection)
+        if _real("threshold", threshold) < 0:
+            raise ValueError(f"threshold (a cosine distance) must be >= 0, got {threshold!r}.")
+        coherent_sampler(1, max_incoherent_fraction=max_incoherent_fraction, max_retries=max_retries)  # their checks
         super().__init__(mdata, **kwargs)
         self.init_args.update(
             threshold=float(threshold), max_incoherent_fraction=float(max_incoherent_fraction), max_retries=int(max_retries),
@@ -893,6 +899,7 @@ class CoherentDenoising(_ModalityDiffusion):
         True
         """
         _check_rejection(rejection)
+        check_count(n_samples, "n_samples")
         mdata, rows = self._query(mdata, indices)
         schedule = self.sampler_settings
         threshold = self._calibrated(mdata, rows, rejection=rejection, steps=steps, schedule=schedule, n_samples=n_samples,

@@ -716,14 +716,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         """
         adata, rows = self._query(adata, indices)
         key = self._key(key_added, "predicted")
-        if variance_key_added is False:
-            var_key = None
-        elif variance_key_added is None or variance_key_added is True:
-            var_key = self._key(None, "variance") if key_added is None else f"{key}_variance"
-        else:
-            var_key = self._key(variance_key_added, "variance")
-        if var_key == key:
-            raise ValueError(f"key_added and variance_key_added are both {key!r}.")
+        var_key = self._variance_key(key, key_added, variance_key_added, self._key(None, "variance"))
         self._check_free(adata.obsm, [key, var_key], "adata.obsm", overwrite)
         self._check_free(adata.uns, [key], "adata.uns", overwrite)
         batch_size = self._default_batch_size if batch_size is None else batch_size

@@ -405,7 +405,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         if r.get("tiles_key"):
             table = sdata.tables[r["tiles_key"]]
             origins, size = _tile_table(table, height, width, r["tiles_key"])
-            rows = row_positions(table, tiles)
+            rows = row_positions(table, tiles, unique=True)
             origins = origins[rows]
             if "region" in table.obs.columns:
                 groups = table.obs["region"].astype(str).to_numpy()[rows]
@@ -691,6 +691,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
             raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}.")
         check_count(steps)
         check_count(n_samples, "n_samples")
+        batch_size = 64 if batch_size is None else check_count(batch_size, "batch_size")
         image_key = r["source_key"] if image_key is None else image_key
         src = self._source(obj, image_key)
         height, width = int(src.shape[1]), int(src.shape[2])
@@ -749,7 +750,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         channels = (1 if token else n_stains) * (2 if self.segmentation else 1)
         sampler = self._sampler(int(steps)) if self.kind == "edm" else point_sampler
         self._sample_crops(read, len(row_crop), (channels, c, c), seeds=row_seeds(seed, keys), sampler=sampler,
-                           n_samples=int(n_samples), batch_size=int(batch_size or 64), device=device, reducer=stitcher)
+                           n_samples=int(n_samples), batch_size=batch_size, device=device, reducer=stitcher)
         transforms = {cs: copy.deepcopy(tr) for cs, tr in get_transformation(src, get_all=True).items()}
         written = {key: out[0]} if seg_key is None else {key: out[0], seg_key: out[1]}
         for k, arr in written.items():
