@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..diffusion import check_count
+
 __all__ = [
     "tile_origins",
     "spatial_split",
@@ -27,12 +29,6 @@ __all__ = [
 ]
 
 _WINDOW_FLOOR = 1e-3
-
-
-def _positive_int(value: int, name: str) -> int:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def _axis_starts(length: int, tile_size: int, stride: int) -> np.ndarray:
@@ -72,9 +68,9 @@ def tile_origins(height: int, width: int, tile_size: int, stride: int | None = N
     >>> bd.data.tile_origins(1024, 1024, 64, stride=32).shape
     (961, 2)
     """
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
-    tile_size = _positive_int(tile_size, "tile_size")
-    stride = tile_size if stride is None else _positive_int(stride, "stride")
+    height, width = check_count(height, "height"), check_count(width, "width")
+    tile_size = check_count(tile_size, "tile_size")
+    stride = tile_size if stride is None else check_count(stride, "stride")
     if stride > tile_size:
         raise ValueError(f"stride ({stride}) > tile_size ({tile_size}) would leave pixels uncovered.")
     if tile_size > min(height, width):
@@ -124,8 +120,8 @@ def spatial_split(
     >>> train_tiles = origins[bd.data.tiles_inside(origins, 64, train_mask)]
     >>> model.train(holdout=test_mask)                           # MCD on an image: never sees the test region
     """
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
-    tile_size, n_blocks = _positive_int(tile_size, "tile_size"), _positive_int(n_blocks, "n_blocks")
+    height, width = check_count(height, "height"), check_count(width, "width")
+    tile_size, n_blocks = check_count(tile_size, "tile_size"), check_count(n_blocks, "n_blocks")
     n_test = int(round(test_fraction * n_blocks**2))
     if not 1 <= n_test <= n_blocks**2 - 1:
         raise ValueError(
@@ -189,7 +185,7 @@ def tiles_inside(origins: np.ndarray, tile_size: int, mask: np.ndarray) -> np.nd
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}.")
-    tile_size = _positive_int(tile_size, "tile_size")
+    tile_size = check_count(tile_size, "tile_size")
     origins = _check_origins(origins, tile_size, *mask.shape)
     integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
     integral[1:, 1:] = np.cumsum(np.cumsum(mask.astype(bool), axis=0, dtype=np.int64), axis=1)
@@ -226,7 +222,7 @@ def extract_tiles(image, origins: np.ndarray, tile_size: int) -> np.ndarray:
     shape = tuple(image.shape)
     if len(shape) != 3:
         raise ValueError(f"image must be (C, H, W), got shape {shape}.")
-    tile_size = _positive_int(tile_size, "tile_size")
+    tile_size = check_count(tile_size, "tile_size")
     origins = _check_origins(origins, tile_size, shape[1], shape[2])
     dtype = getattr(image, "dtype", None)
     dtype = np.dtype(dtype) if dtype is not None else np.dtype(float)
@@ -256,7 +252,7 @@ def tile_window(tile_size: int, window: Literal["hann", "uniform"] = "hann") -> 
     >>> w.shape, float(w.max()) < 1.0, float(w.min()) > 0.0
     ((64, 64), True, True)
     """
-    tile_size = _positive_int(tile_size, "tile_size")
+    tile_size = check_count(tile_size, "tile_size")
     if window == "uniform":
         return np.ones((tile_size, tile_size))
     if window == "hann":
@@ -307,7 +303,7 @@ def stitch_tiles(
     if len(shape) != 4 or shape[2] != shape[3]:
         raise ValueError(f"tiles must be (n, C, t, t), got shape {shape}.")
     n, n_channels, tile_size = shape[0], shape[1], shape[2]
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
+    height, width = check_count(height, "height"), check_count(width, "width")
     origins = _check_origins(origins, tile_size, height, width)
     if len(origins) != n:
         raise ValueError(f"{n} tiles but {len(origins)} origins.")
@@ -348,7 +344,7 @@ class TileAccumulator:
 
     def __init__(self, channels: int, height: int, width: int, tile_size: int, window: Literal["hann", "uniform"] = "hann",
                  *, out: np.ndarray | None = None) -> None:
-        self.tile_size = _positive_int(tile_size, "tile_size")
+        self.tile_size = check_count(tile_size, "tile_size")
         self.weights = tile_window(self.tile_size, window)
         if out is None:
             self.total = np.zeros((channels, height, width), dtype=np.float64)
@@ -470,7 +466,7 @@ def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
     >>> small = bd.data.downsample_mean(bd.data.crop_to_factor(image, 4), 4)   # (C, H // 4, W // 4)
     """
     image = np.asarray(image)
-    factor = _positive_int(factor, "factor")
+    factor = check_count(factor, "factor")
     if image.ndim < 2:
         raise ValueError(f"image must have at least 2 dimensions (..., H, W), got shape {image.shape}.")
     h, w = image.shape[-2:]
@@ -499,7 +495,7 @@ def upsample_nearest(image: np.ndarray, factor: int) -> np.ndarray:
            [1, 1, 2, 2]])
     """
     image = np.asarray(image)
-    factor = _positive_int(factor, "factor")
+    factor = check_count(factor, "factor")
     if image.ndim < 2:
         raise ValueError(f"image must have at least 2 dimensions (..., H, W), got shape {image.shape}.")
     return np.repeat(np.repeat(image, factor, axis=-2), factor, axis=-1)

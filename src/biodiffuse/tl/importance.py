@@ -25,7 +25,7 @@ import torch
 from scipy import sparse
 from scipy.stats import hypergeom
 
-from ..diffusion import RowNoise, row_seeds
+from ..diffusion import RowNoise, check_count, row_seeds
 
 __all__ = ["gene_importance", "importance_stability", "top_overlap", "write_importance"]
 
@@ -140,7 +140,7 @@ def gene_importance(
     >>> scores.shape
     (20,)
     """
-    n_t, n_noise, batch_size = _pos_int(n_t, "n_t"), _pos_int(n_noise, "n_noise"), _pos_int(batch_size, "batch_size")
+    n_t, n_noise, batch_size = check_count(n_t, "n_t"), check_count(n_noise, "n_noise"), check_count(batch_size, "batch_size")
     lo, hi = (float(v) for v in t_range)
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {t_range!r}.")
@@ -182,12 +182,6 @@ def gene_importance(
             m.train(training)
     entries = int(mask.sum()) if mask is not None else n * int(np.prod(shape[1:-1], dtype=np.int64))
     return (total / (max(entries, 1) * n_t * n_noise)).numpy()
-
-
-def _pos_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or int(v) != v or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    return int(v)
 
 
 def _chunk(velocity, encode, x_genes, images, mask, keys, start, stop, image_shape, n_t, n_noise, lo, hi, norm,
@@ -345,7 +339,7 @@ def top_overlap(scores_a: Any, scores_b: Any, *, k: int = 50, genes: Sequence[st
     elif len(a) != len(b):
         raise ValueError(f"Array scores must cover the same genes: lengths {len(a)} and {len(b)}.")
     g = len(a)
-    k = _pos_int(k, "k")
+    k = check_count(k, "k")
     if k > g:
         raise ValueError(f"k = {k} exceeds the {g} genes compared.")
     overlap = len(_top(a, k) & _top(b, k))
