@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ..diffusion import check_count
+
 __all__ = [
     "crps",
     "crps_gaussian",
@@ -369,7 +371,7 @@ def gaussian_samples(mean: object, sd: object, n_samples: int, *, seed: int = 0)
     s = np.broadcast_to(np.asarray(sd, dtype=np.float64), mu.shape)
     if not (np.isfinite(s).all() and (s >= 0).all()):
         raise ValueError("sd must be non-negative and finite.")
-    if int(n_samples) < 2:
+    if check_count(n_samples, "n_samples") < 2:
         raise ValueError(f"n_samples must be >= 2, got {n_samples}.")
     eps = np.random.default_rng(seed).standard_normal((mu.shape[0], int(n_samples), mu.shape[1]))
     return mu[:, None, :] + s[:, None, :] * eps

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..diffusion import check_count
+
 __all__ = ["acquisition_curve", "area_under_curve", "counterfactual_spread"]
 
 
@@ -179,7 +181,7 @@ def acquisition_curve(
         raise ValueError("fractions must lie in [0, 1].")
     if (np.diff(fr) <= 0).any():
         raise ValueError("fractions must be strictly increasing.")
-    if int(n_random) < 2:
+    if check_count(n_random, "n_random") < 2:
         raise ValueError(f"n_random must be at least 2, got {n_random}.")
     counts = np.rint(fr * n).astype(int)
     rng = np.random.default_rng(seed)

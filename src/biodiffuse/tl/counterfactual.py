@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.modality import modality_matrix
+from ..diffusion import check_count
 from .acquisition import counterfactual_spread
 from .utility import FittedPredictor, predict_output
 
@@ -98,7 +99,7 @@ def counterfactual_variance(
     missing = [b for b in predictor.blocks if b != target and b not in mdata.mod]  # target: may be absent
     if missing:
         raise ValueError(f"The predictor's blocks {missing} are not modalities of mdata {list(mdata.mod)}.")
-    if n_samples < 2:
+    if check_count(n_samples, "n_samples") < 2:
         raise ValueError(f"n_samples must be at least 2 for a spread, got {n_samples}.")
     if patients not in ("missing", "all"):
         raise ValueError(f"patients must be 'missing' or 'all', got {patients!r}.")

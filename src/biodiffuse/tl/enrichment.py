@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..diffusion import check_count
+
 __all__ = ["enrichment"]
 
 _METHODS = ("prerank", "overrepresentation")
@@ -151,6 +153,8 @@ def enrichment(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
     if case not in ("exact", "upper"):
         raise ValueError(f"case must be 'exact' or 'upper', got {case!r}.")
+    for name, value in (("min_size", min_size), ("max_size", max_size), ("top_k", top_k), ("permutations", permutations)):
+        check_count(value, name)
     if not 1 <= int(min_size) <= int(max_size):
         raise ValueError(f"Need 1 <= min_size <= max_size, got {min_size}, {max_size}.")
     key_added = key_added or f"{key}_enrichment"
