@@ -142,6 +142,8 @@ def train_model(data, args, *, seed: int = 0, stains: list[str] | None = None, *
     sdata = SpatialData(images=dict(data["train"].images), tables=dict(data["train"].tables))
     StainDiffuser.setup_spatialdata(sdata, source_key=data.get("source_key", "he"), target_key=data.get("target_key", "mihc"),
                                     stains=stains)
+    if kwargs.get("segmentation", True) and kwargs.get("objective", "edm") == "edm":
+        kwargs.setdefault("seg_weight", args.seg_weight)  # the multi-task models' lambda
     model = StainDiffuser(sdata, crop_size=args.crop, model_channels=args.model_channels, channel_mult=(1, 1, 2, 2),
                           seed=seed, **kwargs)
     epochs = max(1, int(round(args.train_steps * args.batch_size / (0.85 * data["n_train"]))))
@@ -260,9 +262,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tune-tiles", type=int, default=16, help="validation tiles scored by tune_sampler")
     p.add_argument("--steps", type=int, default=5, help="sampler steps of the diffusion models without tuning")
     p.add_argument("--full-steps", type=int, default=18, help="steps of the reference sampler (EDM Heun from 80)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["main", "seeds", "per_stain", "token", "full"],
+    p.add_argument("--seg-weight", type=float, default=1.0,
+                   help="lambda of the multi-task models, L = L_stain + lambda L_seg (the model's default: 1)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["main", "seeds", "per_stain", "token", "full", "single", "baselines"],
                    help="leave out: the seed-0 models and the baselines, the second training seed, the per-stain "
-                        "models, the token model, the reference sampler and the mean of 4 draws")
+                        "models, the token model, the reference sampler and the mean of 4 draws, the single-task "
+                        "models, the L1 U-Net and Pix2Pix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--threads", type=int, default=2)
@@ -346,16 +351,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             model.set_sampler(**chosen)
 
     # the main comparison first (seed 0, baselines), then the second seed, token and per-stain models
+    single = "single" not in args.skip
     if "main" not in args.skip:
         diffusion(0)
-        diffusion(0, segmentation=False)
-        for objective in ("l1", "pix2pix"):
+        if single:
+            diffusion(0, segmentation=False)
+        for objective in () if "baselines" in args.skip else ("l1", "pix2pix"):
             model, secs = train_model(data, args, objective=objective, segmentation=False)
             timings[objective] = secs
             run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1, show=True)
     for seed in seeds[1:]:
         diffusion(seed)
-        diffusion(seed, segmentation=False)
+        if single:
+            diffusion(seed, segmentation=False)
     if "token" not in args.skip:
         model, secs = train_model(data, args, multiplex="token")
         timings["token"] = secs

@@ -59,3 +59,9 @@ def test_deepliif_trains_on_one_field_and_scores_the_other():
     assert data["n_train"] == 16 and obs.groupby("region").size().tolist() == [4, 4, 4, 4]
     _, thr = bd.metrics.stain_masks(np.asarray(train.images["mpif"].data)[None], method="otsu")
     np.testing.assert_allclose(data["thresholds"], thr)
+    # --seg-weight reaches the multi-task diffusion models only (the single-task and point models have no L_seg)
+    tiny = argparse.Namespace(crop=16, model_channels=4, train_steps=1, batch_size=2, lr=1e-3, accelerator="cpu", seg_weight=3.0)
+    multi, _ = staining.train_model(data, tiny)
+    assert multi.init_args["seg_weight"] == 3.0 and multi.segmentation
+    single, _ = staining.train_model(data, tiny, segmentation=False)
+    assert single.init_args["seg_weight"] == 1.0 and not single.segmentation
