@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..diffusion import check_count, edm_sampler, network_evaluations
+from .base import _real
 
 __all__ = ["EDMSamplerMixin", "IMAGE_EULER", "check_positive", "checked_sampler", "pixel_draws"]
 
@@ -33,8 +34,8 @@ IMAGE_EULER = dict(solver="euler", sigma_max=80.0, sigma_min=0.002, rho=3.0)
 
 
 def check_positive(name: str, value: Any) -> None:
-    """A clear error unless ``value`` is a finite number above 0 (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+    """A clear error unless ``value`` is a finite number above 0 (bools and text are refused)."""
+    if _real(name, value) <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
 
 
