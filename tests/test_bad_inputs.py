@@ -100,6 +100,15 @@ def multicond() -> MultiConditionDiffusion:
 
 
 @pytest.fixture(scope="module")
+def mcd_image() -> MCD:
+    s = staining()[0]
+    MCD.setup_spatialdata(s, image_key="mihc", tile_size=16, downsample=1)
+    m = MCD(s, model_channels=8, channel_mult=(1, 1, 1), heads=1)
+    m.train(max_epochs=1, batch_size=32, **QUIET)
+    return m
+
+
+@pytest.fixture(scope="module")
 def staindiffuser() -> StainDiffuser:
     s = staining()[0]
     StainDiffuser.setup_spatialdata(s)
@@ -219,6 +228,12 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[Any, Any], Any], type, str]]
     ("Modality fractional batch_size", mudata, lambda m, r: _fx("multicond")(r).synthesize(m, target="prot", patients="all", batch_size=2.5), ValueError, r"batch_size must be a positive integer"),
     ("StainDiffuser zero batch_size", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, batch_size=0), ValueError, r"batch_size must be a positive integer"),
     ("StainDiffuser repeated training tiles", lambda: _set_up_stain(staining()[0]), lambda s, r: StainDiffuser(s, crop_size=16, model_channels=8, channel_mult=(1, 2)).train(tiles=[0, 0, 1, 2], max_epochs=1, **QUIET), ValueError, r"more than once"),
+    ("MCD channel missing twice", channels, lambda a, r: _fx("mcd_channels")(r).impute(a, missing=["CD8", "CD8"]), ValueError, r"more than once.*CD8"),
+    ("MCD image_key empty", lambda: staining()[0], lambda s, r: _fx("mcd_image")(r).impute(s, image_key="", missing=["B"]), KeyError, r"''"),
+    ("GeneFlow fractional max_cells", lambda: histology()[0], lambda s, r: GeneFlow.setup_spatialdata(s, image_key="dapi", max_cells=2.5), ValueError, r"max_cells must be a positive integer"),
+    ("MCD image downsample True", lambda: staining()[0], lambda s, r: MCD.setup_spatialdata(s, image_key="mihc", tile_size=32, downsample=True), ValueError, r"downsample must be a positive integer"),
+    ("StainDiffuser fractional crop_size", lambda: _set_up_stain(staining()[0]), lambda s, r: StainDiffuser(s, crop_size=16.9), ValueError, r"crop_size must be a positive integer"),
+    ("StainDiffuser overlap as text", lambda: staining()[0], lambda s, r: _fx("staindiffuser")(r).predict(s, overlap="0.5"), ValueError, r"overlap must be a finite number"),
     ("GeneFlow repeated training cells", lambda: _set_up_flow(histology()[0]), lambda s, r: GeneFlow(s, dim=8, rank=2, model_channels=8, channel_mult=(1,), encoder_layers=1).train(cells=[0, 0, 1], max_epochs=1, **QUIET), ValueError, r"more than once"),
 ]
 

@@ -35,7 +35,7 @@ from ..data.tiles import (
     tiles_inside,
     upsample_to,
 )
-from ..diffusion import Moments, row_seeds, sample_rows
+from ..diffusion import Moments, check_count, row_seeds, sample_rows
 from ..module.mcd import make_prepare
 from ._edm_sampling import pixel_draws
 
@@ -169,7 +169,8 @@ class MCDImageMixin:
         if not is_spatialdata(sdata):
             raise TypeError(f"setup_spatialdata needs a SpatialData, got {type(sdata).__name__}.")
         image_channels(sdata, image_key)  # dims and unique channel names, or a clear error
-        if downsample < 1 or tile_size < 4 or tile_size % downsample:
+        downsample, tile_size = check_count(downsample, "downsample"), check_count(tile_size, "tile_size")
+        if tile_size < 4 or tile_size % downsample:
             raise ValueError(f"tile_size ({tile_size}) must be >= 4 and a multiple of downsample ({downsample}).")
         if (tile_size // downsample) % 4:
             raise ValueError(f"tile_size / downsample = {tile_size // downsample} must be a multiple of 4 (the UNet halves it twice).")
@@ -359,7 +360,7 @@ class MCDImageMixin:
         if not is_spatialdata(sdata):
             raise TypeError(f"Expected a SpatialData, got {type(sdata).__name__}.")
         setup = self.registry["setup"]
-        image_key = image_key or setup["image_key"]
+        image_key = setup["image_key"] if image_key is None else image_key
         obs, _ = self._image_observed(sdata, image_key, observed, missing)
         names = self.registry["target_names"]
         f, tile = setup["downsample"], setup["tile_size"] // setup["downsample"]
@@ -409,7 +410,7 @@ class MCDImageMixin:
         if not is_spatialdata(sdata):
             raise TypeError(f"This MCD model was trained on images; pass a SpatialData, got {type(sdata).__name__}.")
         setup = self.registry["setup"]
-        image_key = image_key or setup["image_key"]
+        image_key = setup["image_key"] if image_key is None else image_key
         key = self._key(key_added, "imputed") if key_added is not None else f"{image_key}_MCD_imputed"
         vkey = self._variance_key(key, key_added, variance_key_added, f"{image_key}_MCD_variance")
         # per-cell means in the table: the same names as the elements when key_added is given

@@ -208,8 +208,9 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
             raise ValueError(f"mode must be 'single' (one tile per cell or spot) or 'window', got {mode!r}.")
         if mode == "window" and pixels_per_unit != 1.0:
             raise ValueError("Window mode needs centroids in image pixels (pixels_per_unit=1).")
-        if max_cells is not None and int(max_cells) < 1 or int(min_cells) < 1:
-            raise ValueError(f"max_cells (None or >= 1) and min_cells (>= 1) got {max_cells!r}, {min_cells!r}.")
+        if max_cells is not None:
+            check_count(max_cells, "max_cells")
+        check_count(min_cells, "min_cells")
         if table_key not in sdata.tables:
             raise KeyError(f"{table_key!r} is not a table of this SpatialData (have {list(sdata.tables.keys())}).")
         table = sdata.tables[table_key]

@@ -51,7 +51,7 @@ from ..module.staindiffuser import (
     to_unit,
 )
 from ._edm_sampling import IMAGE_EULER, EDMSamplerMixin, checked_sampler, pixel_draws
-from .base import BaseModel
+from .base import BaseModel, _real
 
 __all__ = ["StainDiffuser"]
 
@@ -318,9 +318,9 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         if not (np.isfinite(seg_weight) and seg_weight >= 0):
             raise ValueError(f"seg_weight must be finite and >= 0, got {seg_weight!r}.")
         setup = self._setup_record(sdata, "setup_spatialdata")
-        crop_size = int(crop_size)
+        crop_size = check_count(crop_size, "crop_size")
         factor = 2 ** (len(channel_mult) - 1)
-        if crop_size < 1 or crop_size % factor:
+        if crop_size % factor:
             raise ValueError(f"crop_size {crop_size} must be a positive multiple of 2 ** (len(channel_mult) - 1) = {factor}.")
         largest = setup.get("tile_size") or min(setup["height"], setup["width"])
         if crop_size > largest:
@@ -687,7 +687,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         if not is_spatialdata(obj):
             raise TypeError(f"StainDiffuser predicts on a SpatialData, got {type(obj).__name__}.")
         r, c = self.registry, self.init_args["crop_size"]
-        if not (0 <= float(overlap) < 1):
+        if not (0 <= _real("overlap", overlap) < 1):
             raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}.")
         check_count(steps)
         check_count(n_samples, "n_samples")
