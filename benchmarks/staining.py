@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="network evaluations per draw at which every diffusion model chooses its sampler on its own "
                         "validation tiles (model.tune_sampler); 0: sample --steps on the model's default schedule")
     p.add_argument("--tune-tiles", type=int, default=16, help="validation tiles scored by tune_sampler")
+    p.add_argument("--solvers", nargs="+", default=None, choices=["heun", "euler", "dpm2m"],
+                   help="the solvers of the tuning grid (default: schedule_grid's)")
     p.add_argument("--steps", type=int, default=5, help="sampler steps of the diffusion models without tuning")
     p.add_argument("--full-steps", type=int, default=18, help="steps of the reference sampler (EDM Heun from 80)")
     p.add_argument("--seg-weight", type=float, default=1.0,
@@ -323,7 +325,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.tune_nfe <= 0:
             return args.steps
         t = time.time()
-        table = model.tune_sampler(nfe=args.tune_nfe, max_tiles=args.tune_tiles, seed=args.seed)
+        from biodiffuse.diffusion import schedule_grid
+
+        grid = None if args.solvers is None else schedule_grid(args.tune_nfe, solvers=tuple(args.solvers))
+        table = model.tune_sampler(nfe=args.tune_nfe, max_tiles=args.tune_tiles, seed=args.seed, candidates=grid)
         best = table.iloc[0]
         records = json.loads(table.to_json(orient="records"))  # plain numbers
         tunings[name] = {"seconds": time.time() - t, "chosen": records[0], "table": records}

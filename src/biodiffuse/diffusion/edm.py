@@ -217,9 +217,9 @@ def karras_sigmas(
 
 SOLVERS = ("heun", "euler", "dpm2m")
 #: The solvers :func:`~biodiffuse.diffusion.schedule_grid` tries by default. ``"dpm2m"`` is opt-in: on
-#: the validation data of MCD (table and image), SpaDiT and both modality models it never had the best
-#: CRPS (Euler's sharper draws did), and it adds half again to a tuning's cost. Use it for calibrated
-#: few-step draws (``docs/benchmarks.md``, session 14).
+#: the validation data of MCD (table and image), SpaDiT, StainDiffuser and both modality models it
+#: never had the best CRPS (Euler's sharper draws did), and it adds half again to a tuning's cost.
+#: Use it for calibrated few-step draws (``docs/benchmarks.md``, session 14).
 TUNED_SOLVERS = ("heun", "euler")
 
 
