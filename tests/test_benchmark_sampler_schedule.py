@@ -14,7 +14,7 @@ sampler_schedule = pytest.importorskip("sampler_schedule")
 
 def test_driver_tunes_on_validation_and_scores_on_test(tmp_path):
     res = sampler_schedule.main(["--max-epochs", "2", "--nfe", "3", "--n-samples", "3", "--reference-steps", "4",
-                                 "--euler-steps", "1", "3", "--out", str(tmp_path / "s")])
+                                 "--euler-steps", "1", "3", "--dpm2m-steps", "2", "--out", str(tmp_path / "s")])
     val, test = res["validation"], res["test"]
     assert list(val["crps"]) == sorted(val["crps"]) and (val["nfe"] <= 3).all()
     chosen = test.iloc[0]
@@ -23,6 +23,8 @@ def test_driver_tunes_on_validation_and_scores_on_test(tmp_path):
     assert {"EDM Heun, 3 steps", "EDM Heun, 4 steps", "default schedule, 3 Euler steps"} <= set(test["sampler"])
     assert (test["crps"] > 0).all() and test["coverage80"].between(0, 1).all() and (test["cells_per_s"] > 0).all()
     assert test.set_index("sampler").loc["EDM Heun, 4 steps", "nfe"] == 7
+    dpm = test.set_index("sampler").loc["default schedule, 2 DPM++ 2M steps"]  # the default schedule, the other solver
+    assert dpm["solver"] == "dpm2m" and dpm["nfe"] == 2 and dpm["sigma_max"] == test.iloc[1]["sigma_max"]
     saved = json.loads((tmp_path / "s.json").read_text())
     assert len(saved["validation"]) == len(val) and "Test cells" in (tmp_path / "s.md").read_text()
 

@@ -32,6 +32,9 @@ def test_one_count_check_refuses_what_is_not_a_positive_whole_number() -> None:
     for bad in (0, -1, 2.5, True, np.bool_(True), "5", None, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="n_samples must be a positive integer"):
             check_count(bad, "n_samples")
+    assert check_count(2, "n_samples", minimum=2) == 2
+    with pytest.raises(ValueError, match="n_samples must be an integer of at least 2, got 1"):
+        check_count(1, "n_samples", minimum=2)
     for call in (lambda: karras_sigmas(True), lambda: heun_sampler(lambda x, s, c: x, torch.zeros(1, 1), steps=2.5)):
         with pytest.raises(ValueError, match="steps must be a positive integer"):
             call()
@@ -173,16 +176,21 @@ def _counted_gaussian():
     return exact, cov, counting, calls
 
 
+def _one_evaluation_a_step(counting, calls: dict, lat: torch.Tensor, solver: str, steps: tuple[int, ...]) -> None:
+    """``solver`` calls the denoiser ``steps`` times, as ``network_evaluations`` says."""
+    for n in steps:
+        calls["n"] = 0
+        heun_sampler(counting, lat, steps=n, solver=solver)
+        assert calls["n"] == network_evaluations(n, solver) == n
+
+
 def test_euler_solver_costs_one_evaluation_a_step_and_converges_to_the_ode() -> None:
     """Euler skips Heun's correction: ``steps`` evaluations, the same single step, and with many
     steps the same flow as Heun (the exact Gaussian conditional)."""
     exact, cov, counting, calls = _counted_gaussian()
 
     lat = torch.randn(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for steps in (1, 3, 5):
-        calls["n"] = 0
-        heun_sampler(counting, lat, steps=steps, solver="euler")
-        assert calls["n"] == network_evaluations(steps, "euler") == steps
+    _one_evaluation_a_step(counting, calls, lat, "euler", (1, 3, 5))
     assert torch.equal(heun_sampler(exact, lat, steps=1, solver="euler"), heun_sampler(exact, lat, steps=1))
     euler = heun_sampler(exact, lat, steps=400, sigma_max=10.0, solver="euler")
     heun = heun_sampler(exact, lat, steps=40, sigma_max=10.0)
@@ -201,10 +209,7 @@ def test_dpm2m_is_second_order_at_one_evaluation_a_step() -> None:
     exact, cov, counting, calls = _counted_gaussian()
 
     lat = torch.randn(4000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for steps in (1, 2, 5):
-        calls["n"] = 0
-        heun_sampler(counting, lat, steps=steps, solver="dpm2m")
-        assert calls["n"] == network_evaluations(steps, "dpm2m") == steps
+    _one_evaluation_a_step(counting, calls, lat, "dpm2m", (1, 2, 5))
     torch.testing.assert_close(heun_sampler(exact, lat, steps=1, solver="dpm2m"), heun_sampler(exact, lat, steps=1, solver="euler"),
                                rtol=1e-12, atol=1e-12)
     kw = dict(sigma_max=10.0, sigma_min=0.002, rho=7.0)

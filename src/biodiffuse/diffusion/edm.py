@@ -146,11 +146,11 @@ class EDMLoss:
         return masked_mean(err, loss_mask)
 
 
-def check_count(value: Any, name: str = "steps") -> int:
-    """``value`` as an int, after a clear error unless it is a positive whole number.
+def check_count(value: Any, name: str = "steps", *, minimum: int = 1) -> int:
+    """``value`` as an int, after a clear error unless it is a whole number of at least ``minimum``.
 
-    The one check of the counts the samplers take (``steps``, ``n_samples``, ``batch_size``):
-    ``True``, ``2.5``, ``0`` and ``"5"`` are refused; ``5`` and ``5.0`` give ``5``.
+    The one check of the counts the samplers and verbs take (``steps``, ``n_samples``,
+    ``batch_size``, ...): ``True``, ``2.5``, ``0`` and ``"5"`` are refused; ``5`` and ``5.0`` give ``5``.
 
     Parameters
     ----------
@@ -158,6 +158,8 @@ def check_count(value: Any, name: str = "steps") -> int:
         The count.
     name
         Its argument's name, for the error.
+    minimum
+        The smallest value allowed (e.g. 2 for draws that must give a spread).
 
     Examples
     --------
@@ -168,8 +170,9 @@ def check_count(value: Any, name: str = "steps") -> int:
     ValueError: n_samples must be a positive integer, got 2.5.
     """
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not ok or not np.isfinite(value) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not ok or not np.isfinite(value) or int(value) != value or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
     return int(value)
 
 

@@ -371,8 +371,7 @@ def gaussian_samples(mean: object, sd: object, n_samples: int, *, seed: int = 0)
     s = np.broadcast_to(np.asarray(sd, dtype=np.float64), mu.shape)
     if not (np.isfinite(s).all() and (s >= 0).all()):
         raise ValueError("sd must be non-negative and finite.")
-    if check_count(n_samples, "n_samples") < 2:
-        raise ValueError(f"n_samples must be >= 2, got {n_samples}.")
+    check_count(n_samples, "n_samples", minimum=2)
     eps = np.random.default_rng(seed).standard_normal((mu.shape[0], int(n_samples), mu.shape[1]))
     return mu[:, None, :] + s[:, None, :] * eps
 

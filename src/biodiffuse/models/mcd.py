@@ -563,7 +563,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             unknown = [n for n in (given or []) if str(n) not in names]
             if unknown:
                 raise ValueError(f"{what} names not among the model's channels: {unknown[:5]}.")
-            repeated = sorted({str(n) for n in (given or []) if list(map(str, given)).count(str(n)) > 1})
+            given_names = pd.Index([str(n) for n in (given or [])])
+            repeated = sorted(set(given_names[given_names.duplicated()]))
             if repeated:
                 raise ValueError(f"{what} names a channel more than once: {repeated[:5]}.")
         if observed is not None:

@@ -181,8 +181,7 @@ def acquisition_curve(
         raise ValueError("fractions must lie in [0, 1].")
     if (np.diff(fr) <= 0).any():
         raise ValueError("fractions must be strictly increasing.")
-    if check_count(n_random, "n_random") < 2:
-        raise ValueError(f"n_random must be at least 2, got {n_random}.")
+    check_count(n_random, "n_random", minimum=2)
     counts = np.rint(fr * n).astype(int)
     rng = np.random.default_rng(seed)
 

@@ -99,8 +99,7 @@ def counterfactual_variance(
     missing = [b for b in predictor.blocks if b != target and b not in mdata.mod]  # target: may be absent
     if missing:
         raise ValueError(f"The predictor's blocks {missing} are not modalities of mdata {list(mdata.mod)}.")
-    if check_count(n_samples, "n_samples") < 2:
-        raise ValueError(f"n_samples must be at least 2 for a spread, got {n_samples}.")
+    check_count(n_samples, "n_samples", minimum=2)  # a spread needs two draws
     if patients not in ("missing", "all"):
         raise ValueError(f"patients must be 'missing' or 'all', got {patients!r}.")
     key = f"counterfactual_variance_{target}" if key_added is None else key_added
