@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--totalvi", action="store_true", help="also run totalVI (needs scvi-tools)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--gene-pcs", type=int, default=None, help="MCD gene_pcs (default: genes as condition channels)")
+    p.add_argument("--residual", choices=["ridge"], default=None,
+                   help="MCD residual: diffuse the proteins minus a ridge prediction from the genes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for these small models on a busy machine)")
     p.add_argument("--quick", action="store_true",
                    help="the README's main job: one fold, steps 1 5 18, MCD max_epochs 600 (early stopping ends it near 250)")
@@ -350,7 +352,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"(seed {args.seed}), mean ± sd across folds; n_samples={args.n_samples}"
                   + (f"; {args.train_cells} training cells per fold" if args.train_cells else "")
                   + (f"; MCD max_epochs={args.max_epochs}" if args.max_epochs else "")
-                  + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else "") + status)
+                  + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else "")
+                  + (f"; MCD residual={args.residual}" if args.residual else "") + status)
         result = {"dataset": name, "header": header, "args": vars(args), "complete": bool(final and not df.attrs.get("interrupted")),
                   "rows": json.loads(df.to_json(orient="records")), "per_protein_r_p_norm": json.loads(pp.to_json())}
         Path(f"{out}.json").write_text(json.dumps(result, indent=1))
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     df, summary, pp = run_benchmark(
         adata, name, args.protein_key, args.folds, tuple(args.steps), args.n_samples, args.max_epochs,
         args.seed, args.totalvi, args.accelerator, args.max_folds,
-        mcd_kwargs={"gene_pcs": args.gene_pcs} if args.gene_pcs else None,
+        mcd_kwargs={k: v for k, v in (("gene_pcs", args.gene_pcs), ("residual", args.residual)) if v} or None,
         groups_key="donor" if args.split == "donor" else None, train_cells=args.train_cells,
         baselines=tuple(b for b in BASELINES if b not in args.skip), on_fold=write, point_draws=tuple(args.point_draws),
         tune_nfe=args.tune_nfe,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -397,3 +398,29 @@ def test_damaged_saved_model_gives_a_clear_error(mcd_channels, tmp_path, damage,
     damage(tmp_path / "m")
     with pytest.raises(ValueError, match=match):
         MCD.load(tmp_path / "m")
+
+
+# --- one draw writes a variance of 0: a warning, not silence -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fixture,make,call,where",
+    [
+        ("mcd_channels", channels, lambda m, a, **kw: m.impute(a, missing=["CD8"], steps=1, **kw), "'MCD_variance'"),
+        ("mcd_image", lambda: staining()[0], lambda m, s, **kw: m.impute(s, missing=["B"], steps=1, **kw), "'mihc_MCD_variance'"),
+        ("spadit", lambda: spatial_pair()[0], lambda m, a, **kw: m.predict(a, steps=1, **kw), "'SpaDiT_variance'"),
+        ("multicond", mudata, lambda m, md, **kw: m.synthesize(md, target="prot", patients="all", steps=1, **kw), "layers\\['variance'\\]"),
+    ],
+    ids=["MCD table", "MCD image", "SpaDiT", "MultiConditionDiffusion"],
+)
+def test_one_draw_warns_that_the_variance_is_zero(request, fixture, make, call, where) -> None:
+    model = request.getfixturevalue(fixture)
+    with pytest.warns(UserWarning, match=rf"n_samples=1: the variance written to .*{where}.* is 0"):
+        call(model, make(), n_samples=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="n_samples=1")
+        call(model, make(), n_samples=2)
+    if fixture != "multicond":  # no variance written: nothing to warn about
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="n_samples=1")
+            call(model, make(), n_samples=1, variance_key_added=False)

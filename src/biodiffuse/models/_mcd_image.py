@@ -412,7 +412,7 @@ class MCDImageMixin:
         setup = self.registry["setup"]
         image_key = setup["image_key"] if image_key is None else image_key
         key = self._key(key_added, "imputed") if key_added is not None else f"{image_key}_MCD_imputed"
-        vkey = self._variance_key(key, key_added, variance_key_added, f"{image_key}_MCD_variance")
+        vkey = self._variance_key(key, key_added, variance_key_added, f"{image_key}_MCD_variance", n_samples=n_samples)
         # per-cell means in the table: the same names as the elements when key_added is given
         cell_key = key_added or "MCD_imputed"
         cell_vkey = None if vkey is None else (vkey if key_added is not None or variance_key_added not in (None, True) else "MCD_variance")

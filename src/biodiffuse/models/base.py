@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -271,10 +272,13 @@ class BaseModel:
         return adata, np.sort(np.unique(np.where(idx < 0, idx + n, idx)))
 
     @staticmethod
-    def _variance_key(key: str, key_added: str | None, variance_key_added: str | bool | None, default: str) -> str | None:
+    def _variance_key(
+        key: str, key_added: str | None, variance_key_added: str | bool | None, default: str, *, n_samples: Any = None
+    ) -> str | None:
         """Where a verb writes the variance beside the mean it writes at ``key``: None with
         ``variance_key_added=False``; ``default`` (or ``f"{key_added}_variance"``) with None /
-        True; else the name given, which must differ from ``key``."""
+        True; else the name given, which must differ from ``key``. With ``n_samples=1`` a
+        variance to be written is 0 (one draw has no spread): a warning says so."""
         if variance_key_added is False:
             return None
         if variance_key_added is None or variance_key_added is True:
@@ -285,7 +289,18 @@ class BaseModel:
             vkey = variance_key_added
         if vkey == key:
             raise ValueError(f"key_added and variance_key_added are both {key!r}: the variance would overwrite the mean.")
+        BaseModel._warn_single_draw(n_samples, repr(vkey), "or pass variance_key_added=False")
         return vkey
+
+    @staticmethod
+    def _warn_single_draw(n_samples: Any, where: str, alternative: str = "", stacklevel: int = 4) -> None:
+        """Warn that a variance written from ``n_samples=1`` draw is 0, not an uncertainty."""
+        if n_samples is not None and not isinstance(n_samples, bool) and n_samples == 1:
+            warnings.warn(
+                f"n_samples=1: the variance written to {where} is 0 (one draw has no spread), not an uncertainty; "
+                f"draw n_samples >= 2 for one{', ' + alternative if alternative else ''}.",
+                stacklevel=stacklevel,
+            )
 
     def _key(self, key_added: str | None, what: str) -> str:
         """``key_added`` or the default ``f"{model name}_{what}"``."""

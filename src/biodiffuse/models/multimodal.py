@@ -604,6 +604,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         self._check_free(mdata.mod, [key], "mdata.mod", overwrite)
         self._check_free(mdata.uns, [key], "mdata.uns", overwrite)
         conds = self._conditions(target, conditions)
+        self._warn_single_draw(n_samples, f"mdata.mod[{key!r}].layers['variance']", stacklevel=3)
         present = self._presence(mdata, rows)
         has_cond = present[:, conds].any(axis=1) if conds else np.ones(len(rows), bool)
         chosen = rows[has_cond & (~present[:, t] if patients == "missing" else True)]

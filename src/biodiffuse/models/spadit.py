@@ -716,7 +716,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         """
         adata, rows = self._query(adata, indices)
         key = self._key(key_added, "predicted")
-        var_key = self._variance_key(key, key_added, variance_key_added, self._key(None, "variance"))
+        var_key = self._variance_key(key, key_added, variance_key_added, self._key(None, "variance"), n_samples=n_samples)
         self._check_free(adata.obsm, [key, var_key], "adata.obsm", overwrite)
         self._check_free(adata.uns, [key], "adata.uns", overwrite)
         batch_size = self._default_batch_size if batch_size is None else batch_size
