@@ -483,7 +483,8 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
             gathered per window of the registered image's grid. Default: the attached object.
         indices
             Rows (single mode) or windows (window mode, in the grid's row-major order) to
-            generate for (positions or a boolean mask); default all.
+            generate for (positions or a boolean mask); default all. Repeated positions count
+            once, and the tiles come back in row order.
         batch_size
             Rows per batch (``batch_size * n_samples`` tiles go through the network at once;
             memory is flat in the number of rows). Default 64. The network always runs on

@@ -10,6 +10,9 @@ Method (MCD paper, sections 3.1-3.3 and appendix C):
   (:class:`~biodiffuse.data.MatrixField`, :class:`~biodiffuse.data.ObsmField`), in row chunks.
 * **Network, objective, condition.** :mod:`biodiffuse.module.mcd`: MCD UNet inside EDM
   preconditioning; EDM loss with random channel masks; condition ``[genes, x * m, m]``.
+* **Residual base** (``residual="ridge"``, gene -> protein): a ridge regression from the genes
+  (:class:`~biodiffuse.module.mcd.RidgeBase`) is fitted on the training cells; the network learns
+  the proteins minus its out-of-fold predictions, and every draw adds the base back.
 * **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with the EDM ODE sampler (Euler steps by
   default, on a schedule :meth:`MCD.tune_sampler` can choose), one random
   stream per cell (``row_seeds(seed, obs_names)``); the condition branch runs once per batch
@@ -764,8 +767,10 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             the registry by name (genes for gene -> protein models, ``var_names`` otherwise;
             backed AnnData is read in row chunks), or a SpatialData for image models.
         indices
-            Tables: cells to impute (integer positions or a boolean mask); the other rows of
-            the written frames are NaN. Not used by image models.
+            Tables: cells to impute (integer positions, negative allowed, or a boolean mask);
+            the other rows of the written frames are NaN. Repeated positions count once, and
+            :meth:`posterior` returns the cells in their order in ``adata`` (its ``rows``).
+            Not used by image models.
         batch_size
             Cells (default 256) or tiles (default 64) per batch; results do not depend on it.
         n_samples

@@ -508,7 +508,9 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
             Modalities to condition on (default: all other modalities). An empty list gives
             unconditional samples.
         indices
-            Patients to sample (positions in ``mdata.obs_names``; default all).
+            Patients to sample (positions in ``mdata.obs_names``; default all). Repeated
+            positions count once; patients come back in their order in ``mdata``
+            (``obs_names`` in the result).
         batch_size
             Patients per batch (default 256; ``batch_size * n_samples`` draws at once).
         n_samples

@@ -677,7 +677,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
             hidden from the model and predicted from the others.
         indices
             Rows to predict (integer positions or a boolean mask; default all). Rows not
-            selected are NaN in the written frames.
+            selected are NaN in the written frames; repeated positions count once.
         batch_size
             Cells per batch (default 256; memory is flat in the number of cells).
         n_samples
