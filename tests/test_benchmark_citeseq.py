@@ -49,11 +49,20 @@ def test_driver_scores_points_and_distributions(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "citeseq" / "triana_bm_abseq.h5ad").is_file(), reason="needs the shared Abseq data")
-def test_donor_split_holds_out_whole_donors(tmp_path):
+def test_donor_split_holds_out_whole_donors(tmp_path, monkeypatch):
+    built = {}
+    init = citeseq.MCD.__init__
+
+    def spy(self, *args, **kwargs):  # --residual reaches the model
+        built.update(kwargs)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(citeseq.MCD, "__init__", spy)
     res = citeseq.main([
-        "--dataset", "abseq", "--split", "donor", "--max-folds", "1", "--train-cells", "300",
+        "--dataset", "abseq", "--split", "donor", "--max-folds", "1", "--train-cells", "300", "--residual", "ridge",
         "--max-epochs", "1", "--steps", "1", "--n-samples", "1", "--skip", "krr", "knn", "--out", str(tmp_path / "a"),
     ])
+    assert built.get("residual") == "ridge" and "MCD residual=ridge" in res["header"]
     rows = res["rows"]
     held = {r["held_out"] for r in rows}
     assert len(held) == 1 and held <= {"BM1", "BM2", "BM3", "Aged1", "Aged2"}
