@@ -54,6 +54,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def choose_sampler_steps(model, name: str, args, tunings: dict[str, Any]) -> int:
+    """The model's sampler steps: tuned on its own validation tiles at ``--tune-nfe`` evaluations
+    over the grid of ``--solvers`` (the tuning goes to ``tunings[name]``), or ``--steps`` on the
+    model's default schedule when ``--tune-nfe`` is 0."""
+    if args.tune_nfe <= 0:
+        return args.steps
+    t = time.time()
+    from biodiffuse.diffusion import schedule_grid
+
+    grid = None if args.solvers is None else schedule_grid(args.tune_nfe, solvers=tuple(args.solvers))
+    table = model.tune_sampler(nfe=args.tune_nfe, max_tiles=args.tune_tiles, seed=args.seed, candidates=grid)
+    best = table.iloc[0]
+    records = json.loads(table.to_json(orient="records"))  # plain numbers
+    tunings[name] = {"seconds": time.time() - t, "chosen": records[0], "table": records}
+    _log(f"{name}: sampler chosen on {args.tune_tiles} validation tiles in {tunings[name]['seconds']:.0f} s: "
+         f"{best['solver']} {int(best['steps'])} steps, sigma {best['sigma_max']:g} -> {best['sigma_min']:g}, rho {best['rho']:g}")
+    return int(best["steps"])
+
+
 def load(args) -> dict[str, Any]:
     """Training mosaic, test mosaic with a table of the scored windows, real windows, thresholds."""
     import anndata as ad
@@ -320,21 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(f"{out}.md").write_text(format_table(results) + "\n")  # so far
 
     def sampler_steps(model, name: str) -> int:
-        """The model's sampler steps: tuned on its own validation tiles at --tune-nfe evaluations,
-        or --steps on its default schedule."""
-        if args.tune_nfe <= 0:
-            return args.steps
-        t = time.time()
-        from biodiffuse.diffusion import schedule_grid
-
-        grid = None if args.solvers is None else schedule_grid(args.tune_nfe, solvers=tuple(args.solvers))
-        table = model.tune_sampler(nfe=args.tune_nfe, max_tiles=args.tune_tiles, seed=args.seed, candidates=grid)
-        best = table.iloc[0]
-        records = json.loads(table.to_json(orient="records"))  # plain numbers
-        tunings[name] = {"seconds": time.time() - t, "chosen": records[0], "table": records}
-        _log(f"{name}: sampler chosen on {args.tune_tiles} validation tiles in {tunings[name]['seconds']:.0f} s: "
-             f"{best['solver']} {int(best['steps'])} steps, sigma {best['sigma_max']:g} -> {best['sigma_min']:g}, rho {best['rho']:g}")
-        return int(best["steps"])
+        return choose_sampler_steps(model, name, args, tunings)
 
     seeds = [0] if "seeds" in args.skip else [0, 1]
 

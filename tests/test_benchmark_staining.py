@@ -65,3 +65,35 @@ def test_deepliif_trains_on_one_field_and_scores_the_other():
     assert multi.init_args["seg_weight"] == 3.0 and multi.segmentation
     single, _ = staining.train_model(data, tiny, segmentation=False)
     assert single.init_args["seg_weight"] == 1.0 and not single.segmentation
+
+
+def test_solvers_set_the_tuning_grid_and_tune_nfe_zero_skips_tuning():
+    """--solvers reaches tune_sampler as the grid of those solvers at --tune-nfe evaluations; the
+    chosen row's steps come back and the table is kept; --tune-nfe 0 samples --steps untuned."""
+    import argparse
+
+    import pandas as pd
+
+    from biodiffuse.diffusion import schedule_grid
+
+    class Model:
+        def __init__(self):
+            self.calls = []
+
+        def tune_sampler(self, *, nfe, max_tiles, seed, candidates):
+            self.calls.append(dict(nfe=nfe, max_tiles=max_tiles, candidates=candidates))
+            rows = candidates or schedule_grid(nfe)
+            return pd.DataFrame([{**c, "crps": float(i)} for i, c in enumerate(rows)])
+
+    args = argparse.Namespace(tune_nfe=5, tune_tiles=3, seed=0, steps=7, solvers=["dpm2m"])
+    model, tunings = Model(), {}
+    steps = staining.choose_sampler_steps(model, "multi", args, tunings)
+    grid = model.calls[0]["candidates"]
+    assert grid == schedule_grid(5, solvers=("dpm2m",)) and {c["solver"] for c in grid} == {"dpm2m"}
+    assert steps == grid[0]["steps"] == 5 and tunings["multi"]["chosen"]["solver"] == "dpm2m"
+    assert model.calls[0]["nfe"] == 5 and model.calls[0]["max_tiles"] == 3
+    args.solvers = None  # the default grid
+    staining.choose_sampler_steps(model, "multi", args, tunings)
+    assert model.calls[1]["candidates"] is None
+    args.tune_nfe = 0
+    assert staining.choose_sampler_steps(model, "x", args, tunings) == 7 and len(model.calls) == 2
