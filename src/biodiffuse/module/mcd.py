@@ -211,10 +211,12 @@ class RidgeBase:
         return (np.asarray(genes, dtype=np.float64) @ self.coef.T + self.intercept).astype(np.float32)
 
     def to_dict(self) -> dict[str, list]:
+        """JSON-ready lists (the form kept in a model's registry)."""
         return {"coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "alpha": self.alpha.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RidgeBase":
+        """The base :meth:`to_dict` wrote."""
         return cls(d["coef"], d["intercept"], d["alpha"])
 
 
