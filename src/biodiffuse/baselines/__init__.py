@@ -6,7 +6,8 @@
   :class:`BaselineRegressor`);
 - :mod:`.distributions`: predictive distributions from those regressors (conformal-style
   residual draws, Gaussian residual variance, kNN neighbours as draws;
-  :func:`fit_predict_draws`), scored like a generative model's draws;
+  :func:`fit_predict_draws`; :func:`out_of_fold`, the one cross-fitting split, also MCD's
+  residual base's), scored like a generative model's draws;
 - :mod:`.channels`: channel -> channel imputation within a panel (mean, most-correlated
   channel, ridge, kNN, kernel ridge; :class:`ChannelRegressor`);
 - :mod:`.spatial`: unmeasured spatial genes from an scRNA-seq reference (kNN, SpaGE-style;
@@ -34,7 +35,7 @@ from .histology import NearestTile, fit_predict_nearest_tile
 from .external import EXTERNAL_SPATIAL_BASELINES, fit_predict_gimvi, fit_predict_stdiff, fit_predict_tangram
 from .modality import MODALITY_METHODS, ModalityRegressor, cross_validate_modality, fit_predict_modality, summarize_folds
 from .spatial import SPATIAL_BASELINES, fit_predict_knn, fit_predict_knn_draws, fit_predict_spage, shared_log_normalized
-from .distributions import DRAW_KINDS, fit_predict_draws
+from .distributions import DRAW_KINDS, fit_predict_draws, out_of_fold
 from .tables import METHODS, BaselineRegressor, fit_predict, gene_features
 from .totalvi import totalvi_impute
 

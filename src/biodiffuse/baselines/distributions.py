@@ -24,23 +24,52 @@ import numpy as np
 
 from .tables import METHODS, BaselineRegressor, _check_xy, _cv
 
-__all__ = ["DRAW_KINDS", "fit_predict_draws"]
+__all__ = ["DRAW_KINDS", "fit_predict_draws", "out_of_fold"]
 
 DRAW_KINDS = ("residuals", "gaussian", "neighbours")
 
 
-def _out_of_fold(reg: BaselineRegressor, f_train: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Out-of-fold predictions of the fitted regressor's model (hyper-parameters fixed)."""
+def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of a scikit-learn estimator, its hyper-parameters fixed.
+
+    The baselines' split: 5 shuffled folds (fewer with fewer than 5 rows), shuffled with
+    ``seed``. Each row is predicted by a clone of ``estimator`` fitted on the other folds: its
+    residual is that of a cell the model did not see.
+
+    Parameters
+    ----------
+    estimator
+        An unfitted or fitted scikit-learn regressor (it is cloned, never refitted in place).
+    X, y
+        Features ``(n, F)`` and targets ``(n,)`` or ``(n, C)``.
+    seed
+        Seed of the fold split.
+
+    Returns
+    -------
+    numpy.ndarray
+        Predictions shaped like ``y``.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import Ridge
+    >>> resid = y - bd.baselines.out_of_fold(Ridge(alpha=10.0), F, y)
+    """
     from sklearn.base import clone
     from sklearn.model_selection import cross_val_predict
 
+    pred = cross_val_predict(clone(estimator), X, y, cv=_cv(len(y), seed))
+    return pred.reshape(np.shape(y))
+
+
+def _out_of_fold(reg: BaselineRegressor, f_train: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold predictions of the fitted regressor's model (hyper-parameters fixed)."""
     if reg.model_ is None:  # "mean": the fold means
         out = np.empty_like(y)
         for tr, te in _cv(len(y), seed).split(f_train):
             out[te] = y[tr].mean(axis=0)
         return out
-    est = getattr(reg.model_, "best_estimator_", reg.model_)
-    return cross_val_predict(clone(est), f_train, y, cv=_cv(len(y), seed))
+    return out_of_fold(getattr(reg.model_, "best_estimator_", reg.model_), f_train, y, seed)
 
 
 def fit_predict_draws(

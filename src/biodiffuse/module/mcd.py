@@ -141,9 +141,8 @@ class RidgeBase:
     """Ridge regression from condition genes to target channels: the base a residual MCD
     diffuses around.
 
-    One penalty per channel, chosen by efficient leave-one-out over
-    :data:`biodiffuse.baselines.tables.RIDGE_ALPHAS` (the ridge baseline's grid); a channel
-    with unmeasured (NaN) entries is fitted on its measured cells alone.
+    The ridge baseline itself (one penalty per channel, chosen by efficient leave-one-out over
+    its grid); a channel with unmeasured (NaN) entries is fitted on its measured cells alone.
 
     Parameters
     ----------
@@ -170,10 +169,9 @@ class RidgeBase:
 
     @classmethod
     def fit(cls, genes: np.ndarray, y: np.ndarray) -> "RidgeBase":
-        """Fit on ``genes`` (n, G) and targets ``y`` (n, C; NaN where unmeasured)."""
-        from sklearn.linear_model import RidgeCV
-
-        from ..baselines.tables import RIDGE_ALPHAS
+        """Fit on ``genes`` (n, G) and targets ``y`` (n, C; NaN where unmeasured), with the ridge
+        baseline (:class:`~biodiffuse.baselines.BaselineRegressor`)."""
+        from ..baselines import BaselineRegressor
 
         genes, y = np.asarray(genes, dtype=np.float64), np.asarray(y, dtype=np.float64)
         n_ch = y.shape[1]
@@ -184,26 +182,25 @@ class RidgeBase:
                     "residual='ridge' needs at least 10 training cells with a measured value in every channel; "
                     f"channel {int(cols[0])} has {len(rows)}."
                 )
-            ridge = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True).fit(genes[rows], y[np.ix_(rows, cols)])
+            ridge = BaselineRegressor("ridge").fit(genes[rows], y[np.ix_(rows, cols)]).model_
             coef[cols], intercept[cols], alpha[cols] = ridge.coef_, ridge.intercept_, ridge.alpha_
         return cls(coef, intercept, alpha)
 
     def out_of_fold(self, genes: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np.ndarray:
-        """5-fold out-of-fold predictions ``(n, C)`` with this base's penalties (folds shuffled
-        with ``seed``; NaN where ``y`` is unmeasured).
+        """Out-of-fold predictions ``(n, C)`` with this base's penalties, on the baselines' split
+        (:func:`~biodiffuse.baselines.out_of_fold`; NaN where ``y`` is unmeasured).
 
         The residuals a model trains on must be those of cells the base did not see: in-sample
         residuals are narrower than a new cell's, and so would be the model's draws.
         """
         from sklearn.linear_model import Ridge
-        from sklearn.model_selection import KFold, cross_val_predict
+
+        from ..baselines import out_of_fold
 
         genes, y = np.asarray(genes, dtype=np.float64), np.asarray(y, dtype=np.float64)
         out = np.full(y.shape, np.nan)
         for cols, rows in self._groups(y):
-            folds = KFold(n_splits=min(5, len(rows)), shuffle=True, random_state=seed)
-            pred = cross_val_predict(Ridge(alpha=self.alpha[cols]), genes[rows], y[np.ix_(rows, cols)], cv=folds)
-            out[np.ix_(rows, cols)] = pred.reshape(len(rows), len(cols))
+            out[np.ix_(rows, cols)] = out_of_fold(Ridge(alpha=self.alpha[cols]), genes[rows], y[np.ix_(rows, cols)], seed)
         return out
 
     def predict(self, genes: np.ndarray) -> np.ndarray:
