@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--totalvi", action="store_true", help="also run totalVI (needs scvi-tools)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--gene-pcs", type=int, default=None, help="MCD gene_pcs (default: genes as condition channels)")
-    p.add_argument("--residual", choices=["ridge"], default=None,
-                   help="MCD residual: diffuse the proteins minus a ridge prediction from the genes")
+    p.add_argument("--residual", choices=["ridge", "krr"], default=None,
+                   help="MCD residual: diffuse the proteins minus a ridge (or kernel ridge) prediction from the genes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for these small models on a busy machine)")
     p.add_argument("--quick", action="store_true",
                    help="the README's main job: one fold, steps 1 5 18, MCD max_epochs 600 (early stopping ends it near 250)")

@@ -1,4 +1,5 @@
-"""MCD with ``residual="ridge"``: a ridge base from the genes, diffusion of what it leaves."""
+"""MCD with ``residual="ridge"`` / ``"krr"``: a (kernel) ridge base from the genes, diffusion of
+what it leaves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import biodiffuse as bd
 from biodiffuse.data import ChannelNormalizer
 from biodiffuse.models import MCD
-from biodiffuse.module.mcd import RidgeBase
+from biodiffuse.module.residual_base import KernelRidgeBase, RidgeBase
 
 from _tiny import channels, citeseq
 
@@ -65,13 +66,72 @@ def test_ridge_base_fits_each_channel_on_its_measured_cells() -> None:
         RidgeBase.fit(genes, y_nan)
 
 
+# --- the kernel ridge base -----------------------------------------------------------------
+
+
+def _nonlinear(n: int, seed: int = 0, noise: float = 0.2):
+    """Genes (n, 6) and three targets no linear map fits: sin, a product, an absolute value."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=(n, 6))
+    y = np.stack([np.sin(2 * g[:, 0]), g[:, 1] * g[:, 2], np.abs(g[:, 3]) + 0.5 * g[:, 4]], axis=1)
+    return g, y + noise * rng.normal(size=y.shape)
+
+
+def test_kernel_base_is_the_krr_baseline_on_gene_pcs_and_beats_ridge() -> None:
+    """The base's predictions are those of the KRR baseline fitted on the genes' principal
+    components; on nonlinear targets it more than halves ridge's error (measured: 0.14 against
+    0.63 mean squared error) and round-trips through its state."""
+    from sklearn.decomposition import PCA
+
+    genes, y = _nonlinear(300)
+    new, y_new = _nonlinear(1000, seed=1)
+    base = KernelRidgeBase.fit(genes, y)
+    pca = PCA(n_components=6).fit(genes)
+    krr = bd.baselines.BaselineRegressor("krr").fit(pca.transform(genes), y)
+    np.testing.assert_allclose(base.predict(new), krr.predict(pca.transform(new)), atol=1e-5)
+    err_krr = np.mean((base.predict(new) - y_new) ** 2)
+    err_ridge = np.mean((RidgeBase.fit(genes, y).predict(new) - y_new) ** 2)
+    assert err_krr < 0.5 * err_ridge, (err_krr, err_ridge)
+    meta, arrays = base.to_state()
+    assert meta == {"kind": "krr", "n_fit": 300, "n_pcs": 6}
+    np.testing.assert_array_equal(KernelRidgeBase.from_state(arrays).predict(new), base.predict(new))
+    with pytest.raises(ValueError, match="lacks its arrays"):
+        KernelRidgeBase.from_state({k: v for k, v in arrays.items() if k != "dual_coef"})
+
+
+def test_kernel_base_out_of_fold_residuals_are_as_wide_as_a_new_cells() -> None:
+    """Kernel ridge fits its training cells closely: in-sample residual variance is 0.13-0.46 of
+    the new-cell error, out of fold 0.86-1.20 (three seeds, 120 cells)."""
+    for seed in range(3):
+        genes, y = _nonlinear(120, seed=seed)
+        base = KernelRidgeBase.fit(genes, y)
+        new, y_new = _nonlinear(2000, seed=seed + 10)
+        new_error = np.var(y_new - base.predict(new))
+        assert np.var(y - base.predict(genes)) < 0.6 * new_error
+        assert 0.75 * new_error < np.var(y - base.out_of_fold(genes, y, seed=0)) < 1.35 * new_error
+
+
+def test_kernel_base_fits_each_channel_on_its_measured_cells() -> None:
+    genes, y = _nonlinear(300)
+    y_nan = y.copy()
+    y_nan[:100, 1] = np.nan
+    base = KernelRidgeBase.fit(genes, y_nan)
+    assert not base.dual_coef[:100, 1].any() and base.dual_coef[100:, 1].all()  # unmeasured cells carry no weight
+    # channels measured on the same cells are fitted together (CV over both), as if alone
+    np.testing.assert_array_equal(base.dual_coef[:, [0, 2]], KernelRidgeBase.fit(genes, y[:, [0, 2]]).dual_coef)
+    oof = base.out_of_fold(genes, y_nan)
+    assert np.isnan(oof[:100, 1]).all() and not np.isnan(oof[100:, 1]).any() and not np.isnan(oof[:, [0, 2]]).any()
+    new, y_new = _nonlinear(1000, seed=1)
+    assert np.mean((base.predict(new)[:, 1] - y_new[:, 1]) ** 2) < 0.5 * np.var(y_new[:, 1])
+
+
 # --- the model -----------------------------------------------------------------------------
 
 
 def test_residual_is_for_gene_to_protein_models_only() -> None:
     a = citeseq()
     MCD.setup_anndata(a, protein_obsm_key="protein")
-    with pytest.raises(ValueError, match="residual must be None or 'ridge'"):
+    with pytest.raises(ValueError, match=r"residual must be None or one of \['ridge', 'krr'\]"):
         MCD(a, residual="lasso")
     c = channels()
     MCD.setup_anndata(c)
@@ -86,11 +146,11 @@ def split():
     return adata[perm[:400]].copy(), adata[perm[400:]].copy()
 
 
-@pytest.fixture(scope="module")
-def residual_model(split, accelerator, devices):
+@pytest.fixture(scope="module", params=["ridge", "krr"])
+def residual_model(request, split, accelerator, devices):
     train = split[0].copy()
     MCD.setup_anndata(train, protein_obsm_key=KEY)
-    model = MCD(train, n_genes=300, residual="ridge", model_channels=16, heads=2)
+    model = MCD(train, n_genes=300, residual=request.param, model_channels=16, heads=2)
     model.train(max_epochs=40, enable_progress_bar=False, accelerator=accelerator, devices=devices, seed=0)
     return model
 
@@ -100,10 +160,10 @@ def _truth(model: MCD, adata) -> np.ndarray:
     return norm.transform(adata.obsm[KEY][model.target_names].to_numpy(float))
 
 
-def _ridge_base(model: MCD, adata) -> np.ndarray:
+def _stored_base(model: MCD, adata) -> np.ndarray:
     """The stored base's prediction, normalised [0, 1] scale."""
     genes = model._standardised_genes(model._log_genes(adata, np.arange(adata.n_obs)))
-    return (RidgeBase.from_dict(model.registry["residual_base"]).predict(genes) + 1.0) / 2.0
+    return (model._residual_base().predict(genes) + 1.0) / 2.0
 
 
 def test_trains_on_out_of_fold_residuals(residual_model, split) -> None:
@@ -113,7 +173,7 @@ def test_trains_on_out_of_fold_residuals(residual_model, split) -> None:
     genes = m._standardised_genes(m._log_genes(m.adata, np.arange(m.adata.n_obs)))
     x = m._to_model_scale(m._target_values(m.adata, np.arange(m.adata.n_obs), require_all=True))
     base = m._training_base(genes, x, m.train_indices, seed=0)
-    fitted = RidgeBase.from_dict(m.registry["residual_base"]).predict(genes)
+    fitted = m._residual_base().predict(genes)
     np.testing.assert_allclose(base[m.validation_indices], fitted[m.validation_indices], rtol=1e-6)
     gap = np.abs(base[m.train_indices] - fitted[m.train_indices]).mean()
     assert gap > 0.01, gap
@@ -134,7 +194,7 @@ def test_draws_are_the_base_plus_residual_draws_and_beat_the_mean(residual_model
     y = _truth(m, test)
     post = m.posterior(q, n_samples=4, steps=1, seed=0)
     r_model = np.nanmean(bd.metrics.pearson_per_channel(y, post["mean_normalized"]))
-    r_base = np.nanmean(bd.metrics.pearson_per_channel(y, _ridge_base(m, q)))
+    r_base = np.nanmean(bd.metrics.pearson_per_channel(y, _stored_base(m, q)))
     assert abs(r_model - r_base) < 0.05, (r_model, r_base)
     mean_pred = np.nanmean(_truth(m, train), axis=0)
     rmse = np.sqrt(np.nanmean((post["mean_normalized"] - y) ** 2))
@@ -159,7 +219,29 @@ def test_save_load_keeps_the_base(residual_model, split, tmp_path) -> None:
     del q.obsm[KEY]
     residual_model.save(tmp_path / "m")
     loaded = MCD.load(tmp_path / "m", q)
-    assert loaded.init_args["residual"] == "ridge"
+    assert loaded.init_args["residual"] == residual_model.init_args["residual"]
     assert loaded.registry["residual_base"] == residual_model.registry["residual_base"]
+    assert loaded.fitted_arrays.keys() == residual_model.fitted_arrays.keys()
     a = residual_model.posterior(q, n_samples=2, steps=2, seed=1)["mean"]
     np.testing.assert_array_equal(a, loaded.posterior(q, n_samples=2, steps=2, seed=1)["mean"])
+
+
+def test_kernel_base_arrays_are_saved_beside_the_weights(residual_model, tmp_path) -> None:
+    """A kernel base keeps its training points out of the JSON registry, in model.pt; a
+    model.pt without them loads with an error that names them. A ridge base is all registry."""
+    import torch
+
+    if residual_model.init_args["residual"] == "ridge":
+        assert residual_model.fitted_arrays == {} and len(residual_model.registry["residual_base"]["coef"]) == len(residual_model.target_names)
+        return
+    n_train = len(residual_model.train_indices)
+    assert residual_model.registry["residual_base"]["n_fit"] == n_train
+    assert residual_model.fitted_arrays["residual_base/x_fit"].shape == (n_train, 50)
+    residual_model.save(tmp_path / "m")
+    assert "x_fit" not in (tmp_path / "m" / "model.json").read_text()
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    del state["__fitted_arrays__.residual_base/x_fit"]
+    torch.save(state, tmp_path / "m" / "model.pt")
+    loaded = MCD.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="lacks its arrays"):
+        loaded._residual_base()

@@ -27,6 +27,7 @@ logger = logging.getLogger("biodiffuse")
 SAVE_FORMAT_VERSION = 1
 _WEIGHTS = "model.pt"
 _META = "model.json"
+_ARRAYS = "__fitted_arrays__."  # prefix of fitted arrays' keys in model.pt
 
 
 def _real(name: str, value: Any) -> float:
@@ -75,6 +76,9 @@ class BaseModel:
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained: bool = False
         self.network: nn.Module | None = None
+        #: Fitted arrays too large for the JSON registry (e.g. a kernel base's training points),
+        #: saved in ``model.pt`` beside the weights (keys prefixed ``__fitted_arrays__.``).
+        self.fitted_arrays: dict[str, np.ndarray] = {}
 
     # --- to implement -------------------------------------------------------------------
     #: Defaults of :meth:`train` for this model (``None`` arguments take these). Keys:
@@ -423,8 +427,9 @@ class BaseModel:
             raise RuntimeError(f"{self._model_name} is not trained yet; call .train() first.")
 
     def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
-        """Save weights (``model.pt``, a plain tensor state dict) and ``model.json``
-        (format version, init arguments, registry, history).
+        """Save weights (``model.pt``, a plain tensor state dict, with the model's
+        :attr:`fitted_arrays`) and ``model.json`` (format version, init arguments, registry,
+        history).
 
         Parameters
         ----------
@@ -455,6 +460,7 @@ class BaseModel:
             "history": json.loads(self.history.to_json(orient="split")) if len(self.history) else None,
         }
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        state.update({_ARRAYS + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.fitted_arrays.items()})
         torch.save(state, path / _WEIGHTS)
         (path / _META).write_text(json.dumps(meta, indent=1))
 
@@ -523,6 +529,7 @@ class BaseModel:
             raise ValueError(f"{path / _WEIGHTS} cannot be read as a tensor state dict ({type(err).__name__}: {err}).") from None
         if not isinstance(state, dict):
             raise ValueError(f"{path / _WEIGHTS} does not hold a state dict.")
+        obj.fitted_arrays = {k[len(_ARRAYS) :]: state.pop(k).numpy() for k in list(state) if str(k).startswith(_ARRAYS)}
         try:
             obj.network.load_state_dict(state)
         except RuntimeError as err:

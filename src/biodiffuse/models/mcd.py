@@ -10,9 +10,10 @@ Method (MCD paper, sections 3.1-3.3 and appendix C):
   (:class:`~biodiffuse.data.MatrixField`, :class:`~biodiffuse.data.ObsmField`), in row chunks.
 * **Network, objective, condition.** :mod:`biodiffuse.module.mcd`: MCD UNet inside EDM
   preconditioning; EDM loss with random channel masks; condition ``[genes, x * m, m]``.
-* **Residual base** (``residual="ridge"``, gene -> protein): a ridge regression from the genes
-  (:class:`~biodiffuse.module.mcd.RidgeBase`) is fitted on the training cells; the network learns
-  the proteins minus its out-of-fold predictions, and every draw adds the base back.
+* **Residual base** (``residual="ridge"`` or ``"krr"``, gene -> protein): a ridge or kernel ridge
+  regression from the genes (:mod:`biodiffuse.module.residual_base`) is fitted on the training
+  cells; the network learns the proteins minus its out-of-fold predictions, and every draw adds
+  the base back.
 * **Sampler.** :func:`biodiffuse.diffusion.sample_rows` with the EDM ODE sampler (Euler steps by
   default, on a schedule :meth:`MCD.tune_sampler` can choose), one random
   stream per cell (``row_seeds(seed, obs_names)``); the condition branch runs once per batch
@@ -34,7 +35,8 @@ from anndata import AnnData
 from ..data import ChannelNormalizer, check_adata, log_normalize, write_setup_record
 from ..data.fields import MatrixField, ObsmField
 from ..diffusion import Moments, row_seeds, sample_rows
-from ..module.mcd import MCDNetwork, MCDObjective, RidgeBase, build_condition, build_network, make_prepare
+from ..module.mcd import MCDNetwork, MCDObjective, build_condition, build_network, make_prepare
+from ..module.residual_base import RESIDUAL_BASES, fit_residual_base, residual_base_from_state
 from . import _mcd_image as img
 from ._edm_sampling import EDMSamplerMixin, check_positive, checked_sampler
 from .base import BaseModel
@@ -93,8 +95,11 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         distribution of what the ridge leaves: the proteins minus its prediction (trained on
         5-fold out-of-fold residuals, so they are as wide as a new cell's). The draws are the
         ridge prediction plus a residual draw: the point estimate starts from the linear
-        baseline and the network models what it misses, and how much. None (default): the
-        network models the proteins themselves (the paper).
+        baseline and the network models what it misses, and how much. ``"krr"``: the same on
+        an RBF kernel ridge from the top 50 principal components of the condition genes
+        (the KRR baseline; its CV costs a few CPU minutes at thousands of cells, and its
+        training points are saved with the model). None (default): the network models the
+        proteins themselves (the paper).
     target_channels
         Channel-specific setting (channels / image modes): always hide these channels and
         observe all others in training, so the model imputes exactly these (the paper's
@@ -276,8 +281,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             if not 1 <= int(gene_pcs) <= len(genes):
                 raise ValueError(f"gene_pcs must lie in [1, {len(genes)}] (the number of condition genes), got {gene_pcs}.")
             gene_pcs = int(gene_pcs)
-        if residual not in (None, "ridge"):
-            raise ValueError(f"residual must be None or 'ridge', got {residual!r}.")
+        if residual is not None and residual not in RESIDUAL_BASES:
+            raise ValueError(f"residual must be None or one of {list(RESIDUAL_BASES)}, got {residual!r}.")
         if residual is not None and not gene_mode:
             raise ValueError("residual applies to gene -> protein models only (set up with protein_obsm_key).")
         self.init_args = dict(
@@ -560,8 +565,11 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         """The residual base of every cell for training: out-of-fold predictions on the training
         cells, the base fitted on them elsewhere (fitted once, like the normaliser)."""
         if self.registry.get("residual_base") is None:
-            self.registry["residual_base"] = RidgeBase.fit(genes[train_idx], x[train_idx]).to_dict()
-        base = RidgeBase.from_dict(self.registry["residual_base"])
+            fitted = fit_residual_base(self.init_args["residual"], genes[train_idx], x[train_idx], seed=seed)
+            meta, arrays = fitted.to_state()
+            self.registry["residual_base"] = meta
+            self.fitted_arrays.update({f"residual_base/{k}": v for k, v in arrays.items()})
+        base = self._residual_base()
         out = base.predict(genes).astype(np.float64)
         out[train_idx] = base.out_of_fold(genes[train_idx], x[train_idx], seed=seed)
         return out
@@ -570,7 +578,13 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         """The residual base of query cells (model scale), or None for models without one."""
         if genes is None or self.registry.get("residual_base") is None:
             return None
-        return RidgeBase.from_dict(self.registry["residual_base"]).predict(genes)
+        return self._residual_base().predict(genes)
+
+    def _residual_base(self):
+        """The fitted residual base (:mod:`biodiffuse.module.residual_base`)."""
+        prefix = "residual_base/"
+        arrays = {k[len(prefix) :]: v for k, v in self.fitted_arrays.items() if k.startswith(prefix)}
+        return residual_base_from_state(self.registry["residual_base"], arrays)
 
     def _fit_gene_scaling(self, logn: np.ndarray) -> None:
         """Gene means / standard deviations (and the whitened PCA with ``gene_pcs``) of the training cells."""

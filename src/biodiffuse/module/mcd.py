@@ -11,15 +11,13 @@
 * **Sampling** (:func:`make_prepare`): the ``prepare`` function of
   :func:`biodiffuse.diffusion.sample_rows`; the condition branch runs once per batch, and
   observed channels are clamped to their values.
-* **Residual base** (:class:`RidgeBase`, gene -> protein with ``residual="ridge"``): a ridge
-  regression from the condition genes to the targets; the diffusion model then learns the
-  distribution of the targets minus that prediction (the regression + residual-diffusion split
-  of CorrDiff, Mardani et al. 2023), trained on out-of-fold residuals.
+* **Residual base** (:mod:`biodiffuse.module.residual_base`, gene -> protein with
+  ``residual="ridge"`` or ``"krr"``) lives in its own module.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +25,7 @@ import torch
 from ..diffusion import Batch, EDMLoss, EDMPrecond, FixedChunks, masked_condition, random_channel_mask
 from ..nn import MCDUNet
 
-__all__ = ["MCDNetwork", "MCDObjective", "RidgeBase", "build_network", "build_condition", "make_prepare"]
+__all__ = ["MCDNetwork", "MCDObjective", "build_network", "build_condition", "make_prepare"]
 
 
 def _as_image(x: torch.Tensor) -> torch.Tensor:
@@ -135,86 +133,6 @@ class MCDObjective:
         x4 = _as_image(x)
         loss_mask = counted.reshape(*counted.shape, *([1] * (x4.ndim - 2)))
         return self.loss(denoiser, x4, cond, loss_mask=loss_mask, generator=generator)
-
-
-class RidgeBase:
-    """Ridge regression from condition genes to target channels: the base a residual MCD
-    diffuses around.
-
-    The ridge baseline itself (one penalty per channel, chosen by efficient leave-one-out over
-    its grid); a channel with unmeasured (NaN) entries is fitted on its measured cells alone.
-
-    Parameters
-    ----------
-    coef
-        ``(C, G)`` coefficients.
-    intercept
-        ``(C,)`` intercepts.
-    alpha
-        ``(C,)`` penalties.
-    """
-
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray, alpha: np.ndarray) -> None:
-        self.coef = np.asarray(coef, dtype=np.float64)
-        self.intercept = np.asarray(intercept, dtype=np.float64)
-        self.alpha = np.asarray(alpha, dtype=np.float64)
-
-    @staticmethod
-    def _groups(y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(channels, rows) pairs: all channels at once when nothing is missing, else one by one."""
-        measured = ~np.isnan(y)
-        if measured.all():
-            return [(np.arange(y.shape[1]), np.arange(len(y)))]
-        return [(np.array([c]), np.flatnonzero(measured[:, c])) for c in range(y.shape[1])]
-
-    @classmethod
-    def fit(cls, genes: np.ndarray, y: np.ndarray) -> "RidgeBase":
-        """Fit on ``genes`` (n, G) and targets ``y`` (n, C; NaN where unmeasured), with the ridge
-        baseline (:class:`~biodiffuse.baselines.BaselineRegressor`)."""
-        from ..baselines import BaselineRegressor
-
-        genes, y = np.asarray(genes, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        n_ch = y.shape[1]
-        coef, intercept, alpha = np.zeros((n_ch, genes.shape[1])), np.zeros(n_ch), np.ones(n_ch)
-        for cols, rows in cls._groups(y):
-            if len(rows) < 10:
-                raise ValueError(
-                    "residual='ridge' needs at least 10 training cells with a measured value in every channel; "
-                    f"channel {int(cols[0])} has {len(rows)}."
-                )
-            ridge = BaselineRegressor("ridge").fit(genes[rows], y[np.ix_(rows, cols)]).model_
-            coef[cols], intercept[cols], alpha[cols] = ridge.coef_, ridge.intercept_, ridge.alpha_
-        return cls(coef, intercept, alpha)
-
-    def out_of_fold(self, genes: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np.ndarray:
-        """Out-of-fold predictions ``(n, C)`` with this base's penalties, on the baselines' split
-        (:func:`~biodiffuse.baselines.out_of_fold`; NaN where ``y`` is unmeasured).
-
-        The residuals a model trains on must be those of cells the base did not see: in-sample
-        residuals are narrower than a new cell's, and so would be the model's draws.
-        """
-        from sklearn.linear_model import Ridge
-
-        from ..baselines import out_of_fold
-
-        genes, y = np.asarray(genes, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        out = np.full(y.shape, np.nan)
-        for cols, rows in self._groups(y):
-            out[np.ix_(rows, cols)] = out_of_fold(Ridge(alpha=self.alpha[cols]), genes[rows], y[np.ix_(rows, cols)], seed)
-        return out
-
-    def predict(self, genes: np.ndarray) -> np.ndarray:
-        """``(n, C)`` predictions (float32) for ``genes`` (n, G)."""
-        return (np.asarray(genes, dtype=np.float64) @ self.coef.T + self.intercept).astype(np.float32)
-
-    def to_dict(self) -> dict[str, list]:
-        """JSON-ready lists (the form kept in a model's registry)."""
-        return {"coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "alpha": self.alpha.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RidgeBase":
-        """The base :meth:`to_dict` wrote."""
-        return cls(d["coef"], d["intercept"], d["alpha"])
 
 
 RowReader = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray, np.ndarray | None]"]
