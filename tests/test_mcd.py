@@ -13,6 +13,7 @@ import torch
 import biodiffuse as bd
 from biodiffuse.data import ChannelNormalizer
 from biodiffuse.models import MCD
+from biodiffuse.models.base import SAVE_FORMAT_VERSION
 
 KEY = "protein_expression"
 
@@ -413,7 +414,7 @@ def test_save_load_round_trip(trained, split, tmp_path) -> None:
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert all(k.startswith("net.") for k in state)  # the state-dict keys of earlier versions
     meta = json.loads((tmp_path / "mcd" / "model.json").read_text())
-    assert meta["format_version"] == 1 and meta["model"] == "MCD"
+    assert meta["format_version"] == SAVE_FORMAT_VERSION == 2 and meta["model"] == "MCD"
     loaded = MCD.load(tmp_path / "mcd", q)
     assert loaded.registry == trained.registry
     assert len(loaded.history) == len(trained.history)

@@ -16,9 +16,9 @@ HERE = Path(__file__).resolve().parent / "data" / "saved_models"
 sys.path.insert(0, str(HERE))
 from make import outputs  # noqa: E402
 
-from _tiny import channels, histology, mudata, spatial_pair, staining  # noqa: E402
+from _tiny import channels, citeseq, histology, mudata, spatial_pair, staining  # noqa: E402
 
-CLASSES = {"mcd": (MCD, channels), "spadit": (SpaDiT, lambda: spatial_pair()[0]), "multicond": (MultiConditionDiffusion, mudata),
+CLASSES = {"mcd": (MCD, channels), "mcdkrr": (MCD, citeseq), "spadit": (SpaDiT, lambda: spatial_pair()[0]), "multicond": (MultiConditionDiffusion, mudata),
            "geneflow": (GeneFlow, lambda: histology()[0]), "staindiffuser": (StainDiffuser, lambda: staining()[0])}
 FOLDERS = sorted(p for p in HERE.iterdir() if p.is_dir())
 

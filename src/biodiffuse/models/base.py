@@ -24,7 +24,9 @@ __all__ = ["BaseModel", "SAVE_FORMAT_VERSION"]
 
 logger = logging.getLogger("biodiffuse")
 
-SAVE_FORMAT_VERSION = 1
+#: Format 2 (2026-12-03): ``model.pt`` may also hold the model's fitted arrays (keys prefixed
+#: ``__fitted_arrays__.``, e.g. a kernel residual base); format 1 files load unchanged.
+SAVE_FORMAT_VERSION = 2
 _WEIGHTS = "model.pt"
 _META = "model.json"
 _ARRAYS = "__fitted_arrays__."  # prefix of fitted arrays' keys in model.pt

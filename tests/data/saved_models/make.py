@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _tiny import channels, histology, mudata, spatial_pair, staining  # noqa: E402
+from _tiny import channels, citeseq, histology, mudata, spatial_pair, staining  # noqa: E402
 from biodiffuse.models import MCD, GeneFlow, MultiConditionDiffusion, SpaDiT, StainDiffuser  # noqa: E402
 from biodiffuse.models.base import SAVE_FORMAT_VERSION  # noqa: E402
 
@@ -29,6 +29,9 @@ QUIET = dict(enable_progress_bar=False, accelerator="cpu", devices=1, max_epochs
 def outputs(name: str, model, query) -> dict:
     if name == "mcd":
         post = model.posterior(query, indices=np.arange(5), steps=1, n_samples=2, missing=["CD8"])
+        return {"mean": post["mean"].tolist()}
+    if name == "mcdkrr":  # gene -> protein on a kernel residual base (fitted arrays in model.pt, format 2)
+        post = model.posterior(query, indices=np.arange(5), steps=1, n_samples=2)
         return {"mean": post["mean"].tolist()}
     if name == "spadit":
         post = model.posterior(query, indices=np.arange(5), steps=1, n_samples=2)
@@ -48,6 +51,12 @@ def build(name: str):
         a = channels()
         MCD.setup_anndata(a)
         m = MCD(a, model_channels=8, channel_mult=(1,), heads=1)
+        m.train(**QUIET)
+        return m, a
+    if name == "mcdkrr":
+        a = citeseq()
+        MCD.setup_anndata(a, protein_obsm_key="protein")
+        m = MCD(a, residual="krr", model_channels=8, channel_mult=(1,), heads=1)
         m.train(**QUIET)
         return m, a
     if name == "spadit":
@@ -78,7 +87,7 @@ def build(name: str):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     # python tests/data/saved_models/make.py [names]: only the named models (default: all)
-    for name in sys.argv[1:] or ("mcd", "spadit", "multicond", "geneflow", "staindiffuser"):
+    for name in sys.argv[1:] or ("mcd", "mcdkrr", "spadit", "multicond", "geneflow", "staindiffuser"):
         model, query = build(name)
         out = HERE / f"{name}_v{SAVE_FORMAT_VERSION}"
         model.save(out, overwrite=True)
