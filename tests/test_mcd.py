@@ -503,3 +503,31 @@ def test_set_sampler_checks_like_the_constructor_and_keeps_what_is_not_given(spl
     settings = model.sampler_settings
     settings["solver"] = "euler"  # a copy: editing it does not change the model
     assert model.sampler_settings["solver"] == "heun"
+
+
+# --- recentred draws ---------------------------------------------------------------------
+
+
+def test_recentred_draws_keep_their_spread_around_the_one_step_mean(trained, split) -> None:
+    """``recentre=True``: each cell's draws are shifted so that their mean is the mean of its
+    one-step draws; the deviations, hence the variance, are those of the multi-step draws."""
+    q = rna_only(split[1][:30])
+    one = trained.posterior(q, n_samples=4, steps=1, seed=2)
+    plain = trained.posterior(q, n_samples=4, steps=3, seed=2, return_draws=True)
+    rc = trained.posterior(q, n_samples=4, steps=3, seed=2, recentre=True, return_draws=True)
+    np.testing.assert_allclose(rc["mean_normalized"], one["mean_normalized"], atol=1e-6)
+    np.testing.assert_allclose(rc["variance_normalized"], plain["variance_normalized"], rtol=1e-5, atol=1e-9)
+    dev = plain["draws_normalized"] - plain["draws_normalized"].mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(rc["draws_normalized"] - rc["mean_normalized"][:, None, :], dev, atol=1e-6)
+    assert np.abs(rc["mean_normalized"] - plain["mean_normalized"]).max() > 1e-3  # it moved the centre
+    # steps=1 is already its own one-step mean
+    np.testing.assert_array_equal(trained.posterior(q, n_samples=4, steps=1, seed=2, recentre=True)["mean"], one["mean"])
+
+
+def test_impute_records_recentre_and_its_extra_evaluation(trained, split) -> None:
+    q = rna_only(split[1][:10])
+    trained.impute(q, n_samples=2, steps=3, recentre=True, key_added="rc")
+    run = q.uns["rc"]
+    assert run["recentre"] is True and run["network_evaluations_per_draw"] == trained.network_evaluations(steps=3) + 1
+    with pytest.raises(TypeError, match="recentre must be True or False"):
+        trained.posterior(q, n_samples=2, steps=3, recentre="yes")

@@ -191,6 +191,8 @@ def test_absent_channel_is_imputed_and_errors(trained):
         model.impute(__import__("anndata").AnnData(np.ones((3, 3))))
     with pytest.raises(TypeError):
         model.image_posterior(sdata, None)  # keyword-only
+    with pytest.raises(ValueError, match="recentre applies to tables"):
+        model.impute(sdata, missing=["B"], n_samples=2, steps=2, recentre=True)
 
 
 def test_save_load_round_trip_on_images(trained, tmp_path):

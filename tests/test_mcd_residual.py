@@ -245,3 +245,12 @@ def test_kernel_base_arrays_are_saved_beside_the_weights(residual_model, tmp_pat
     loaded = MCD.load(tmp_path / "m")
     with pytest.raises(ValueError, match="lacks its arrays"):
         loaded._residual_base()
+
+
+def test_recentred_draws_centre_on_the_one_step_mean_with_the_base(residual_model, split) -> None:
+    """The one-step mean already holds the base; recentring must not add it twice."""
+    q = split[1][:20].copy()
+    del q.obsm[KEY]
+    one = residual_model.posterior(q, n_samples=3, steps=1, seed=0)
+    rc = residual_model.posterior(q, n_samples=3, steps=4, seed=0, recentre=True)
+    np.testing.assert_allclose(rc["mean_normalized"], one["mean_normalized"], atol=1e-6)

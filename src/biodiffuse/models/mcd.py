@@ -34,7 +34,7 @@ from anndata import AnnData
 
 from ..data import ChannelNormalizer, check_adata, log_normalize, write_setup_record
 from ..data.fields import MatrixField, ObsmField
-from ..diffusion import Moments, row_seeds, sample_rows
+from ..diffusion import Moments, check_count, row_seeds, sample_rows
 from ..module.mcd import MCDNetwork, MCDObjective, build_condition, build_network, make_prepare
 from ..module.residual_base import RESIDUAL_BASES, fit_residual_base, residual_base_from_state
 from . import _mcd_image as img
@@ -640,13 +640,14 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         device: str = "auto",
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
+        recentre: bool = False,
         return_draws: bool = False,
     ) -> dict[str, np.ndarray]:
         """Posterior mean and variance of every target channel, without writing anything.
 
         Parameters
         ----------
-        adata, indices, batch_size, n_samples, steps, seed, device, observed, missing
+        adata, indices, batch_size, n_samples, steps, seed, device, observed, missing, recentre
             As in :meth:`impute`.
         return_draws
             Also return the draws themselves (normalised scale), e.g. to score the predictive
@@ -671,8 +672,15 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         adata, rows = self._query(adata, indices)
         check_adata(adata, "query")  # names are matched and values checked as the rows are read
         prepared = self._prepare_query(adata, rows, observed=observed, missing=missing)
+        if not isinstance(recentre, (bool, np.bool_)):
+            raise TypeError(f"recentre must be True or False, got {recentre!r}.")
+        centre = None
+        if recentre and check_count(steps, "steps") > 1:
+            one = self._draw(prepared, self._sampler(1), n_samples=n_samples, seed=seed, device=device, batch_size=batch_size)
+            base = prepared.get("base")
+            centre = 2.0 * one["mean_normalized"] - 1.0 - (0.0 if base is None else base)  # model scale, as the draws
         return self._draw(prepared, self._sampler(steps), n_samples=n_samples, seed=seed, device=device,
-                          batch_size=batch_size, return_draws=return_draws)
+                          batch_size=batch_size, return_draws=return_draws, centre=centre)
 
     def _prepare_query(
         self, adata: AnnData, rows: np.ndarray, *, observed: Sequence[str] | None = None, missing: Sequence[str] | None = None
@@ -703,9 +711,11 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
     def _draw(
         self, prepared: dict[str, Any], sampler: Any, *, n_samples: int, seed: int, device: str,
-        batch_size: int | None = None, return_draws: bool = False,
+        batch_size: int | None = None, return_draws: bool = False, centre: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Sample the prepared query with ``sampler``; the dict :meth:`posterior` returns."""
+        """Sample the prepared query with ``sampler``; the dict :meth:`posterior` returns.
+        ``centre`` (cells x channels, model scale): shift each cell's draws so that their mean
+        is this (``recentre``)."""
         x, obs_mask, genes, values = prepared["x"], prepared["observed"], prepared["genes"], prepared["values"]
         base = prepared.get("base")
         batch_size = self._inference_batch if batch_size is None else batch_size
@@ -718,6 +728,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
         def normalized(d: np.ndarray, r: np.ndarray) -> np.ndarray:
             d = d.reshape(*d.shape[:2], c)
+            if centre is not None:
+                d = d - d.mean(axis=1, keepdims=True) + centre[r][:, None, :]
             return ((d if base is None else d + base[r][:, None, :]) + 1.0) / 2.0
 
         def original(d: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -759,6 +771,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         device: str = "auto",
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
+        recentre: bool = False,
         image_key: str | None = None,
     ) -> pd.DataFrame | Any:
         """Impute the target channels and write them into the object.
@@ -794,6 +807,12 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             Sampler steps: network evaluations per draw are ``steps`` with the Euler solver
             (the default) and ``2 * steps - 1`` with Heun (see :meth:`network_evaluations`);
             ``steps=1`` is the denoiser's estimate of the conditional mean.
+        recentre
+            Tables, ``steps > 1``: shift each cell's draws so that their mean is the mean of its
+            one-step draws (the denoiser's estimate of the conditional mean). The spread and
+            shape come from the ``steps``-step draws, the centre from one step: the mean of a
+            few multi-step draws carries their sampling noise, the one-step mean much less
+            (Monte Carlo moment matching). Costs one more network evaluation per draw.
         seed
             Same seed, same numbers (on the same device), whatever ``batch_size`` and whatever
             other cells are in the query: every cell (tile) draws from its own random stream
@@ -830,6 +849,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         if self.registry["mode"] == "image":
             if indices is not None:
                 raise ValueError("indices selects cells of a table; image models impute the whole image element.")
+            if recentre:
+                raise ValueError("recentre applies to tables; image models do not take it yet.")
             return self._impute_image(
                 adata, image_key=image_key, observed=observed, missing=missing, n_samples=n_samples, steps=steps,
                 batch_size=batch_size, seed=seed, key_added=key_added, variance_key_added=variance_key_added,
@@ -845,7 +866,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         self._check_free(query.uns, [key], "adata.uns", overwrite)
         post = self.posterior(
             query, indices=rows, batch_size=batch_size, n_samples=n_samples, steps=steps, seed=seed, device=device,
-            observed=observed, missing=missing,
+            observed=observed, missing=missing, recentre=recentre,
         )
         cols = pd.Index(self.registry["target_names"])
 
@@ -860,7 +881,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             query.obsm[vkey] = frame(post["variance"])
         self._record_run(query, key, dict(
             n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing, variance_key_added=vkey,
-            n_cells=len(rows), mode=self.registry["mode"], network_evaluations_per_draw=self.network_evaluations(steps=steps),
+            n_cells=len(rows), mode=self.registry["mode"], recentre=bool(recentre),
+            network_evaluations_per_draw=self.network_evaluations(steps=steps) + int(bool(recentre) and steps > 1),
             **self.sampler_settings,
         ))
         return mean
