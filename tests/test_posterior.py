@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from biodiffuse.diffusion import Batch, Moments, RowNoise, coherent_sampler, edm_sampler, row_seeds, sample_rows
+from biodiffuse.diffusion import Batch, Moments, Recentred, RowNoise, coherent_sampler, edm_sampler, row_seeds, sample_rows
 
 
 class _Affine(torch.nn.Module):
@@ -149,3 +149,19 @@ def test_sampler_for_reports_the_evaluations_it_makes(family, kwargs, nfe) -> No
         sampler_for("ddpm", 3)
     with pytest.raises(ValueError, match="steps"):
         evaluations_for(family, 0)
+
+
+def test_recentred_reducer_moves_the_mean_and_keeps_the_spread() -> None:
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(6, 5, 3))
+    centre = rng.normal(size=(10, 3))
+    rows = np.arange(2, 8)
+    inner = Moments(10, keep_draws=True)
+    red = Recentred(inner, centre)
+    red(rows, draws, {})
+    out = red.result()
+    np.testing.assert_allclose(out["mean"][rows], centre[rows])
+    np.testing.assert_allclose(out["variance"][rows], draws.var(axis=1, ddof=1))
+    np.testing.assert_allclose(out["draws"][rows] - centre[rows][:, None], draws - draws.mean(axis=1, keepdims=True))
+    with pytest.raises(ValueError, match="centre rows have shape"):
+        Recentred(Moments(10), np.zeros((10, 4)))(rows, draws, {})

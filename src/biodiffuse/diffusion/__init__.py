@@ -8,12 +8,13 @@ from .flow import FLOW_METHODS, FlowLoss, flow_evaluations, flow_sampler, flow_s
 from .masking import masked_condition, random_channel_mask
 from .tuning import choose_schedule, schedule_grid
 from .samplers import FAMILIES, evaluations_for, sampler_for
-from .posterior import Batch, FixedChunks, Moments, RowNoise, edm_sampler, point_sampler, row_seeds, sample_rows
+from .posterior import Batch, FixedChunks, Moments, Recentred, RowNoise, edm_sampler, point_sampler, row_seeds, sample_rows
 
 __all__ = [
     "Batch",
     "FixedChunks",
     "Moments",
+    "Recentred",
     "RowNoise",
     "edm_sampler",
     "point_sampler",

@@ -313,6 +313,43 @@ class Moments:
         return self.out
 
 
+@dataclass
+class Recentred:
+    """Reducer wrapper: shift each row's draws so that their mean is ``centre[row]``, then hand
+    them to ``reducer``.
+
+    Monte Carlo moment matching: the spread and shape come from the draws, the centre from a
+    better estimate of the row's mean than the mean of a few draws, e.g. the mean of one-step
+    draws (the denoiser's estimate of the conditional mean). Clamped entries stay clamped when
+    ``centre`` holds their values.
+
+    Parameters
+    ----------
+    reducer
+        The reducer to feed, e.g. :class:`Moments`.
+    centre
+        ``(n_rows, *shape)``, in the draws' (model) scale.
+
+    Examples
+    --------
+    >>> one = bd.diffusion.sample_rows(prepare, n, shape, seeds=seeds, sampler=edm_sampler(1), n_samples=10)
+    >>> out = bd.diffusion.sample_rows(prepare, n, shape, seeds=seeds, sampler=edm_sampler(5), n_samples=10,
+    ...                                reducer=bd.diffusion.Recentred(bd.diffusion.Moments(n), one["mean"]))
+    """
+
+    reducer: Callable[[np.ndarray, np.ndarray, dict], None]
+    centre: np.ndarray
+
+    def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict[str, np.ndarray]) -> None:
+        centre = np.asarray(self.centre[rows], dtype=np.float64)
+        if centre.shape != (draws.shape[0], *draws.shape[2:]):
+            raise ValueError(f"centre rows have shape {centre.shape[1:]}, the draws {draws.shape[2:]}.")
+        self.reducer(rows, draws - draws.mean(axis=1, keepdims=True) + centre[:, None], diagnostics)
+
+    def result(self) -> Any:
+        return self.reducer.result() if hasattr(self.reducer, "result") else self.reducer
+
+
 @torch.no_grad()
 def sample_rows(
     prepare: Callable[[np.ndarray, torch.device], Batch],

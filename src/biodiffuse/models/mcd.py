@@ -34,7 +34,7 @@ from anndata import AnnData
 
 from ..data import ChannelNormalizer, check_adata, log_normalize, write_setup_record
 from ..data.fields import MatrixField, ObsmField
-from ..diffusion import Moments, check_count, row_seeds, sample_rows
+from ..diffusion import Moments, Recentred, check_count, row_seeds, sample_rows
 from ..module.mcd import MCDNetwork, MCDObjective, build_condition, build_network, make_prepare
 from ..module.residual_base import RESIDUAL_BASES, fit_residual_base, residual_base_from_state
 from . import _mcd_image as img
@@ -674,13 +674,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         prepared = self._prepare_query(adata, rows, observed=observed, missing=missing)
         if not isinstance(recentre, (bool, np.bool_)):
             raise TypeError(f"recentre must be True or False, got {recentre!r}.")
-        centre = None
-        if recentre and check_count(steps, "steps") > 1:
-            one = self._draw(prepared, self._sampler(1), n_samples=n_samples, seed=seed, device=device, batch_size=batch_size)
-            base = prepared.get("base")
-            centre = 2.0 * one["mean_normalized"] - 1.0 - (0.0 if base is None else base)  # model scale, as the draws
         return self._draw(prepared, self._sampler(steps), n_samples=n_samples, seed=seed, device=device,
-                          batch_size=batch_size, return_draws=return_draws, centre=centre)
+                          batch_size=batch_size, return_draws=return_draws, recentre=recentre and check_count(steps, "steps") > 1)
 
     def _prepare_query(
         self, adata: AnnData, rows: np.ndarray, *, observed: Sequence[str] | None = None, missing: Sequence[str] | None = None
@@ -711,11 +706,11 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
     def _draw(
         self, prepared: dict[str, Any], sampler: Any, *, n_samples: int, seed: int, device: str,
-        batch_size: int | None = None, return_draws: bool = False, centre: np.ndarray | None = None,
+        batch_size: int | None = None, return_draws: bool = False, recentre: bool = False,
     ) -> dict[str, np.ndarray]:
         """Sample the prepared query with ``sampler``; the dict :meth:`posterior` returns.
-        ``centre`` (cells x channels, model scale): shift each cell's draws so that their mean
-        is this (``recentre``)."""
+        ``recentre``: first draw one step, and centre each cell's draws on its one-step mean
+        (:class:`~biodiffuse.diffusion.Recentred`)."""
         x, obs_mask, genes, values = prepared["x"], prepared["observed"], prepared["genes"], prepared["values"]
         base = prepared.get("base")
         batch_size = self._inference_batch if batch_size is None else batch_size
@@ -728,8 +723,6 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
         def normalized(d: np.ndarray, r: np.ndarray) -> np.ndarray:
             d = d.reshape(*d.shape[:2], c)
-            if centre is not None:
-                d = d - d.mean(axis=1, keepdims=True) + centre[r][:, None, :]
             return ((d if base is None else d + base[r][:, None, :]) + 1.0) / 2.0
 
         def original(d: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -738,12 +731,18 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
         n = len(prepared["rows"])
         with self._on_device(device) as (net, dev):
-            res = sample_rows(
-                make_prepare(net, read, self._network_chunk), n, (c, 1, 1), seeds=row_seeds(seed, prepared["keys"]),
-                sampler=sampler, n_samples=n_samples, batch_size=batch_size, device=dev,
-                # the normalised scale first: it is the one whose draws are kept
-                reducer=Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws)),
-            )
+
+            def run(smp: Any, reducer: Any) -> dict[str, np.ndarray]:
+                return sample_rows(
+                    make_prepare(net, read, self._network_chunk), n, (c, 1, 1), seeds=row_seeds(seed, prepared["keys"]),
+                    sampler=smp, n_samples=n_samples, batch_size=batch_size, device=dev, reducer=reducer,
+                )
+
+            # the normalised scale first: it is the one whose draws are kept
+            reducer = Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws))
+            if recentre:  # the one-step mean of every cell, in the draws' (residual, model) scale
+                reducer = Recentred(reducer, run(self._sampler(1), Moments(n))["mean"])
+            res = run(sampler, reducer)
         out = {
             "mean": np.where(obs_mask, values, res["mean"]),
             "variance": np.where(obs_mask, 0.0, res["variance"]),
