@@ -236,6 +236,27 @@ def test_posterior_draws_match_the_moments(trained) -> None:
     assert "draws" not in model.posterior(sp, indices=np.arange(2), n_samples=2, steps=2)
 
 
+def test_recentred_draws_centre_on_the_one_step_mean(trained) -> None:
+    """``recentre=True``: where no draw is clipped at 0, the draws' mean is the one-step mean
+    and their deviations are those of the plain draws; the run records one more evaluation."""
+    model, sp, _, _ = trained
+    kw = dict(indices=np.arange(30), n_samples=4, seed=3, return_draws=True)
+    one = model.posterior(sp, steps=1, **kw)
+    plain = model.posterior(sp, steps=3, **kw)
+    rc = model.posterior(sp, steps=3, recentre=True, **kw)
+    free = (one["draws"] > 0).all(axis=1) & (rc["draws"] > 0).all(axis=1) & (plain["draws"] > 0).all(axis=1)
+    assert free.mean() > 0.5, free.mean()
+    np.testing.assert_allclose(rc["mean"][free], one["mean"][free], atol=1e-6)
+    dev = lambda d: d - d.mean(axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(dev(rc["draws"])[free[:, None, :].repeat(4, 1)], dev(plain["draws"])[free[:, None, :].repeat(4, 1)], atol=1e-6)
+    assert np.abs(rc["mean"] - plain["mean"])[free].max() > 1e-3
+    q = sp[:10].copy()
+    model.predict(q, n_samples=2, steps=3, recentre=True, key_added="rc")
+    assert q.uns["rc"]["recentre"] is True and q.uns["rc"]["nfe_per_draw"] == model.network_evaluations(steps=3) + 1
+    with pytest.raises(TypeError, match="recentre must be True or False"):
+        model.posterior(sp, indices=[0], n_samples=2, steps=3, recentre=1)
+
+
 def test_same_seed_same_numbers_whatever_batch_and_other_cells(trained) -> None:
     model, sp, _, _ = trained
     kw = dict(n_samples=3, steps=3, seed=5)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..diffusion import check_count, edm_sampler, network_evaluations
+from ..diffusion import Moments, Recentred, check_count, edm_sampler, network_evaluations
 from .base import _real
 
 __all__ = ["EDMSamplerMixin", "IMAGE_EULER", "check_positive", "checked_sampler", "pixel_draws"]
@@ -92,6 +92,22 @@ class EDMSamplerMixin:
     def _sampler(self, steps: int):
         """The ODE sampler on this model's schedule."""
         return edm_sampler(steps, **self.sampler_settings)
+
+    @staticmethod
+    def _check_recentre(recentre: Any, steps: Any) -> bool:
+        """Whether to recentre (``recentre`` and more than one step), after a clear error for a
+        non-bool ``recentre``."""
+        if not isinstance(recentre, (bool, np.bool_)):
+            raise TypeError(f"recentre must be True or False, got {recentre!r}.")
+        return bool(recentre) and check_count(steps, "steps") > 1
+
+    def _run_recentred(self, run: Callable[[Any, Any], Any], sampler: Any, reducer: Any, n_rows: int, recentre: bool) -> Any:
+        """``run(sampler, reducer)``, with ``recentre`` first ``run(<one step>, Moments)`` and
+        every row's draws centred on its one-step mean (:class:`~biodiffuse.diffusion.Recentred`;
+        ``run`` must draw with the same per-row streams both times)."""
+        if recentre:
+            reducer = Recentred(reducer, run(self._sampler(1), Moments(n_rows))["mean"])
+        return run(sampler, reducer)
 
     def network_evaluations(self, *, steps: int) -> int:
         """Network evaluations per draw that ``steps`` sampler steps cost with this model's solver.

@@ -34,7 +34,7 @@ from anndata import AnnData
 
 from ..data import ChannelNormalizer, check_adata, log_normalize, write_setup_record
 from ..data.fields import MatrixField, ObsmField
-from ..diffusion import Moments, Recentred, check_count, row_seeds, sample_rows
+from ..diffusion import Moments, row_seeds, sample_rows
 from ..module.mcd import MCDNetwork, MCDObjective, build_condition, build_network, make_prepare
 from ..module.residual_base import RESIDUAL_BASES, fit_residual_base, residual_base_from_state
 from . import _mcd_image as img
@@ -672,10 +672,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         adata, rows = self._query(adata, indices)
         check_adata(adata, "query")  # names are matched and values checked as the rows are read
         prepared = self._prepare_query(adata, rows, observed=observed, missing=missing)
-        if not isinstance(recentre, (bool, np.bool_)):
-            raise TypeError(f"recentre must be True or False, got {recentre!r}.")
         return self._draw(prepared, self._sampler(steps), n_samples=n_samples, seed=seed, device=device,
-                          batch_size=batch_size, return_draws=return_draws, recentre=recentre and check_count(steps, "steps") > 1)
+                          batch_size=batch_size, return_draws=return_draws, recentre=self._check_recentre(recentre, steps))
 
     def _prepare_query(
         self, adata: AnnData, rows: np.ndarray, *, observed: Sequence[str] | None = None, missing: Sequence[str] | None = None
@@ -740,9 +738,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
             # the normalised scale first: it is the one whose draws are kept
             reducer = Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws))
-            if recentre:  # the one-step mean of every cell, in the draws' (residual, model) scale
-                reducer = Recentred(reducer, run(self._sampler(1), Moments(n))["mean"])
-            res = run(sampler, reducer)
+            res = self._run_recentred(run, sampler, reducer, n, recentre)  # centres in the draws' (residual) scale
         out = {
             "mean": np.where(obs_mask, values, res["mean"]),
             "variance": np.where(obs_mask, 0.0, res["variance"]),
