@@ -89,6 +89,7 @@ def kfold_distribution(
     sampler_steps: Sequence[int] = (5,),
     tune_nfe: int | None = None,
     solvers: Sequence[str] | None = None,
+    recentre: bool = False,
     n_samples: int = 10,
     k: int = 50,
     max_epochs: int | None = None,
@@ -102,7 +103,9 @@ def kfold_distribution(
     sampler), then under each of ``samplers`` (``set_sampler`` settings) at each of
     ``sampler_steps``, then (``tune_nfe``) under the schedule ``SpaDiT.tune_sampler`` chooses at
     that many evaluations on the training run's validation reference cells (``solvers``: those
-    of its grid, default :func:`~biodiffuse.diffusion.schedule_grid`'s), and kNN's draws
+    of its grid, default :func:`~biodiffuse.diffusion.schedule_grid`'s), with ``recentre`` every
+    multi-step run again with its draws centred on the one-step mean (``recentre=True``; rows
+    "recentred", one more evaluation per draw), and kNN's draws
     (``bd.baselines.fit_predict_knn_draws``: the ``k`` neighbours' values as samples, and the
     kNN mean with its leave-one-out Gaussian residual), all scored on the fold's genes by
     ``bd.metrics.score_draws`` (CRPS, energy score across the fold's genes, r_p of the draws'
@@ -151,22 +154,24 @@ def kfold_distribution(
             runs.append((f"SpaDiT (tuned, {int(tune_nfe)} evaluations)", tuned, int(best["steps"])))
             tuned = {"tuned_" + k: v for k, v in {**tuned, "steps": int(best["steps"]),
                                                    "seconds": time.perf_counter() - t0}.items()}
-        for label, settings, st in runs:
+        runs = [(lab[:-1] + ", recentred)" if rc else lab, se, st, rc) for lab, se, st in runs
+                for rc in ((False, True) if recentre and int(st) > 1 else (False,))]
+        for label, settings, st, rc in runs:
             model.set_sampler(**(settings or default))
             t0 = time.perf_counter()
-            post = model.posterior(genes=test, n_samples=n_samples, steps=int(st), seed=seed, return_draws=True)
+            post = model.posterior(genes=test, n_samples=n_samples, steps=int(st), seed=seed, recentre=rc, return_draws=True)
             order = [list(post["genes"]).index(g) for g in test]
             score(label, post["draws"][:, :, order], fit_s=fit_s, seconds=time.perf_counter() - t0,
-                  nfe=model.network_evaluations(steps=int(st)), epochs=len(model.history),
+                  nfe=model.network_evaluations(steps=int(st)) + int(rc), epochs=len(model.history),
                   **(tuned if label.startswith("SpaDiT (tuned") else {}))
         if save is not None:
             pd.DataFrame(rows).to_csv(save, index=False)
     return pd.DataFrame(rows)
 
 
-_RUN_SETTINGS = ("folds", "steps", "samplers", "sampler_steps", "tune_nfe", "n_samples", "max_epochs", "spadit")
+_RUN_SETTINGS = ("folds", "steps", "samplers", "sampler_steps", "tune_nfe", "recentre", "n_samples", "max_epochs", "spadit")
 #: Settings added after runs were saved without them: what those runs used.
-_NEWER_SETTINGS = {"samplers": [], "sampler_steps": [5], "tune_nfe": None}
+_NEWER_SETTINGS = {"samplers": [], "sampler_steps": [5], "tune_nfe": None, "recentre": False}
 
 
 def _resumable(out: Path, args: argparse.Namespace) -> pd.DataFrame | None:
@@ -333,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="--distribution: also sample with the schedule SpaDiT.tune_sampler chooses at this many evaluations")
     p.add_argument("--solvers", nargs="+", default=None, choices=["heun", "euler", "dpm2m"],
                    help="--tune-nfe: the solvers of the tuning grid (default: schedule_grid's)")
+    p.add_argument("--recentre", action="store_true",
+                   help="--distribution: also score each multi-step run with its draws centred on the one-step mean")
     p.add_argument("--n-samples", type=int, default=10, help="--distribution: draws per cell")
     p.add_argument("--out", default="results/spatial_genes")
     args = p.parse_args(argv)
@@ -346,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_fold = kfold_distribution(sp, sc, n_folds=args.folds, max_folds=args.max_folds, steps=args.steps,
                                       samplers=[sampler_arg(t) for t in args.samplers],
                                       sampler_steps=args.sampler_steps, tune_nfe=args.tune_nfe, solvers=args.solvers,
+                                      recentre=args.recentre,
                                       n_samples=args.n_samples, max_epochs=args.max_epochs,
                                       save=out / "distribution_per_fold.csv", resume=_resumable(out, args) if args.resume else None,
                                       **json.loads(args.spadit))

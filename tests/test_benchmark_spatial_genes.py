@@ -83,3 +83,13 @@ def test_distribution_folds_score_spadit_and_knn_draws(tmp_path):
     np.testing.assert_allclose(table.loc["SpaDiT (1 step)", "energy_score"], g.energy_score.mean())
     assert list(g.n_genes) == [3, 3, 2]
     assert table.loc["kNN + gaussian", "folds"] == 3 and np.isnan(table.loc["kNN + gaussian", "fit_s"])
+
+
+def test_distribution_recentre_adds_recentred_rows():
+    sc, sp = _cells(120, 1, GENES), _cells(60, 2, GENES)
+    per_fold = spatial_genes.kfold_distribution(sp, sc, n_folds=5, max_folds=1, steps=(1, 2), recentre=True, n_samples=4, k=10,
+                                                max_epochs=2, **TINY)
+    by = per_fold.set_index("method")
+    assert list(by.index[2:]) == ["SpaDiT (1 step)", "SpaDiT (2 steps)", "SpaDiT (2 steps, recentred)"]
+    assert by.loc["SpaDiT (2 steps, recentred)", "nfe"] == by.loc["SpaDiT (2 steps)", "nfe"] + 1
+    assert by.loc["SpaDiT (2 steps, recentred)", "crps"] != by.loc["SpaDiT (2 steps)", "crps"]
