@@ -27,3 +27,13 @@ def test_held_out_sets_are_scored_as_points_and_distributions():
         assert abs(rows[(s, "knn + neighbours")]["mean_r"] - rows[(s, "knn")]["mean_r"]) < 0.15
     text = channels.format_distribution(res)
     assert "CRPS (3 draws per cell" in text and "| ridge + residuals |" in text and "| ridge |" not in text
+
+
+def test_recentre_adds_rows_centred_on_the_one_step_mean():
+    res = channels.run(n_random=0, max_epochs=2, steps=(1, 2), n_samples=3, baselines=(), recentre=True)
+    rows = {r["method"]: r for r in res["rows"] if r["held_out"] == "fixed"}
+    assert {"MCD (1 step)", "MCD (2 steps)", "MCD (2 steps, recentred)"} <= set(rows) and "MCD (1 step, recentred)" not in rows
+    rc = rows["MCD (2 steps, recentred)"]
+    assert rc["nfe_per_cell"] == 3 * (2 + 1)
+    assert rc["mean_r"] == pytest.approx(rows["MCD (1 step)"]["mean_r"], rel=1e-6)  # the same one-step mean
+    assert rc["crps"] != rows["MCD (2 steps)"]["crps"]
