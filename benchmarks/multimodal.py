@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,14 +56,16 @@ def distribution_scores(truth: np.ndarray, draws: np.ndarray, scale: np.ndarray)
 
 def run_brca(
     folds: int = 5, max_epochs: int | None = None, n_samples: int = 10, steps: int = 18, seed: int = 0,
-    tune_nfe: Sequence[int] = (), solvers: Sequence[str] | None = None,
+    tune_nfe: Sequence[int] = (), solvers: Sequence[str] | None = None, recentre: bool = False,
 ) -> pd.DataFrame:
     """Run the benchmark; returns one row per (fold, method) with the network evaluations per
     draw (``nfe``; a Coherent Denoising consensus counts each available denoiser and redraw).
 
     ``tune_nfe``: for each budget, also the draws with the schedule each model chooses on its
     validation patients (``tune_sampler(nfe=...)``; ``solvers``: those of its grid, default
-    :func:`~biodiffuse.diffusion.schedule_grid`'s), as ``"<model> tuned <nfe>"``."""
+    :func:`~biodiffuse.diffusion.schedule_grid`'s), as ``"<model> tuned <nfe>"``. ``recentre``:
+    also every multi-step sampler with each patient's draws centred on their one-step mean
+    (``sample(recentre=True)``; rows ``"... recentred"``, no extra evaluation)."""
     from biodiffuse import datasets
     from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
     from biodiffuse.tl import acquisition_curve, area_under_curve, counterfactual_spread, fit_predictor, predict_output
@@ -84,10 +86,22 @@ def run_brca(
             cls.setup_mudata(train, modalities=mods)
             model = cls(train, seed=seed)
             model.train(**({} if max_epochs is None else {"max_epochs": max_epochs}), seed=seed, enable_progress_bar=False)
-            res = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=steps, seed=seed)
+            def draw(n_steps: int, rc: bool = False) -> dict[str, Any]:
+                return model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=n_steps, seed=seed,
+                                    recentre=rc)
+
+            def recentred(name: str, n_steps: int, **extra: Any) -> None:
+                """The ``n_steps`` draws again, centred on their one-step mean, as ``name + " recentred"``."""
+                if recentre and n_steps > 1:
+                    rc = draw(n_steps, True)
+                    synth[f"{name} recentred"], latent_pred[f"{name} recentred"] = rc["features"], rc["latent"].mean(axis=0)
+                    rows.append(dict(fold=k, method=f"{name} recentred", variance_fraction=output_variance_fraction(rc["latent"], z_true),
+                                     rejected=float(np.mean(rc["rejected"])) if "rejected" in rc else np.nan, nfe=float(np.mean(rc["nfe"])), **extra))
+
+            res = draw(steps)
             synth[cls.__name__] = res["features"]
             latent_pred[cls.__name__] = res["latent"].mean(axis=0)
-            one = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=1, seed=seed)
+            one = draw(1)
             synth[f"{cls.__name__} 1-step"], latent_pred[f"{cls.__name__} 1-step"] = one["features"], one["latent"].mean(axis=0)
             zs_tr, _ = model.latents(train)
             zs_te, _ = model.latents(test)
@@ -96,17 +110,20 @@ def run_brca(
             rows.append(dict(fold=k, method=cls.__name__, variance_fraction=output_variance_fraction(res["latent"], z_true), rejected=rej,
                              nfe=float(np.mean(res["nfe"]))))
             rows.append(dict(fold=k, method=f"{cls.__name__} 1-step", variance_fraction=np.nan, rejected=np.nan, nfe=float(np.mean(one["nfe"]))))
+            recentred(cls.__name__, steps)
             default = model.sampler_settings
             for budget in tune_nfe:
                 model.set_sampler(**default)
                 grid = None if solvers is None else schedule_grid(int(budget), solvers=tuple(solvers))
                 chosen = model.tune_sampler(nfe=int(budget), seed=seed, candidates=grid).iloc[0]
-                tuned = model.sample(test, target="protein", conditions=["mrna", "mirna"], n_samples=n_samples, steps=int(chosen["steps"]), seed=seed)
+                tuned = draw(int(chosen["steps"]))
                 name = f"{cls.__name__} tuned {budget}"
                 synth[name], latent_pred[name] = tuned["features"], tuned["latent"].mean(axis=0)
+                schedule = f"{chosen['solver']} {int(chosen['steps'])}, sigma {chosen['sigma_max']:g} -> {chosen['sigma_min']:g}, rho {chosen['rho']:g}"
                 rows.append(dict(fold=k, method=name, variance_fraction=output_variance_fraction(tuned["latent"], z_true),
                                  rejected=float(np.mean(tuned["rejected"])) if "rejected" in tuned else np.nan, nfe=float(np.mean(tuned["nfe"])),
-                                 schedule=f"{chosen['solver']} {int(chosen['steps'])}, sigma {chosen['sigma_max']:g} -> {chosen['sigma_min']:g}, rho {chosen['rho']:g}"))
+                                 schedule=schedule))
+                recentred(name, int(chosen["steps"]), schedule=schedule)
         enc = model._encoder("protein")
         cond_tr, cond_te = np.hstack(zs_tr[:2]), np.hstack(zs_te[:2])
         for name in ("mean", "knn", "ridge"):
@@ -208,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--tune-nfe", type=int, nargs="*", default=[], help="also sample with the schedule tune_sampler chooses at these budgets")
     p.add_argument("--solvers", nargs="+", default=None, choices=["heun", "euler", "dpm2m"],
                    help="--tune-nfe: the solvers of the tuning grid (default: schedule_grid's)")
+    p.add_argument("--recentre", action="store_true",
+                   help="also score each multi-step sampler with every patient's draws centred on their one-step mean")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--test-split", action="store_true", help="synthesise protein for the 70 test patients instead of cross-validating")
     p.add_argument("--repeats", type=int, default=3, help="--test-split: repeats")
@@ -222,12 +241,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         acc = table.groupby("method")["balanced_accuracy"]
         print((acc.mean().round(3).astype(str) + " ± " + acc.std().round(3).astype(str)).to_string())
         return
-    table = run_brca(args.folds, args.max_epochs, args.n_samples, args.steps, tune_nfe=args.tune_nfe, solvers=args.solvers)
+    table = run_brca(args.folds, args.max_epochs, args.n_samples, args.steps, tune_nfe=args.tune_nfe, solvers=args.solvers, recentre=args.recentre)
     table.to_csv(out / "brca_folds.csv", index=False)
     summary = table.drop(columns=["fold", "schedule"], errors="ignore").groupby("method").agg(["mean", "std"])
     (out / "brca_summary.json").write_text(json.dumps(json.loads(summary.to_json()), indent=1))
     cols = [c for c in ("r2_latent", "r2_feature", "variance_fraction", "real", "ablated", "synthesised", "auc_informed", "auc_random", "rejected",
-                        "nfe", "dist_crps", "dist_energy_score", "dist_r_p", "dist_coverage50", "dist_coverage80", "dist_coverage90") if c in table]
+                        "nfe", "dist_crps", "dist_energy_score", "dist_crps_fair", "dist_energy_score_fair", "dist_r_p", "dist_coverage50", "dist_coverage80", "dist_coverage90") if c in table]
     means = table.groupby("method")[cols].mean()
     sds = table.groupby("method")[cols].std()
     print((means.round(3).astype(str) + " ± " + sds.round(3).astype(str)).to_string())

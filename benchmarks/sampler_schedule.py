@@ -56,7 +56,7 @@ def _score(model: MCD, query, y: np.ndarray, settings: dict[str, Any], steps: in
     finally:
         model.set_sampler(**before)
     s = score_draws(y, post["draws_normalized"], levels=(0.8,), energy=False)
-    return dict(**settings, steps=steps, nfe=nfe, r_p=s["r_p"], crps=s["crps"], coverage80=s["coverage80"], cells_per_s=len(y) / el)
+    return dict(**settings, steps=steps, nfe=nfe, r_p=s["r_p"], crps=s["crps"], crps_fair=s["crps_fair"], coverage80=s["coverage80"], cells_per_s=len(y) / el)
 
 
 TABLE_DEFAULT = dict(solver="euler", sigma_max=10.0, sigma_min=0.05, rho=7.0)
@@ -165,7 +165,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def format_tables(res: dict[str, Any]) -> str:
     """The validation ranking (best 8) and the test comparison as markdown tables."""
-    cols = ["solver", "steps", "nfe", "sigma_max", "sigma_min", "rho", "crps", "r_p", "coverage80"]
+    cols = ["solver", "steps", "nfe", "sigma_max", "sigma_min", "rho", "crps", "crps_fair", "r_p", "coverage80"]
     val = _markdown(res["validation"][cols].head(8))
     test = _markdown(res["test"][["sampler"] + cols + ["cells_per_s"]])
     return f"Validation cells (best 8 of {len(res['validation'])} candidates):\n\n{val}\n\nTest cells:\n\n{test}\n"

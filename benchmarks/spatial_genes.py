@@ -162,7 +162,7 @@ def kfold_distribution(
             post = model.posterior(genes=test, n_samples=n_samples, steps=int(st), seed=seed, recentre=rc, return_draws=True)
             order = [list(post["genes"]).index(g) for g in test]
             score(label, post["draws"][:, :, order], fit_s=fit_s, seconds=time.perf_counter() - t0,
-                  nfe=model.network_evaluations(steps=int(st)) + int(rc), epochs=len(model.history),
+                  nfe=model.network_evaluations(steps=int(st)), epochs=len(model.history),
                   **(tuned if label.startswith("SpaDiT (tuned") else {}))
         if save is not None:
             pd.DataFrame(rows).to_csv(save, index=False)
@@ -192,8 +192,10 @@ def summarize_distribution(per_fold: pd.DataFrame) -> pd.DataFrame:
     rows = {}
     for method, g in per_fold.groupby("method", sort=False):
         w = (g["n_genes"] / g["n_genes"].sum()).to_numpy()
-        row = {c: float(g[c].to_numpy() @ w) for c in g.columns if c in ("crps", "r_p") or c.startswith("coverage")}
+        row = {c: float(g[c].to_numpy() @ w) for c in g.columns if c in ("crps", "crps_fair", "r_p") or c.startswith("coverage")}
         row["energy_score"] = float(g["energy_score"].mean())
+        if "energy_score_fair" in g:
+            row["energy_score_fair"] = float(g["energy_score_fair"].mean())
         row["folds"] = len(g)
         row["fit_s"] = float(g["fit_s"].sum()) if "fit_s" in g and g["fit_s"].notna().all() else np.nan
         row["sample_s"] = float(g["seconds"].sum())

@@ -28,7 +28,7 @@ def test_distribution_scores_use_the_training_scale():
 
 @pytest.mark.skipif(not (SHARED_DATA / "tcga").exists(), reason="needs ../shared/data/tcga")
 def test_brca_folds_carry_distribution_rows():
-    table = multimodal.run_brca(folds=2, max_epochs=2, n_samples=3, steps=2, tune_nfe=(3,), solvers=("dpm2m",))
+    table = multimodal.run_brca(folds=2, max_epochs=2, n_samples=3, steps=2, tune_nfe=(3,), solvers=("dpm2m",), recentre=True)
     methods = set(table["method"])
     assert {"ridge + gaussian", "ridge + residuals", "knn + neighbours", "MultiConditionDiffusion", "CoherentDenoising"} <= methods
     for m in ("ridge + gaussian", "knn + neighbours", "MultiConditionDiffusion", "CoherentDenoising"):
@@ -44,3 +44,9 @@ def test_brca_folds_carry_distribution_rows():
     assert len(tuned) == 2 and (tuned["nfe"] == 3).all() and tuned["schedule"].str.match(r"dpm2m 3, sigma").all()  # the grid's solvers
     assert np.isfinite(tuned["dist_crps"]).all()
     assert (table.loc[table.method == "CoherentDenoising tuned 3", "nfe"] >= 6).all()
+    # --recentre: the multi-step draws again, centred on their one-step mean, at the same cost
+    for m in ("MultiConditionDiffusion", "CoherentDenoising", "MultiConditionDiffusion tuned 3"):
+        plain, rc = table[table.method == m].reset_index(), table[table.method == f"{m} recentred"].reset_index()
+        assert len(rc) == 2 and np.isfinite(rc["dist_crps"]).all() and (rc["dist_crps"] != plain["dist_crps"]).all()
+    assert nfe["MultiConditionDiffusion recentred"] == 3 and "MultiConditionDiffusion 1-step recentred" not in set(table["method"])
+    assert (table.loc[table.method == "MultiConditionDiffusion tuned 3 recentred", "schedule"].str.match(r"dpm2m 3")).all()

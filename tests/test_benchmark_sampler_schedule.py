@@ -16,7 +16,7 @@ def test_driver_tunes_on_validation_and_scores_on_test(tmp_path):
     res = sampler_schedule.main(["--max-epochs", "2", "--nfe", "3", "--n-samples", "3", "--reference-steps", "4",
                                  "--euler-steps", "1", "3", "--dpm2m-steps", "2", "--out", str(tmp_path / "s")])
     val, test = res["validation"], res["test"]
-    assert list(val["crps"]) == sorted(val["crps"]) and (val["nfe"] <= 3).all()
+    assert list(val["crps_fair"]) == sorted(val["crps_fair"]) and (val["nfe"] <= 3).all()
     chosen = test.iloc[0]
     assert chosen["sampler"] == "chosen on validation" and chosen["nfe"] <= 3
     assert chosen["solver"] == val.iloc[0]["solver"] and chosen["sigma_max"] == val.iloc[0]["sigma_max"]

@@ -33,6 +33,31 @@ def test_crps_prefers_the_true_distribution_to_a_too_narrow_one(rng):
     assert (M.crps(y, right) < M.crps(y, narrow)).all()
 
 
+def test_fair_scores_are_those_of_the_distribution_whatever_the_number_of_draws(rng):
+    """The ensemble's CRPS grows as the draws get fewer (and rewards too narrow draws); the fair
+    one estimates the distribution's score, (sqrt(2) - 1) / sqrt(pi) for N(0, 1) at its mean."""
+    y = np.zeros((20000, 1))
+    truth = (np.sqrt(2) - 1) / np.sqrt(np.pi)
+    for s in (4, 10):
+        draws = rng.normal(size=(20000, s, 1))
+        np.testing.assert_allclose(M.crps(y, draws, fair=True), [truth], rtol=0.02)
+        np.testing.assert_allclose(M.crps(y, draws), [truth + np.sqrt(1 / np.pi) / s], rtol=0.02)  # + E|X - X'| / (2 s)
+        np.testing.assert_allclose(M.energy_score(y, draws, fair=True).mean(), M.crps(y, draws, fair=True)[0], rtol=1e-10)
+    # calibrated against 0.8 times too narrow draws, 10 of each, the truth drawn from N(0, 1):
+    # the ensemble score prefers the narrow ones, the fair score the calibrated ones
+    y = rng.normal(size=(40000, 1))
+    right, narrow = rng.normal(size=(40000, 10, 1)), 0.75 * rng.normal(size=(40000, 10, 1))
+    assert M.crps(y, narrow)[0] < M.crps(y, right)[0]
+    assert M.crps(y, right, fair=True)[0] < M.crps(y, narrow, fair=True)[0]
+    with pytest.raises(TypeError, match="fair must be True or False"):
+        M.crps(y, right, fair="yes")
+    # the sorted-draws formula is scoringrules' pairwise fair estimator
+    import scoringrules as sr
+
+    y, x = rng.normal(size=(30, 3)), rng.normal(size=(30, 7, 3))
+    np.testing.assert_allclose(M.crps(y, x, fair=True), sr.crps_ensemble(y, x, m_axis=1, backend="numpy", estimator="fair").mean(0), rtol=1e-12)
+
+
 def test_energy_score_is_crps_in_one_dimension_and_rewards_dependence(rng):
     y = rng.normal(size=(50, 1))
     draws = rng.normal(size=(50, 30, 1))
@@ -126,8 +151,12 @@ def test_score_draws_agrees_with_the_single_scores_and_skips_unmeasured_entries(
                    *M.crps(y[:, 2:], draws[:, :, 2:])]
     assert t["crps"] == pytest.approx(np.mean(per_channel))
     assert t["energy_score"] == pytest.approx(M.energy_score(y[15:], draws[15:]).mean())
-    assert set(t) == {"crps", "energy_score", "r_p", "coverage80"}
-    assert "energy_score" not in M.score_draws(y, draws, energy=False)
+    assert t["crps_fair"] == pytest.approx(np.mean([M.crps(y[:, [0]], draws[:, :, [0]], fair=True)[0],
+                                                    M.crps(y[15:, [1]], draws[15:, :, [1]], fair=True)[0],
+                                                    *M.crps(y[:, 2:], draws[:, :, 2:], fair=True)]))
+    assert t["energy_score_fair"] == pytest.approx(M.energy_score(y[15:], draws[15:], fair=True).mean())
+    assert set(t) == {"crps", "crps_fair", "energy_score", "energy_score_fair", "r_p", "coverage80"}
+    assert not {"energy_score", "energy_score_fair"} & set(M.score_draws(y, draws, energy=False))
     with pytest.raises(ValueError, match="no measured"):
         M.score_draws(np.full((3, 2), np.nan), draws[:3, :, :2])
 

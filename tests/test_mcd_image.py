@@ -191,8 +191,26 @@ def test_absent_channel_is_imputed_and_errors(trained):
         model.impute(__import__("anndata").AnnData(np.ones((3, 3))))
     with pytest.raises(TypeError):
         model.image_posterior(sdata, None)  # keyword-only
-    with pytest.raises(ValueError, match="recentre applies to tables"):
-        model.impute(sdata, missing=["B"], n_samples=2, steps=2, recentre=True)
+    with pytest.raises(TypeError, match="recentre must be True or False"):
+        model.image_posterior(sdata, missing=["B"], n_samples=2, steps=2, recentre="yes")
+
+
+def test_recentred_tiles_centre_on_the_one_step_mean(trained):
+    """``recentre=True`` on images: every tile's draws are centred on the mean of its one-step
+    draws, so the stitched mean is the one-step sampler's; the spread stays; observed channels
+    keep their values; the run records it at no extra evaluation."""
+    sdata, model = trained
+    kw = dict(missing=["C"], n_samples=3, seed=1)
+    one = model.image_posterior(sdata, steps=1, **kw)
+    plain = model.image_posterior(sdata, steps=3, **kw)
+    rc = model.image_posterior(sdata, steps=3, recentre=True, **kw)
+    np.testing.assert_allclose(rc["mean_normalized"], one["mean_normalized"], atol=1e-5)
+    assert np.abs(rc["mean_normalized"][2] - plain["mean_normalized"][2]).max() > 1e-3  # it moved the centre
+    np.testing.assert_array_equal(rc["mean"][:2], plain["mean"][:2])  # observed channels: measured values
+    assert rc["variance_normalized"][2].mean() > 0.5 * plain["variance_normalized"][2].mean()
+    model.impute(sdata, n_samples=2, steps=3, recentre=True, missing=["C"], key_added="rc_img", overwrite=True)
+    run = sdata.attrs["rc_img"]
+    assert run["recentre"] is True and run["network_evaluations_per_draw"] == model.network_evaluations(steps=3)
 
 
 def test_save_load_round_trip_on_images(trained, tmp_path):
@@ -272,7 +290,7 @@ def test_tune_sampler_scores_validation_tiles_and_keeps_the_better_schedule(trai
     good = dict(solver="euler", steps=5, nfe=5, sigma_max=10.0, sigma_min=0.05, rho=7.0)
     bad = dict(solver="heun", steps=3, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=7.0)
     table = model.tune_sampler(candidates=[bad, good], n_samples=6)
-    assert list(table["crps"]) == sorted(table["crps"]) and len(table) == 2
+    assert list(table["crps_fair"]) == sorted(table["crps_fair"]) and len(table) == 2
     best = table.iloc[0]
     assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
     assert model.registry["sampler_tuning"]["crps"] == best["crps"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from anndata import AnnData
 
-from biodiffuse.diffusion import CoherentConsensus, coherent_sample
+from biodiffuse.diffusion import CoherentConsensus, coherent_sample, coherent_sampler
 from biodiffuse.models import CoherentDenoising, MultiConditionDiffusion
 from biodiffuse.module import modality as mm
 from biodiffuse.train import TrainingDivergedError
@@ -82,6 +82,15 @@ def test_coherent_sample_retries_only_incoherent_rows() -> None:
     assert out.shape == (4, 3)
     assert retries.tolist() == [1, 1, 0, 0] and not rejected.any()
     assert calls[1].tolist() == [0, 1]
+    # the one-step draw of a redrawn draw comes from the solve it was kept from: rows 0 and 1's
+    # first consensus (1 + -1) / 2 = 0 was rejected, their second gives 1, as the others' does
+    calls.clear()
+    x, diag = coherent_sampler(3, max_retries=2, keep_one_step=True)(make, torch.randn(4, 3), None, lambda rows: torch.randn(len(rows), 3))
+    np.testing.assert_array_equal(diag["one_step"].numpy(), np.ones((4, 3)))
+    assert diag["retries"].tolist() == [1, 1, 0, 0]
+    assert "one_step" not in coherent_sampler(3, max_retries=2)(make, torch.randn(4, 3), None, lambda rows: torch.randn(len(rows), 3))[1]
+    with pytest.raises(TypeError, match="keep_one_step"):
+        coherent_sampler(3, keep_one_step=1)
 
 
 def test_mlp_denoiser_ignores_absent_conditions() -> None:
@@ -394,6 +403,37 @@ def test_sampler_settings_change_the_draws_and_count_evaluations(toy_models, cls
         cls(mdata, solver="dopri5")
 
 
+@pytest.mark.parametrize("cls", [MultiConditionDiffusion, CoherentDenoising])
+def test_recentred_draws_centre_on_the_one_step_mean(toy_models, cls) -> None:
+    """``recentre=True``: each patient's latent draws are shifted onto the mean of its one-step
+    draws (Coherent Denoising: the consensus's, from the kept solve; without redraws that is
+    what one step draws), keep their spread, and cost no extra evaluation."""
+    mdata, models = toy_models
+    model = models[cls]
+    kw = dict(target="target", n_samples=3, seed=4, indices=np.arange(40))
+    before = model.init_args.get("max_retries")
+    try:
+        if cls is CoherentDenoising:
+            model.init_args["max_retries"] = 0  # no redraws: the kept solve is the first for every step count
+        one = model.sample(mdata, steps=1, **kw)
+        plain = model.sample(mdata, steps=3, **kw)
+        rc = model.sample(mdata, steps=3, recentre=True, **kw)
+    finally:
+        if before is not None:
+            model.init_args["max_retries"] = before
+    np.testing.assert_allclose(rc["latent_mean"], one["latent_mean"], rtol=1e-5, atol=1e-6)
+    dev = lambda d: d - d.mean(axis=0, keepdims=True)  # noqa: E731  (draws first)
+    np.testing.assert_allclose(dev(rc["latent"]), dev(plain["latent"]), rtol=1e-5, atol=1e-6)
+    assert np.abs(rc["latent_mean"] - plain["latent_mean"]).max() > 1e-3
+    np.testing.assert_allclose(rc["mean"], rc["features"].mean(axis=0), rtol=1e-6, atol=1e-9)  # decoded from the recentred draws
+    np.testing.assert_array_equal(rc["nfe"], plain["nfe"])
+    out = mdata.copy()
+    model.synthesize(out, target="target", n_samples=2, steps=3, recentre=True, key_added="t_rc")
+    assert out.uns["t_rc"]["recentre"] is True
+    with pytest.raises(TypeError, match="recentre must be True or False"):
+        model.sample(mdata, recentre="no", **{**kw, "steps": 3})
+
+
 def _first_draw_rejection(model, mdata, mods, *, steps: int, seed: int, rows=None) -> np.ndarray:
     """Per first draw (4 per patient) of ``rows`` (default all) with two or more conditions, every
     target: whether Coherent Denoising rejects it (no redraws)."""
@@ -460,20 +500,23 @@ def test_tune_sampler_scores_the_validation_patients(toy_models, cls) -> None:
             warnings.simplefilter("always")
             table = model.tune_sampler(nfe=3, n_samples=3, candidates=cands, seed=1)
         assert not [w for w in caught if "calibrated for" in str(w.message)]  # each schedule has its own threshold
-        assert len(table) == 2 and table["crps"].is_monotonic_increasing and table["crps"].nunique() == 2
+        assert len(table) == 2 and table["crps_fair"].is_monotonic_increasing and table["crps_fair"].nunique() == 2
         best = table.iloc[0]
         assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
         assert model.registry["sampler_tuning"]["crps"] == pytest.approx(best["crps"])
         # the score is the CRPS of sample()'s latent draws of every modality of the validation patients
         val = model._validation_rows
         zs, present = model.latents(mdata, indices=val)
-        crps, sizes = [], []
+        crps, fair, sizes = [], [], []
         for t, mod in enumerate(MODS):
             sel = np.flatnonzero(present[:, t] & np.delete(present, t, axis=1).any(axis=1))
             draws = model.sample(mdata, target=mod, indices=val[sel], n_samples=3, steps=int(best["steps"]), seed=1)["latent"]
-            crps.append(score_draws(zs[t][sel], draws.transpose(1, 0, 2))["crps"])
+            scores = score_draws(zs[t][sel], draws.transpose(1, 0, 2))
+            crps.append(scores["crps"])
+            fair.append(scores["crps_fair"])
             sizes.append(zs[t][sel].size)
         assert best["crps"] == pytest.approx(np.average(crps, weights=sizes), rel=1e-6)
+        assert best["crps_fair"] == pytest.approx(np.average(fair, weights=sizes), rel=1e-6)
         if cls is CoherentDenoising:  # every schedule was scored with the threshold calibrated for it; the winner's is kept
             assert table["threshold"].nunique() == 2
             assert model.init_args["threshold"] == best["threshold"]

@@ -165,3 +165,48 @@ def test_recentred_reducer_moves_the_mean_and_keeps_the_spread() -> None:
     np.testing.assert_allclose(out["draws"][rows] - centre[rows][:, None], draws - draws.mean(axis=1, keepdims=True))
     with pytest.raises(ValueError, match="centre rows have shape"):
         Recentred(Moments(10), np.zeros((10, 4)))(rows, draws, {})
+
+
+def test_kept_one_step_draws_are_the_one_step_sampler_from_the_same_noise_at_no_extra_evaluation() -> None:
+    """``edm_sampler(..., keep_one_step=True)`` returns each draw's first denoiser output: what
+    ``edm_sampler(1)`` draws from the same per-row streams, clamped like the draws, without a call
+    more. ``Recentred()`` centres on its mean and does not pass it on."""
+    rng = np.random.default_rng(3)
+    cond = rng.normal(size=(7, 4)).astype(np.float32)
+    clamp = np.zeros((7, 4), dtype=bool)
+    clamp[:, 2] = True
+    calls = []
+
+    class Counted(_Affine):
+        def forward(self, x, sigma, cond):
+            calls.append(len(x))
+            return super().forward(x, sigma, cond)
+
+    def run(sampler, reducer):
+        def prepare(rows, device):
+            c = torch.from_numpy(cond[rows])
+            return Batch(Counted(), c, clamp_values=torch.full_like(c, 7.0), clamp_mask=torch.from_numpy(clamp[rows]))
+
+        calls.clear()
+        out = sample_rows(prepare, 7, (4,), seeds=row_seeds(0, range(7)), sampler=sampler, n_samples=5, batch_size=3,
+                          reducer=reducer)
+        return out, len(calls)
+
+    kw = dict(sigma_max=5.0, solver="heun")
+    one, _ = run(edm_sampler(1, **kw), Moments(7, keep_draws=True))
+    plain, n_plain = run(edm_sampler(4, **kw), Moments(7, keep_draws=True))
+    kept, n_kept = run(edm_sampler(4, **kw, keep_one_step=True), Moments(7, keep_draws=True))
+    assert n_kept == n_plain == 3 * 7  # three batches x 7 evaluations (Heun, 4 steps)
+    np.testing.assert_array_equal(kept["draws"], plain["draws"])
+    np.testing.assert_allclose(kept["one_step"], one["draws"], rtol=1e-6, atol=1e-6)
+    assert (kept["one_step"][:, :, 2] == 7.0).all()  # clamped like the draws
+    rc, _ = run(edm_sampler(4, **kw, keep_one_step=True), Recentred(Moments(7, keep_draws=True)))
+    assert "one_step" not in rc
+    np.testing.assert_allclose(rc["mean"], one["mean"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rc["variance"], plain["variance"], rtol=1e-9)
+    assert (rc["draws"][:, :, 2] == 7.0).all()
+    assert np.abs(rc["mean"] - plain["mean"]).max() > 1e-3
+    with pytest.raises(ValueError, match="keep_one_step=True"):
+        run(edm_sampler(4, **kw), Recentred(Moments(7)))
+    with pytest.raises(TypeError, match="keep_one_step must be True or False"):
+        edm_sampler(4, keep_one_step="yes")

@@ -300,7 +300,7 @@ def test_tune_sampler_scores_validation_tiles_and_keeps_the_better_schedule(trai
     bad = dict(solver="heun", steps=3, nfe=5, sigma_max=80.0, sigma_min=0.002, rho=7.0)
     model.set_sampler(**{k: bad[k] for k in ("solver", "sigma_max", "sigma_min", "rho")})
     table = model.tune_sampler(candidates=[bad, good], n_samples=3, max_tiles=4)
-    assert len(table) == 2 and list(table["crps"]) == sorted(table["crps"]) and np.isfinite(table["crps"]).all()
+    assert len(table) == 2 and list(table["crps_fair"]) == sorted(table["crps_fair"]) and np.isfinite(table["crps"]).all()
     best = table.iloc[0]
     assert model.sampler_settings == {k: best[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
     assert model.registry["sampler_tuning"]["crps"] == best["crps"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .edm import check_count, heun_sampler, karras_sigmas, network_evaluations
+from .posterior import ONE_STEP
 
 __all__ = ["CoherentConsensus", "coherent_sample", "coherent_sampler"]
 
@@ -92,6 +93,7 @@ class CoherentConsensus:
                 rows = torch.nonzero(self.available[:, k]).reshape(-1)
                 self._subsets.append((rows, _take_rows(c, rows, n)))
         self.steps = 0
+        self.first: torch.Tensor | None = None  # the consensus's first output (at sigma_max): the one-step draw
         self.incoherent = torch.zeros(available.shape[0], device=available.device)
         self.worst: list[torch.Tensor] = []  # per call, each sample's largest pairwise distance
 
@@ -118,6 +120,8 @@ class CoherentConsensus:
             worst = torch.where(pair, cos_dist, torch.zeros_like(cos_dist)).amax(dim=(1, 2))
             self.incoherent += (worst > self.threshold).to(self.incoherent.dtype)
             self.worst.append(worst.detach())
+        if self.steps == 0:
+            self.first = consensus
         self.steps += 1
         return consensus
 
@@ -225,11 +229,14 @@ def coherent_sampler(
     sigma_min: float = 0.002,
     rho: float = 7.0,
     solver: str = "heun",
+    keep_one_step: bool = False,
 ) -> Callable:
     """:func:`coherent_sample` as a sampler of :func:`~biodiffuse.diffusion.sample_rows`: the
     batch's ``denoiser`` is the consensus factory; diagnostics ``retries``, ``rejected`` and
     ``nfe`` (network evaluations of each draw: its redraws included, one per available
-    denoiser of the consensus and call).
+    denoiser of the consensus and call). With ``keep_one_step`` also ``"one_step"``: each
+    draw's one-step draw, the consensus's first output in the solve the draw was kept from (as
+    :func:`~biodiffuse.diffusion.edm_sampler`'s, for :class:`~biodiffuse.diffusion.Recentred`).
 
     Parameters
     ----------
@@ -241,6 +248,8 @@ def coherent_sampler(
         As in :func:`coherent_sample`.
     solver
         ``"heun"``, ``"euler"`` or ``"dpm2m"`` (:func:`~biodiffuse.diffusion.heun_sampler`).
+    keep_one_step
+        Also return each draw's one-step draw (diagnostic ``"one_step"``).
 
     Examples
     --------
@@ -253,6 +262,8 @@ def coherent_sampler(
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
     network_evaluations(steps, solver)  # a bad solver fails here too
     schedule = dict(sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, solver=solver)
+    if not isinstance(keep_one_step, (bool, np.bool_)):
+        raise TypeError(f"keep_one_step must be True or False, got {keep_one_step!r}.")
 
     def sampler(make: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
         passes: list[tuple[torch.Tensor, CoherentConsensus]] = []
@@ -267,8 +278,15 @@ def coherent_sampler(
             max_retries=max_retries, **schedule,
         )
         nfe = torch.zeros(latents.shape[0], dtype=torch.long)
+        one_step = torch.empty_like(latents) if keep_one_step else None
         for draws, consensus in passes:  # every pass: steps' calls x the draw's available denoisers
             nfe[draws.cpu()] += consensus.evaluations().cpu().long()
-        return x, {"retries": retries, "rejected": rejected, "nfe": nfe}
+            if one_step is not None:  # later passes (redraws) overwrite: the kept solve's
+                one_step[draws.to(one_step.device)] = consensus.first.to(one_step.dtype)
+        diagnostics = {"retries": retries, "rejected": rejected, "nfe": nfe}
+        if one_step is not None:
+            diagnostics[ONE_STEP] = one_step
+        return x, diagnostics
 
+    sampler.keeps_one_step = bool(keep_one_step)  # type: ignore[attr-defined]
     return sampler

@@ -27,7 +27,7 @@ import torch
 from .._settings import settings
 from .edm import check_count, heun_sampler, karras_sigmas, network_evaluations
 
-__all__ = ["row_seeds", "RowNoise", "Batch", "FixedChunks", "Moments", "edm_sampler", "sample_rows"]
+__all__ = ["row_seeds", "RowNoise", "Batch", "FixedChunks", "Moments", "Recentred", "ONE_STEP", "edm_sampler", "sample_rows"]
 
 
 def row_seeds(seed: int, keys: Iterable[Any]) -> np.ndarray:
@@ -195,14 +195,26 @@ class FixedChunks:
         return torch.cat(out)
 
 
+#: The diagnostic under which a loop sampler returns each draw's one-step draw (the denoiser's
+#: first output, at ``sigma_max``); :func:`sample_rows` clamps it like the draws and
+#: :class:`Recentred` centres on its mean.
+ONE_STEP = "one_step"
+
+
 def edm_sampler(
-    steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0, solver: str = "heun"
+    steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0, solver: str = "heun",
+    keep_one_step: bool = False,
 ) -> Callable:
     """The EDM ODE sampler (:func:`~biodiffuse.diffusion.heun_sampler`) as a loop sampler.
 
     ``steps`` steps cost ``2 * steps - 1`` network evaluations (Heun) or ``steps`` (Euler);
     ``steps=1`` returns the denoiser's output at ``sigma_max`` (its estimate of the
     conditional mean) with either solver.
+
+    That output is also the first evaluation of every solver, from the same noise. With
+    ``keep_one_step`` the sampler returns it as the diagnostic ``"one_step"``
+    (:data:`ONE_STEP`): the draw ``edm_sampler(1)`` would give from the same latents, at no
+    extra evaluation. :class:`Recentred` centres the draws on its mean.
 
     Parameters
     ----------
@@ -212,6 +224,8 @@ def edm_sampler(
         The Karras schedule (:func:`~biodiffuse.diffusion.karras_sigmas`).
     solver
         ``"heun"``, ``"euler"`` or ``"dpm2m"``.
+    keep_one_step
+        Also return each draw's one-step draw (diagnostic ``"one_step"``, the draws' shape).
 
     Examples
     --------
@@ -223,14 +237,30 @@ def edm_sampler(
     karras_sigmas(1, sigma_min, sigma_max, rho)  # a bad schedule fails here, not at the first batch
     nfe = network_evaluations(steps, solver)  # and a bad solver
 
+    if not isinstance(keep_one_step, (bool, np.bool_)):
+        raise TypeError(f"keep_one_step must be True or False, got {keep_one_step!r}.")
+
     def sampler(denoiser: Any, latents: torch.Tensor, cond: Any, redraw: Callable) -> tuple[torch.Tensor, dict]:
+        first: list[torch.Tensor] = []
+
+        def kept(x: torch.Tensor, sigma: torch.Tensor, c: Any) -> torch.Tensor:
+            out = denoiser(x, sigma, c)
+            if not first:
+                first.append(out)
+            return out
+
         x = heun_sampler(
-            denoiser, latents, cond, steps=int(steps), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, solver=solver
+            kept if keep_one_step else denoiser, latents, cond, steps=int(steps), sigma_min=sigma_min,
+            sigma_max=sigma_max, rho=rho, solver=solver,
         )
-        return x, {"nfe": torch.full((latents.shape[0],), nfe, dtype=torch.int64)}
+        diagnostics = {"nfe": torch.full((latents.shape[0],), nfe, dtype=torch.int64)}
+        if keep_one_step:
+            diagnostics[ONE_STEP] = first[0].to(latents.dtype)
+        return x, diagnostics
 
     sampler.steps = int(steps)  # type: ignore[attr-defined]
     sampler.nfe = nfe  # type: ignore[attr-defined]
+    sampler.keeps_one_step = bool(keep_one_step)  # type: ignore[attr-defined]
     return sampler
 
 
@@ -315,33 +345,47 @@ class Moments:
 
 @dataclass
 class Recentred:
-    """Reducer wrapper: shift each row's draws so that their mean is ``centre[row]``, then hand
+    """Reducer wrapper: shift each row's draws so that their mean is the row's centre, then hand
     them to ``reducer``.
 
     Monte Carlo moment matching: the spread and shape come from the draws, the centre from a
-    better estimate of the row's mean than the mean of a few draws, e.g. the mean of one-step
-    draws (the denoiser's estimate of the conditional mean). Clamped entries stay clamped when
-    ``centre`` holds their values.
+    better estimate of the row's mean than the mean of a few draws: the mean of the row's
+    one-step draws (the denoiser's estimate of the conditional mean). By default that is the
+    mean of the diagnostic ``"one_step"`` that ``edm_sampler(..., keep_one_step=True)``
+    returns with the draws (the first evaluation of the multi-step solve, so it costs
+    nothing); the diagnostic is not passed on. ``centre`` gives the centres instead. Clamped
+    entries stay clamped (:func:`sample_rows` clamps the one-step draws too).
 
     Parameters
     ----------
     reducer
         The reducer to feed, e.g. :class:`Moments`.
     centre
-        ``(n_rows, *shape)``, in the draws' (model) scale.
+        ``(n_rows, *shape)`` in the draws' (model) scale, or None: the mean of each row's
+        ``"one_step"`` diagnostic.
 
     Examples
     --------
-    >>> one = bd.diffusion.sample_rows(prepare, n, shape, seeds=seeds, sampler=edm_sampler(1), n_samples=10)
-    >>> out = bd.diffusion.sample_rows(prepare, n, shape, seeds=seeds, sampler=edm_sampler(5), n_samples=10,
-    ...                                reducer=bd.diffusion.Recentred(bd.diffusion.Moments(n), one["mean"]))
+    >>> out = bd.diffusion.sample_rows(prepare, n, shape, seeds=seeds, n_samples=10,
+    ...                                sampler=bd.diffusion.edm_sampler(5, keep_one_step=True),
+    ...                                reducer=bd.diffusion.Recentred(bd.diffusion.Moments(n)))
     """
 
     reducer: Callable[[np.ndarray, np.ndarray, dict], None]
-    centre: np.ndarray
+    centre: np.ndarray | None = None
 
     def __call__(self, rows: np.ndarray, draws: np.ndarray, diagnostics: dict[str, np.ndarray]) -> None:
-        centre = np.asarray(self.centre[rows], dtype=np.float64)
+        diagnostics = dict(diagnostics)
+        one_step = diagnostics.pop(ONE_STEP, None)
+        if self.centre is not None:
+            centre = np.asarray(self.centre[rows], dtype=np.float64)
+        elif one_step is None:
+            raise ValueError(
+                "Recentred without centre needs the draws' one-step draws: sample with "
+                "edm_sampler(..., keep_one_step=True)."
+            )
+        else:
+            centre = np.asarray(one_step, dtype=np.float64).mean(axis=1)
         if centre.shape != (draws.shape[0], *draws.shape[2:]):
             raise ValueError(f"centre rows have shape {centre.shape[1:]}, the draws {draws.shape[2:]}.")
         self.reducer(rows, draws - draws.mean(axis=1, keepdims=True) + centre[:, None], diagnostics)
@@ -427,9 +471,16 @@ def sample_rows(
 
             draws, diagnostics = sampler(batch.denoiser, latents, _repeat_rows(batch.cond, n_samples), redraw)
             draws = draws.reshape(len(rows), n_samples, *shape)
+            diagnostics = {k: v.reshape(len(rows), n_samples, *v.shape[1:]) for k, v in diagnostics.items()}
             if batch.clamp_mask is not None:
                 mask = batch.clamp_mask.to(device)
-                draws = torch.where(mask[:, None], batch.clamp_values.to(draws.dtype)[:, None], draws)
-            diag = {k: v.reshape(len(rows), n_samples, *v.shape[1:]).cpu().numpy() for k, v in diagnostics.items()}
+
+                def clamp(d: torch.Tensor) -> torch.Tensor:
+                    return torch.where(mask[:, None], batch.clamp_values.to(d.dtype)[:, None], d)
+
+                draws = clamp(draws)
+                if ONE_STEP in diagnostics:  # draws too: clamped alike
+                    diagnostics[ONE_STEP] = clamp(diagnostics[ONE_STEP])
+            diag = {k: v.cpu().numpy() for k, v in diagnostics.items()}
             reducer(rows, draws.to(torch.float64).cpu().numpy(), diag)
     return reducer.result() if hasattr(reducer, "result") else reducer

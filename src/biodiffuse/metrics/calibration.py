@@ -16,6 +16,7 @@ neighbours used as draws. Lower CRPS / energy score is better; a calibrated mode
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,12 +82,45 @@ def _levels(levels: Sequence[float]) -> list[float]:
     return out
 
 
-def crps(y_true: object, samples: object) -> np.ndarray:
+def _check_fair(fair: Any) -> str:
+    """The scoringrules estimator of ``fair`` for the energy score (a clear error unless it is a bool)."""
+    if not isinstance(fair, (bool, np.bool_)):
+        raise TypeError(f"fair must be True or False, got {fair!r}.")
+    return "fair" if fair else "nrg"
+
+
+def _crps_entries(y: np.ndarray, x: np.ndarray, fair: bool) -> np.ndarray:
+    """CRPS per entry of ``y`` (n, d) for draws ``x`` (n, s, d); ``fair``: of the distribution.
+
+    The ensemble's score comes from scoringrules' sorting estimator (memory linear in ``s``).
+    The fair one differs only in its spread term, ``E|X - X'| / 2`` over distinct pairs
+    instead of all ``s ** 2``: it is the ensemble's score minus ``sum_{i,j} |x_i - x_j| /
+    (2 s ** 2 (s - 1))``, and that sum is ``2 sum_k (2k - s - 1) x_(k)`` over the sorted draws."""
+    import scoringrules as sr
+
+    _check_fair(fair)
+    ens = np.asarray(sr.crps_ensemble(y, x, m_axis=1, backend="numpy"), dtype=np.float64)
+    if not fair:
+        return ens
+    s = x.shape[1]
+    k = np.arange(1, s + 1, dtype=np.float64).reshape(1, s, *([1] * (x.ndim - 2)))
+    pair_sum = 2.0 * ((2 * k - s - 1) * np.sort(x, axis=1)).sum(axis=1)  # sum over i, j of |x_i - x_j|
+    return ens - pair_sum / (2.0 * s * s * (s - 1))
+
+
+def crps(y_true: object, samples: object, *, fair: bool = False) -> np.ndarray:
     """Mean CRPS per channel of a sample-based predictive distribution.
 
-    ``CRPS(F, y) = E|X - y| - E|X - X'| / 2`` with ``X, X'`` independent draws of ``F`` (the
-    empirical distribution of the draws). It has the units of the data; for a point
-    prediction (all draws equal) it is the absolute error.
+    ``CRPS(F, y) = E|X - y| - E|X - X'| / 2`` with ``X, X'`` independent draws of ``F``. By
+    default ``F`` is the empirical distribution of the ``s`` draws (the ensemble itself); it
+    has the units of the data, and for a point prediction (all draws equal) it is the absolute
+    error. That score favours ensembles narrower than the distribution they are drawn from:
+    for calibrated draws of N(0, 1) its expectation is 0.290 with 10 draws and 0.375 with 4,
+    against 0.234 for the distribution, and it is lowest for draws about 0.8 times too
+    narrow at 10 draws. ``fair=True`` (Ferro 2014) estimates the score of the distribution the
+    draws come from instead (``E|X - X'|`` over distinct pairs), unbiased for any number of
+    draws: use it to compare models that can draw as many samples as wanted, or the same
+    model with different numbers of draws.
 
     Parameters
     ----------
@@ -94,6 +128,8 @@ def crps(y_true: object, samples: object) -> np.ndarray:
         ``(n, d)`` observed values.
     samples
         ``(n, s, d)`` draws, ``s >= 2``.
+    fair
+        Score the distribution the draws come from (unbiased) rather than the ensemble.
 
     Returns
     -------
@@ -109,12 +145,12 @@ def crps(y_true: object, samples: object) -> np.ndarray:
     --------
     >>> y = np.zeros((100, 3))
     >>> draws = np.random.default_rng(0).normal(size=(100, 50, 3))
-    >>> bd.metrics.crps(y, draws).round(2)            # about 0.23 per channel for N(0, 1)
+    >>> bd.metrics.crps(y, draws).round(2)            # about 0.24 per channel: N(0, 1) as 50 draws
+    >>> bd.metrics.crps(y, draws, fair=True).round(2) # about 0.23: N(0, 1) itself
     """
-    import scoringrules as sr
-
+    _check_fair(fair)
     y, x = _pair(y_true, samples)
-    return np.asarray(sr.crps_ensemble(y, x, m_axis=1, backend="numpy"), dtype=np.float64).mean(axis=0)
+    return _crps_entries(y, x, bool(fair)).mean(axis=0)
 
 
 def crps_gaussian(y_true: object, mean: object, sd: object) -> np.ndarray:
@@ -153,13 +189,13 @@ def crps_gaussian(y_true: object, mean: object, sd: object) -> np.ndarray:
     return np.asarray(sr.crps_normal(y, mu, s, backend="numpy"), dtype=np.float64).mean(axis=0)
 
 
-def energy_score(y_true: object, samples: object) -> np.ndarray:
+def energy_score(y_true: object, samples: object, *, fair: bool = False) -> np.ndarray:
     """Energy score per cell: the multivariate CRPS across channels.
 
     ``ES(F, y) = E||X - y|| - E||X - X'|| / 2`` (Euclidean norms over the ``d`` channels). Unlike
     a per-channel CRPS it rewards getting the dependence between channels right (e.g. proteins
     that go together). Put the channels on comparable scales first (e.g. a model's normalised
-    scale): the norm adds them up.
+    scale): the norm adds them up. ``fair``: as in :func:`crps`.
 
     Parameters
     ----------
@@ -167,6 +203,8 @@ def energy_score(y_true: object, samples: object) -> np.ndarray:
         ``(n, d)`` observed values.
     samples
         ``(n, s, d)`` draws, ``s >= 2``.
+    fair
+        Score the distribution the draws come from (unbiased) rather than the ensemble.
 
     Returns
     -------
@@ -186,8 +224,9 @@ def energy_score(y_true: object, samples: object) -> np.ndarray:
     """
     import scoringrules as sr
 
+    estimator = _check_fair(fair)
     y, x = _pair(y_true, samples)
-    return np.asarray(sr.es_ensemble(y, x, m_axis=1, v_axis=2, backend="numpy"), dtype=np.float64)
+    return np.asarray(sr.es_ensemble(y, x, m_axis=1, v_axis=2, backend="numpy", estimator=estimator), dtype=np.float64)
 
 
 def _pit(y: np.ndarray, x: np.ndarray, seed: int) -> np.ndarray:
@@ -406,7 +445,9 @@ def score_draws(
     -------
     dict
         ``crps`` (mean over channels of :func:`crps`), ``energy_score`` (mean over complete
-        cells of :func:`energy_score`; NaN without any, absent with ``energy=False``), ``r_p``
+        cells of :func:`energy_score`; NaN without any, absent with ``energy=False``), the same
+        two of the distribution the draws come from as ``crps_fair`` / ``energy_score_fair``
+        (``fair=True``: unbiased for any number of draws, the ones to compare models by), ``r_p``
         (mean over channels of the Pearson r between the truth and the draws' mean) and
         ``coverage50`` / ``coverage80`` / ... (mean over channels of :func:`interval_coverage`
         with ``method=coverage``).
@@ -421,10 +462,8 @@ def score_draws(
     >>> post = model.posterior(query, n_samples=10, steps=5, return_draws=True)
     >>> scores = bd.metrics.score_draws(y_query_normalized, post["draws_normalized"])
     >>> sorted(scores)
-    ['coverage50', 'coverage80', 'coverage90', 'crps', 'energy_score', 'r_p']
+    ['coverage50', 'coverage80', 'coverage90', 'crps', 'crps_fair', 'energy_score', 'energy_score_fair', 'r_p']
     """
-    import scoringrules as sr
-
     y = np.asarray(y_true, dtype=np.float64)
     if y.ndim != 2:
         raise ValueError(f"y_true must be 2-D (cells, channels), got shape {y.shape}.")
@@ -440,11 +479,14 @@ def score_draws(
         per_channel = np.where(measured, values, 0.0).sum(axis=0)[scored] / measured.sum(axis=0)[scored]
         return float(per_channel.mean())
 
-    per_entry = np.asarray(sr.crps_ensemble(filled, x, m_axis=1, backend="numpy"), dtype=np.float64)
-    out = {"crps": channel_mean(per_entry)}
-    if energy:
-        complete = measured.all(axis=1)
-        out["energy_score"] = float(energy_score(filled[complete], x[complete]).mean()) if complete.any() else float("nan")
+    out = {}
+    for suffix, fair in (("", False), ("_fair", True)):
+        out[f"crps{suffix}"] = channel_mean(_crps_entries(filled, x, fair))
+        if energy:
+            complete = measured.all(axis=1)
+            out[f"energy_score{suffix}"] = (
+                float(energy_score(filled[complete], x[complete], fair=fair).mean()) if complete.any() else float("nan")
+            )
     centre = x.mean(axis=1)
     r = []
     for j in range(y.shape[1]):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..diffusion import Moments, Recentred, check_count, edm_sampler, network_evaluations
+from ..diffusion import Recentred, check_count, edm_sampler, network_evaluations
 from .base import _real
 
 __all__ = ["EDMSamplerMixin", "IMAGE_EULER", "check_positive", "checked_sampler", "pixel_draws"]
@@ -89,9 +89,9 @@ class EDMSamplerMixin:
         a = self.init_args
         return {k: a.get(k, v) for k, v in self._legacy_sampler.items()}
 
-    def _sampler(self, steps: int):
-        """The ODE sampler on this model's schedule."""
-        return edm_sampler(steps, **self.sampler_settings)
+    def _sampler(self, steps: int, *, keep_one_step: bool = False):
+        """The ODE sampler on this model's schedule (``keep_one_step``: for :meth:`_run_recentred`)."""
+        return edm_sampler(steps, **self.sampler_settings, keep_one_step=keep_one_step)
 
     @staticmethod
     def _check_recentre(recentre: Any, steps: Any) -> bool:
@@ -101,12 +101,16 @@ class EDMSamplerMixin:
             raise TypeError(f"recentre must be True or False, got {recentre!r}.")
         return bool(recentre) and check_count(steps, "steps") > 1
 
-    def _run_recentred(self, run: Callable[[Any, Any], Any], sampler: Any, reducer: Any, n_rows: int, recentre: bool) -> Any:
-        """``run(sampler, reducer)``, with ``recentre`` first ``run(<one step>, Moments)`` and
-        every row's draws centred on its one-step mean (:class:`~biodiffuse.diffusion.Recentred`;
-        ``run`` must draw with the same per-row streams both times)."""
+    @staticmethod
+    def _run_recentred(run: Callable[[Any, Any], Any], sampler: Any, reducer: Any, recentre: bool) -> Any:
+        """``run(sampler, reducer)``; with ``recentre``, every row's draws centred on the mean of
+        its one-step draws (:class:`~biodiffuse.diffusion.Recentred`), which ``sampler`` must
+        keep (``self._sampler(steps, keep_one_step=True)``: the first evaluation of its solve,
+        so recentring costs no evaluation)."""
         if recentre:
-            reducer = Recentred(reducer, run(self._sampler(1), Moments(n_rows))["mean"])
+            if not getattr(sampler, "keeps_one_step", False):
+                raise ValueError("recentre needs a sampler built with keep_one_step=True.")
+            reducer = Recentred(reducer)
         return run(sampler, reducer)
 
     def network_evaluations(self, *, steps: int) -> int:
@@ -171,8 +175,11 @@ class EDMSamplerMixin:
         make_sampler: Callable[..., Any] = edm_sampler,
     ) -> pd.DataFrame:
         """Score every candidate schedule with ``score(make_sampler(steps, **schedule))``, keep
-        the lowest CRPS (``make_sampler``: the loop sampler of a schedule; a model whose draws
-        are more than one ODE solve, such as Coherent Denoising's consensus, passes its own).
+        the lowest fair CRPS (``crps_fair`` of :func:`~biodiffuse.metrics.score_draws`: the
+        score of the distribution the draws come from; the ensemble's own CRPS of a few
+        validation draws favours samplers whose draws are too narrow). ``make_sampler``: the
+        loop sampler of a schedule; a model whose draws are more than one ODE solve, such as
+        Coherent Denoising's consensus, passes its own.
 
         The winner becomes the model's schedule (:meth:`set_sampler`) and its row is kept in
         ``registry["sampler_tuning"]``. Returns every candidate, best first
@@ -184,14 +191,14 @@ class EDMSamplerMixin:
             steps = check_count(cand["steps"], "a candidate's steps")
             return score(make_sampler(steps, **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
 
-        table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe))
+        table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe), key="crps_fair")
         best = table.iloc[0]
         self.set_sampler(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
         self.registry["sampler_tuning"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
         logger.info(
-            "%s: sampler chosen on %s at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (CRPS %.4f)",
+            "%s: sampler chosen on %s at %d NFE per draw: %s, %d steps, sigma %g -> %g, rho %g (fair CRPS %.4f)",
             self._model_name, scored_on, int(best["nfe"]), best["solver"], int(best["steps"]), best["sigma_max"],
-            best["sigma_min"], best["rho"], best["crps"],
+            best["sigma_min"], best["rho"], best["crps_fair"],
         )
         return table
 

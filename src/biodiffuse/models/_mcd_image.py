@@ -325,13 +325,14 @@ class MCDImageMixin:
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
         image_key: str | None = None,
+        recentre: bool = False,
     ) -> dict[str, Any]:
         """Stitched posterior mean and variance of every channel at the model's resolution,
         without writing anything.
 
         Parameters
         ----------
-        sdata, batch_size, n_samples, steps, seed, device, observed, missing, image_key
+        sdata, batch_size, n_samples, steps, seed, device, observed, missing, image_key, recentre
             As in :meth:`impute` (``batch_size``: tiles per batch, default 64). Every tile
             draws from its own random stream keyed by its origin (full-resolution pixels), so
             the result does not depend on ``batch_size``.
@@ -371,16 +372,22 @@ class MCDImageMixin:
             raise ValueError(f"images[{image_key!r}] is smaller than one tile ({tile * f} pixels).")
         z = np.nan_to_num(self._normalize_image(small), nan=0.0)
         origins = tile_origins(h, w, tile, max(1, tile // 2))
+        recentre = self._check_recentre(recentre, steps)
         norm = ChannelNormalizer.from_dict(self.registry["normalizer"])
 
         def read(rows: np.ndarray):
             return extract_tiles(z, origins[rows], tile), np.broadcast_to(obs, (len(rows), c)), None
 
-        out = self._sample_tiles(
-            read, len(origins), (c, tile, tile), seeds=row_seeds(seed, [f"{y * f},{x * f}" for y, x in origins]), sampler=self._sampler(steps),
-            n_samples=n_samples, batch_size=self._inference_tiles if batch_size is None else batch_size, device=device,
-            reducer=TileMoments(origins, (c, h, w), tile, norm.inverse_transform),
-        )
+        sampler = self._sampler(steps, keep_one_step=recentre)
+
+        def run(smp: Any, reducer: Any) -> dict[str, np.ndarray]:
+            return self._sample_tiles(
+                read, len(origins), (c, tile, tile), seeds=row_seeds(seed, [f"{y * f},{x * f}" for y, x in origins]), sampler=smp,
+                n_samples=n_samples, batch_size=self._inference_tiles if batch_size is None else batch_size, device=device,
+                reducer=reducer,
+            )
+
+        out = self._run_recentred(run, sampler, TileMoments(origins, (c, h, w), tile, norm.inverse_transform), recentre)
         out.update(observed=obs, names=list(names), downsample=f)
         out["mean"][obs] = small[obs]
         out["variance"][obs] = 0.0
@@ -401,6 +408,7 @@ class MCDImageMixin:
         variance_key_added: str | bool | None,
         overwrite: bool,
         device: str,
+        recentre: bool = False,
     ):
         from spatialdata.models import Image2DModel
         from spatialdata.transformations import get_transformation
@@ -427,7 +435,7 @@ class MCDImageMixin:
             self._check_free(sdata.tables[table_key].obsm, [cell_key, cell_vkey], f"sdata.tables[{table_key!r}].obsm", overwrite)
         post = self.image_posterior(
             sdata, image_key=image_key, observed=observed, missing=missing, n_samples=n_samples, steps=steps,
-            batch_size=batch_size, seed=seed, device=device,
+            batch_size=batch_size, seed=seed, device=device, recentre=recentre,
         )
         miss = ~post["observed"]
         names = [n for n, m in zip(post["names"], miss) if m]
@@ -449,7 +457,7 @@ class MCDImageMixin:
         self._record_run(sdata, key, dict(
             image_key=image_key, n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing,
             imputed=names, variance_key_added=vkey, table_key=table_key if with_table else None,
-            table_obsm_keys=[cell_key, cell_vkey] if with_table else None,
+            table_obsm_keys=[cell_key, cell_vkey] if with_table else None, recentre=bool(recentre),
             network_evaluations_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return sdata.images[key]

@@ -644,13 +644,13 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
         seed: int = 0,
         device: str = "auto",
     ) -> pd.DataFrame:
-        """``objective="edm"``: choose the sampler (solver and noise schedule) by the CRPS of
+        """``objective="edm"``: choose the sampler (solver and noise schedule) by the fair CRPS of
         draws on the validation tiles.
 
         Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
         evaluations per draw generates tiles for the validation rows of the last training run
         (whole blocks of the slide that early stopping held out; never test data), from their
-        expression. The one with the lowest CRPS per pixel and channel (tiles in ``[0, 1]``)
+        expression. The one with the lowest fair CRPS per pixel and channel (tiles in ``[0, 1]``)
         against the real tiles becomes the model's schedule (``init_args``, kept by
         :meth:`save`), and :meth:`generate` with ``steps`` equal to its ``steps`` then costs
         ``nfe`` evaluations per tile.
@@ -674,7 +674,7 @@ class GeneFlow(EDMSamplerMixin, BaseModel):
         -------
         pandas.DataFrame
             One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` and
-            ``coverage80`` as :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS
+            ``coverage80`` as :func:`~biodiffuse.metrics.score_draws` gives them, best fair CRPS (``crps_fair``)
             first. The chosen row is kept in ``registry["sampler_tuning"]``.
 
         Raises

@@ -444,12 +444,12 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         seed: int = 0,
         device: str = "auto",
     ) -> pd.DataFrame:
-        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation data.
+        """Choose the sampler (solver and noise schedule) by the fair CRPS of draws on validation data.
 
         Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
         evaluations per draw samples the validation cells (tables) or validation tiles (images):
         by default those the training run held out for early stopping, never the test data. The
-        one with the lowest CRPS (normalised scale, over the imputed channels; per pixel for
+        one with the lowest fair CRPS (normalised scale, over the imputed channels; per pixel for
         images) becomes the model's schedule (``init_args``, kept by :meth:`save`), and sampling
         with ``steps`` equal to its ``steps`` then costs ``nfe`` evaluations per draw.
 
@@ -477,7 +477,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         pandas.DataFrame
             One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` (mean
             per-channel Pearson of the draws' mean) and ``coverage80`` (central 80 % intervals)
-            as :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS first. Also kept
+            as :func:`~biodiffuse.metrics.score_draws` gives them, best fair CRPS (``crps_fair``) first. Also kept
             in ``registry["sampler_tuning"]`` (the chosen row).
 
         Examples
@@ -672,8 +672,9 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         adata, rows = self._query(adata, indices)
         check_adata(adata, "query")  # names are matched and values checked as the rows are read
         prepared = self._prepare_query(adata, rows, observed=observed, missing=missing)
-        return self._draw(prepared, self._sampler(steps), n_samples=n_samples, seed=seed, device=device,
-                          batch_size=batch_size, return_draws=return_draws, recentre=self._check_recentre(recentre, steps))
+        recentre = self._check_recentre(recentre, steps)
+        return self._draw(prepared, self._sampler(steps, keep_one_step=recentre), n_samples=n_samples, seed=seed,
+                          device=device, batch_size=batch_size, return_draws=return_draws, recentre=recentre)
 
     def _prepare_query(
         self, adata: AnnData, rows: np.ndarray, *, observed: Sequence[str] | None = None, missing: Sequence[str] | None = None
@@ -707,8 +708,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         batch_size: int | None = None, return_draws: bool = False, recentre: bool = False,
     ) -> dict[str, np.ndarray]:
         """Sample the prepared query with ``sampler``; the dict :meth:`posterior` returns.
-        ``recentre``: first draw one step, and centre each cell's draws on its one-step mean
-        (:class:`~biodiffuse.diffusion.Recentred`)."""
+        ``recentre``: centre each cell's draws on the mean of its one-step draws, which
+        ``sampler`` keeps (:class:`~biodiffuse.diffusion.Recentred`)."""
         x, obs_mask, genes, values = prepared["x"], prepared["observed"], prepared["genes"], prepared["values"]
         base = prepared.get("base")
         batch_size = self._inference_batch if batch_size is None else batch_size
@@ -738,7 +739,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
 
             # the normalised scale first: it is the one whose draws are kept
             reducer = Moments(n, transforms={"normalized_": normalized, "": original}, keep_draws=bool(return_draws))
-            res = self._run_recentred(run, sampler, reducer, n, recentre)  # centres in the draws' (residual) scale
+            res = self._run_recentred(run, sampler, reducer, recentre)  # centres in the draws' (residual) scale
         out = {
             "mean": np.where(obs_mask, values, res["mean"]),
             "variance": np.where(obs_mask, 0.0, res["variance"]),
@@ -803,11 +804,12 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             (the default) and ``2 * steps - 1`` with Heun (see :meth:`network_evaluations`);
             ``steps=1`` is the denoiser's estimate of the conditional mean.
         recentre
-            Tables, ``steps > 1``: shift each cell's draws so that their mean is the mean of its
+            ``steps > 1``: shift each cell's (tile's) draws so that their mean is the mean of its
             one-step draws (the denoiser's estimate of the conditional mean). The spread and
             shape come from the ``steps``-step draws, the centre from one step: the mean of a
             few multi-step draws carries their sampling noise, the one-step mean much less
-            (Monte Carlo moment matching). Costs one more network evaluation per draw.
+            (Monte Carlo moment matching). Costs no extra network evaluation: a draw's one-step
+            draw is the first evaluation of its own solve.
         seed
             Same seed, same numbers (on the same device), whatever ``batch_size`` and whatever
             other cells are in the query: every cell (tile) draws from its own random stream
@@ -844,12 +846,10 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         if self.registry["mode"] == "image":
             if indices is not None:
                 raise ValueError("indices selects cells of a table; image models impute the whole image element.")
-            if recentre:
-                raise ValueError("recentre applies to tables; image models do not take it yet.")
             return self._impute_image(
                 adata, image_key=image_key, observed=observed, missing=missing, n_samples=n_samples, steps=steps,
                 batch_size=batch_size, seed=seed, key_added=key_added, variance_key_added=variance_key_added,
-                overwrite=overwrite, device=device,
+                overwrite=overwrite, device=device, recentre=recentre,
             )
         if image_key is not None:
             raise ValueError("image_key applies to image models (set up with setup_spatialdata).")
@@ -877,7 +877,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         self._record_run(query, key, dict(
             n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing, variance_key_added=vkey,
             n_cells=len(rows), mode=self.registry["mode"], recentre=bool(recentre),
-            network_evaluations_per_draw=self.network_evaluations(steps=steps) + int(bool(recentre) and steps > 1),
+            network_evaluations_per_draw=self.network_evaluations(steps=steps),
             **self.sampler_settings,
         ))
         return mean

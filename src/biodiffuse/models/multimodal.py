@@ -161,10 +161,10 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         return self.init_args["observed_fraction"]
 
     def _sampling(self, t: int, conds: list[int], zs: list[np.ndarray], present: np.ndarray, names: np.ndarray,
-                  n_samples: int, steps: int, schedule: dict[str, Any]) -> tuple[Any, Any]:
+                  n_samples: int, steps: int, schedule: dict[str, Any], *, keep_one_step: bool = False) -> tuple[Any, Any]:
         """``(prepare, sampler)`` for :func:`~biodiffuse.diffusion.sample_rows`, the sampler
         ``steps`` steps on ``schedule`` (:attr:`sampler_settings` or a candidate of
-        :meth:`tune_sampler`)."""
+        :meth:`tune_sampler`; ``keep_one_step``: it returns each draw's one-step draw too)."""
         raise NotImplementedError
 
     # --- network --------------------------------------------------------------------------------
@@ -340,10 +340,12 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
     @torch.no_grad()
     def _sample(self, mdata: Any, rows: np.ndarray, *, target: str, conditions: Any, batch_size: int | None,
                 n_samples: int, steps: int, seed: int, device: str, schedule: dict[str, Any] | None = None,
-                encoded: tuple[list[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+                encoded: tuple[list[np.ndarray], np.ndarray] | None = None, recentre: bool = False) -> dict[str, Any]:
         """Draws of ``target`` for ``rows`` of ``mdata``; ``encoded``: their ``_latents`` when
-        already computed (tune_sampler scores many schedules on the same patients)."""
+        already computed (tune_sampler scores many schedules on the same patients); ``recentre``:
+        each patient's latent draws centred on the mean of their one-step draws."""
         check_count(n_samples, "n_samples")
+        recentre = self._check_recentre(recentre, steps)
         t = self._target_index(target)
         conds = self._conditions(target, conditions)
         zs, present = self._latents(mdata, rows) if encoded is None else encoded
@@ -357,11 +359,15 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         reducer = Moments(len(rows), transforms={"latent_": lambda d, r: d, "": decode}, keep_draws=True)
         with self._on_device(device) as (_, dev):
             prepare, sampler = self._sampling(t, conds, zs, present, names, int(n_samples), steps,
-                                              dict(schedule or self.sampler_settings))
-            out = sample_rows(
-                prepare, len(rows), (self.registry["dims"][t],), seeds=row_seeds(seed, self._row_keys(names)),
-                sampler=sampler, n_samples=n_samples, batch_size=self._batch(batch_size), device=dev, reducer=reducer,
-            )
+                                              dict(schedule or self.sampler_settings), keep_one_step=recentre)
+
+            def run(smp: Any, red: Any) -> dict[str, np.ndarray]:
+                return sample_rows(
+                    prepare, len(rows), (self.registry["dims"][t],), seeds=row_seeds(seed, self._row_keys(names)),
+                    sampler=smp, n_samples=n_samples, batch_size=self._batch(batch_size), device=dev, reducer=red,
+                )
+
+            out = self._run_recentred(run, sampler, reducer, recentre)
         draws = out["draws"]  # (n, n_samples, d)
         res = dict(
             latent=draws.transpose(1, 0, 2), features=decode(draws).transpose(1, 0, 2), mean=out["mean"],
@@ -384,14 +390,14 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         seed: int = 0,
         device: str = "auto",
     ) -> pd.DataFrame:
-        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation patients.
+        """Choose the sampler (solver and noise schedule) by the fair CRPS of draws on validation patients.
 
         Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` steps' worth
         of network evaluations per draw (``nfe`` per denoiser for a Coherent Denoising
         consensus, before redraws) synthesises every modality of the validation patients of
         the last training run (those early stopping held out; never test data) that have it,
         from all of their other modalities, exactly as :meth:`sample` would. The one with the
-        lowest CRPS per patient and latent dimension (the standardised latents, pooled over
+        lowest fair CRPS per patient and latent dimension (the standardised latents, pooled over
         the target modalities) becomes the model's schedule (``init_args``, kept by
         :meth:`save`); :meth:`sample` with ``steps`` equal to its ``steps`` then costs ``nfe``
         evaluations per draw and denoiser.
@@ -415,7 +421,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         -------
         pandas.DataFrame
             One row per candidate: its settings, then ``crps``, ``energy_score`` (the mean
-            over targets) and ``coverage80`` of the latents, best CRPS first. The chosen row
+            over targets) and ``coverage80`` of the latents, best fair CRPS (``crps_fair``) first. The chosen row
             is kept in ``registry["sampler_tuning"]``.
 
         Raises
@@ -459,6 +465,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
                     parts.append(score_draws(zs[t][sel], res["latent"].transpose(1, 0, 2), levels=(0.8,)))
             return {
                 "crps": float(np.average([p["crps"] for p in parts], weights=sizes)),
+                "crps_fair": float(np.average([p["crps_fair"] for p in parts], weights=sizes)),
                 "energy_score": float(np.mean([p["energy_score"] for p in parts])),
                 "coverage80": float(np.average([p["coverage80"] for p in parts], weights=sizes)),
                 **extra,
@@ -492,6 +499,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         steps: int = BaseModel._default_steps,
         seed: int = 0,
         device: str = "auto",
+        recentre: bool = False,
     ) -> dict[str, Any]:
         """Draw ``n_samples`` versions of ``target`` for patients of ``mdata`` (writes nothing).
 
@@ -524,6 +532,12 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
             same numbers for a patient whatever ``batch_size`` and the other patients.
         device
             ``"auto"`` (GPU if present) or a torch device.
+        recentre
+            ``steps > 1``: shift each patient's latent draws so that their mean is the mean of
+            its one-step draws (the denoiser's, or the consensus's, estimate of the conditional
+            mean, less noisy than the mean of a few draws); spread and shape stay those of the
+            ``steps``-step draws. No extra network evaluation: a draw's one-step draw is the
+            first evaluation of its (kept) solve.
 
         Returns
         -------
@@ -543,7 +557,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         """
         mdata, rows = self._query(mdata, indices)
         return self._sample(mdata, rows, target=target, conditions=conditions, batch_size=batch_size,
-                            n_samples=n_samples, steps=steps, seed=seed, device=device)
+                            n_samples=n_samples, steps=steps, seed=seed, device=device, recentre=recentre)
 
     def synthesize(
         self,
@@ -560,6 +574,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         key_added: str | None = None,
         overwrite: bool = False,
         device: str = "auto",
+        recentre: bool = False,
     ) -> AnnData:
         """Synthesise ``target`` and add it to ``mdata`` as a new modality.
 
@@ -576,7 +591,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
             ``"all"``: every patient with a condition (the measured values are not used).
         indices
             Restrict to these patients (positions in ``mdata.obs_names``).
-        batch_size, n_samples, steps, seed, device
+        batch_size, n_samples, steps, seed, device, recentre
             As :meth:`sample`.
         key_added
             Name of the new modality (default ``f"{target}_{model name}"``); it holds the
@@ -613,7 +628,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         if len(chosen) == 0:
             raise ValueError(f"No patient to synthesise {target!r} for (patients={patients!r}).")
         res = self._sample(mdata, chosen, target=target, conditions=conditions, batch_size=batch_size,
-                           n_samples=n_samples, steps=steps, seed=seed, device=device)
+                           n_samples=n_samples, steps=steps, seed=seed, device=device, recentre=recentre)
         new = AnnData(np.asarray(res["mean"], dtype=np.float32))
         new.obs_names = res["obs_names"]
         new.var_names = res["var_names"]
@@ -622,7 +637,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         params = dict(
             target=target, conditions=[self.registry["modalities"][c] for c in conds], patients=patients,
             n_patients=int(len(chosen)), n_samples=int(n_samples), steps=int(steps), seed=int(seed),
-            batch_size=self._batch(batch_size), sampler=self.sampler_settings,
+            batch_size=self._batch(batch_size), sampler=self.sampler_settings, recentre=bool(recentre),
             nfe_per_draw=float(np.mean(res["nfe"])),
         )
         if "rejected" in res:
@@ -691,9 +706,9 @@ class MultiConditionDiffusion(_ModalityDiffusion):
     def _pairs(self) -> list[tuple[str, int, list[int]]]:
         return mm.mcd_pairs(self.registry["modalities"])
 
-    def _sampling(self, t, conds, zs, present, names, n_samples, steps, schedule):
+    def _sampling(self, t, conds, zs, present, names, n_samples, steps, schedule, *, keep_one_step=False):
         net = self.network[self.registry["modalities"][t]]
-        return mm.mcd_prepare(net, t, conds, zs, present), edm_sampler(steps, **schedule)
+        return mm.mcd_prepare(net, t, conds, zs, present), edm_sampler(steps, **schedule, keep_one_step=keep_one_step)
 
 
 def _check_rejection(rejection: Any) -> None:
@@ -827,11 +842,11 @@ class CoherentDenoising(_ModalityDiffusion):
             n_samples=n_samples, threshold=threshold,
         )
 
-    def _sampling(self, t, conds, zs, present, names, n_samples, steps, schedule):
+    def _sampling(self, t, conds, zs, present, names, n_samples, steps, schedule, *, keep_one_step=False):
         a, mods = self.init_args, self.registry["modalities"]
         if not conds:
             net = self.network[mm.pair_key(mm.NONE, mods[t])]
-            return mm.unconditional_prepare(net), edm_sampler(steps, **schedule)
+            return mm.unconditional_prepare(net), edm_sampler(steps, **schedule, keep_one_step=keep_one_step)
         lacking = ~present[:, conds].any(axis=1)
         if lacking.any():
             raise ValueError(
@@ -848,7 +863,8 @@ class CoherentDenoising(_ModalityDiffusion):
             )
         prepare = self._consensus_prepare(t, conds, zs, present, n_samples, a["threshold"])
         sampler = coherent_sampler(
-            steps, max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"], **schedule
+            steps, max_incoherent_fraction=a["max_incoherent_fraction"], max_retries=a["max_retries"], **schedule,
+            keep_one_step=keep_one_step,
         )
         return prepare, sampler
 

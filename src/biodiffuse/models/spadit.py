@@ -534,7 +534,8 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         mu = np.asarray(reg["ref_mean"])[cols]
         sd = np.asarray(reg["ref_std"])[cols]
         batch_size = self._default_batch_size if batch_size is None else batch_size
-        sampler = self._sampler(steps)
+        recentre = self._check_recentre(recentre, steps)
+        sampler = self._sampler(steps, keep_one_step=recentre)
         obs_names = [str(n) for n in adata.obs_names[rows]]
 
         def to_genes(draws: np.ndarray, _rows: np.ndarray) -> np.ndarray:
@@ -543,7 +544,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         out = self._sample_cells(lambda r: self._query_scale(adata, hide, rows[r]), len(rows),
                                  seeds=row_seeds(seed, self._row_keys(obs_names)), sampler=sampler, n_samples=n_samples,
                                  batch_size=batch_size, device=device, to_genes=to_genes, keep_draws=bool(return_draws),
-                                 recentre=self._check_recentre(recentre, steps))
+                                 recentre=recentre)
         res = {"genes": [all_genes[i] for i in cols], "obs_names": obs_names, "mean": out["mean"], "variance": out["variance"]}
         if return_draws:
             res["draws"] = out["draws"]
@@ -553,14 +554,14 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
                       to_genes, keep_draws: bool, recentre: bool = False) -> dict[str, np.ndarray]:
         """The shared loop (:func:`~biodiffuse.diffusion.sample_rows`) over ``n_rows`` cells whose
         model-scale values and observed genes ``read(rows)`` returns; ``to_genes`` maps the draws
-        (``recentre``: centred on the one-step mean first)."""
+        (``recentre``: centred on the mean of the one-step draws ``sampler`` keeps first)."""
         with self._on_device(device) as (net, dev):
 
             def run(smp: Any, reducer: Any) -> dict[str, np.ndarray]:
                 return sample_rows(make_prepare(net, read), n_rows, (len(self.registry["genes"]),), seeds=seeds, sampler=smp,
                                    n_samples=n_samples, batch_size=batch_size, device=dev, reducer=reducer)
 
-            return self._run_recentred(run, sampler, Moments(n_rows, transforms={"": to_genes}, keep_draws=keep_draws), n_rows, recentre)
+            return self._run_recentred(run, sampler, Moments(n_rows, transforms={"": to_genes}, keep_draws=keep_draws), recentre)
 
     def tune_sampler(
         self,
@@ -572,14 +573,14 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         seed: int = 0,
         device: str = "auto",
     ) -> pd.DataFrame:
-        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation cells.
+        """Choose the sampler (solver and noise schedule) by the fair CRPS of draws on validation cells.
 
         Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
         evaluations per draw predicts the hidden genes of the validation cells of the last
         training run (the cells early stopping held out; never test data): in reference mode
         the target genes from the known genes, within-panel a random ``1 - observed_fraction``
         of the genes (the same for every cell and candidate) from the rest. The one with the
-        lowest CRPS per cell and gene (log-normalised scale, as :meth:`predict` returns) becomes
+        lowest fair CRPS per cell and gene (log-normalised scale, as :meth:`predict` returns) becomes
         the model's schedule (``init_args``, kept by :meth:`save`), and :meth:`predict` with
         ``steps`` equal to its ``steps`` then costs ``nfe`` evaluations per draw.
 
@@ -606,7 +607,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         -------
         pandas.DataFrame
             One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` and
-            ``coverage80`` as :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS
+            ``coverage80`` as :func:`~biodiffuse.metrics.score_draws` gives them, best fair CRPS (``crps_fair``)
             first. The chosen row is kept in ``registry["sampler_tuning"]``.
 
         Raises
@@ -711,8 +712,8 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         recentre
             ``steps > 1``: shift each cell's draws so that their mean is the mean of its
             one-step draws (the denoiser's estimate of the conditional mean, less noisy than the
-            mean of a few draws); spread and shape stay those of the ``steps``-step draws. One
-            more network evaluation per draw.
+            mean of a few draws); spread and shape stay those of the ``steps``-step draws. No
+            extra network evaluation: a draw's one-step draw is the first evaluation of its solve.
 
         Returns
         -------
@@ -747,7 +748,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         self._record_run(adata, key, dict(
             genes=list(cols), n_rows=len(rows), batch_size=batch_size,
             n_samples=n_samples, steps=steps, seed=seed, variance_key_added=var_key, mode=self.registry["mode"],
-            nfe_per_draw=self.network_evaluations(steps=steps) + int(self._check_recentre(recentre, steps)), recentre=bool(recentre),
+            nfe_per_draw=self.network_evaluations(steps=steps), recentre=bool(recentre),
             **self.sampler_settings,
         ))
         return frames[key]

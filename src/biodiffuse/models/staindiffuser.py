@@ -503,12 +503,12 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         seed: int = 0,
         device: str = "auto",
     ) -> pd.DataFrame:
-        """Choose the sampler (solver and noise schedule) by the CRPS of draws on validation tiles.
+        """Choose the sampler (solver and noise schedule) by the fair CRPS of draws on validation tiles.
 
         Every candidate of :func:`~biodiffuse.diffusion.schedule_grid` at ``nfe`` network
         evaluations per draw samples the central ``crop_size`` crop of the validation tiles of
         the last training run (whole regions that early stopping held out; never test data).
-        The one with the lowest CRPS per pixel and stain (intensities in ``[0, 1]``, the stain
+        The one with the lowest fair CRPS per pixel and stain (intensities in ``[0, 1]``, the stain
         channels only) becomes the model's schedule (``init_args``, kept by :meth:`save`), and
         :meth:`predict` with ``steps`` equal to its ``steps`` then costs ``nfe`` evaluations per
         crop.
@@ -535,7 +535,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
         pandas.DataFrame
             One row per candidate: its settings, then ``crps``, ``energy_score``, ``r_p`` (mean
             per-stain Pearson of the draws' mean, over pixels) and ``coverage80`` as
-            :func:`~biodiffuse.metrics.score_draws` gives them, best CRPS first. The chosen row
+            :func:`~biodiffuse.metrics.score_draws` gives them, best fair CRPS (``crps_fair``) first. The chosen row
             is kept in ``registry["sampler_tuning"]``.
 
         Raises
