@@ -147,14 +147,15 @@ def run_fold(
         best = model.tune_sampler(nfe=int(tune_nfe), n_samples=max(2, n_samples), seed=seed).iloc[0]
         tag = f" tuned at {tune_nfe} NFE: {best['solver']} from {best['sigma_max']:g}"
         st = int(best["steps"])
-        post = model.posterior(query, n_samples=n_samples, steps=st, seed=seed, return_draws=n_samples >= 2)
-        scores = _score(yt_norm, post["mean_normalized"], y_test, post["mean"])
-        if n_samples >= 2:
-            scores.update(_score_draws(yt_norm, post["draws_normalized"]))
-        name = f"MCD{tag} ({st} step{'s' if st > 1 else ''})"
-        rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=np.nan, nfe_per_cell=n_samples * int(best["nfe"]),
-                         epochs=len(model.history), **scores))
-        per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
+        for rc in (False, True) if recentre and st > 1 else (False,):
+            post = model.posterior(query, n_samples=n_samples, steps=st, seed=seed, recentre=rc, return_draws=n_samples >= 2)
+            scores = _score(yt_norm, post["mean_normalized"], y_test, post["mean"])
+            if n_samples >= 2:
+                scores.update(_score_draws(yt_norm, post["draws_normalized"]))
+            name = f"MCD{tag} ({st} step{'s' if st > 1 else ''}{', recentred' if rc else ''})"
+            rows.append(dict(method=name, fit_s=fit_s, impute_s_per_10k=np.nan, nfe_per_cell=n_samples * int(best["nfe"]),
+                             epochs=len(model.history), **scores))
+            per_protein[name] = _per_protein(yt_norm, post["mean_normalized"])
         point_rows(tag)
 
     if with_totalvi:

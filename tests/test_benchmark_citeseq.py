@@ -21,7 +21,7 @@ def test_driver_scores_points_and_distributions(tmp_path):
     out = tmp_path / "res"
     res = citeseq.main([
         "--max-folds", "1", "--max-epochs", "2", "--steps", "1", "3", "--n-samples", "3",
-        "--skip", "krr", "--point-draws", "1", "3", "--tune-nfe", "1", "--recentre", "--out", str(out),
+        "--skip", "krr", "--point-draws", "1", "3", "--tune-nfe", "3", "--recentre", "--out", str(out),
     ])
     rows = {r["method"]: r for r in res["rows"]}
     # --recentre: the 3-step draws centred on the one-step mean (same per-cell streams), at no extra evaluation
@@ -33,15 +33,17 @@ def test_driver_scores_points_and_distributions(tmp_path):
     assert rows["MCD (mean of 1 x 1 step)"]["r_p_norm"] != pytest.approx(rows["MCD (1 step)"]["r_p_norm"], rel=1e-6)
     assert [rows[f"MCD (mean of {k} x 1 step)"]["nfe_per_cell"] for k in (1, 3)] == [1, 3]
     assert rows["MCD (mean of 1 x 1 step)"]["impute_s_per_10k"] > 0
-    # --tune-nfe 1: the sampler chosen on validation cells, scored again with its point rows
-    tuned = [m for m in rows if "tuned at 1 NFE" in m]
-    assert len(tuned) == 3 and any(m.endswith("(1 step)") for m in tuned)
+    # --tune-nfe 3: the sampler chosen on validation cells (plain and recentred), scored again with its point rows
+    tuned = [m for m in rows if "tuned at 3 NFE" in m]
+    assert len(tuned) == 4 and sum(m.endswith("steps, recentred)") for m in tuned) == 1
     assert all(rows[m]["nfe_per_cell"] in (1, 3) for m in tuned if "mean of" in m)
+    assert all(rows[m]["nfe_per_cell"] == 3 * 3 for m in tuned if "mean of" not in m)
     assert {"MCD (1 step)", "MCD (3 steps)", "ridge", "knn", "mean", "ridge + gaussian", "ridge + residuals", "knn + neighbours"} <= set(rows)
     assert "krr" not in rows
     for m in ("MCD (3 steps)", "ridge + gaussian", "knn + neighbours"):
         r = rows[m]
         assert r["crps_norm"] > 0 and r["es_norm"] > 0
+        assert 0 < r["crps_fair_norm"] < r["crps_norm"] and 0 < r["es_fair_norm"] < r["es_norm"]  # the ensemble's own scores carry its spread / (2 s)
         assert 0 <= r["cov50"] <= r["cov80"] <= r["cov90"] <= 1
     # a point method has no distribution score; the ridge mean is the same with or without draws
     assert "crps_norm" not in rows["mean"] or rows["mean"]["crps_norm"] is None
