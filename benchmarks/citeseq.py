@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gene-pcs", type=int, default=None, help="MCD gene_pcs (default: genes as condition channels)")
     p.add_argument("--residual", choices=["ridge", "krr"], default=None,
                    help="MCD residual: diffuse the proteins minus a ridge (or kernel ridge) prediction from the genes")
+    p.add_argument("--sampler", default=None, metavar="SOLVER,SIGMA_MAX,SIGMA_MIN,RHO",
+                   help="MCD's sampler for the --steps rows, e.g. dpm2m,10,0.05,7 (default: the model's)")
     p.add_argument("--recentre", action="store_true",
                    help="also score each multi-step MCD sampler with its draws recentred on the one-step mean")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for these small models on a busy machine)")
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.max_folds, args.steps = 1, [1, 5, 18]
         args.max_epochs = args.max_epochs or 600
 
-    from _cli import limit_threads  # sibling module of the drivers
+    from _cli import limit_threads, sampler_arg  # sibling module of the drivers
 
     limit_threads(args.threads)
     from biodiffuse.datasets import citeseq as ds
@@ -365,7 +367,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   + (f"; {args.train_cells} training cells per fold" if args.train_cells else "")
                   + (f"; MCD max_epochs={args.max_epochs}" if args.max_epochs else "")
                   + (f"; MCD gene_pcs={args.gene_pcs}" if args.gene_pcs else "")
-                  + (f"; MCD residual={args.residual}" if args.residual else "") + status)
+                  + (f"; MCD residual={args.residual}" if args.residual else "")
+                  + (f"; MCD sampler {args.sampler}" if args.sampler else "") + status)
         result = {"dataset": name, "header": header, "args": vars(args), "complete": bool(final and not df.attrs.get("interrupted")),
                   "rows": json.loads(df.to_json(orient="records")), "per_protein_r_p_norm": json.loads(pp.to_json())}
         Path(f"{out}.json").write_text(json.dumps(result, indent=1))
@@ -384,7 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     df, summary, pp = run_benchmark(
         adata, name, args.protein_key, args.folds, tuple(args.steps), args.n_samples, args.max_epochs,
         args.seed, args.totalvi, args.accelerator, args.max_folds,
-        mcd_kwargs={k: v for k, v in (("gene_pcs", args.gene_pcs), ("residual", args.residual)) if v} or None,
+        mcd_kwargs={**{k: v for k, v in (("gene_pcs", args.gene_pcs), ("residual", args.residual)) if v},
+                    **(sampler_arg(args.sampler) or {})} or None,
         groups_key="donor" if args.split == "donor" else None, train_cells=args.train_cells,
         baselines=tuple(b for b in BASELINES if b not in args.skip), on_fold=write, point_draws=tuple(args.point_draws),
         tune_nfe=args.tune_nfe, recentre=args.recentre,

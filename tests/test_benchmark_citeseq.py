@@ -21,13 +21,13 @@ def test_driver_scores_points_and_distributions(tmp_path):
     out = tmp_path / "res"
     res = citeseq.main([
         "--max-folds", "1", "--max-epochs", "2", "--steps", "1", "3", "--n-samples", "3",
-        "--skip", "krr", "--point-draws", "1", "3", "--tune-nfe", "3", "--recentre", "--out", str(out),
+        "--skip", "krr", "--point-draws", "1", "3", "--tune-nfe", "3", "--recentre", "--sampler", "heun,10,0.05,7", "--out", str(out),
     ])
     rows = {r["method"]: r for r in res["rows"]}
     # --recentre: the 3-step draws centred on the one-step mean (same per-cell streams), at no extra evaluation
     rc = rows["MCD (3 steps, recentred)"]
     assert rc["r_p_norm"] == pytest.approx(rows["MCD (1 step)"]["r_p_norm"], rel=1e-6)
-    assert rc["nfe_per_cell"] == 3 * 3 and "MCD (1 step, recentred)" not in rows
+    assert rc["nfe_per_cell"] == 3 * 5 and "MCD (1 step, recentred)" not in rows  # --sampler: Heun, 3 steps = 5 evaluations
     # the mean of 3 one-step draws is the 3-draw posterior's mean: the same per-cell streams
     assert rows["MCD (mean of 3 x 1 step)"]["r_p_norm"] == pytest.approx(rows["MCD (1 step)"]["r_p_norm"], rel=1e-9)
     assert rows["MCD (mean of 1 x 1 step)"]["r_p_norm"] != pytest.approx(rows["MCD (1 step)"]["r_p_norm"], rel=1e-6)

@@ -219,10 +219,12 @@ def karras_sigmas(
 
 
 SOLVERS = ("heun", "euler", "dpm2m")
-#: The solvers :func:`~biodiffuse.diffusion.schedule_grid` tries by default. ``"dpm2m"`` is opt-in: on
-#: the validation data of MCD (table and image), SpaDiT, StainDiffuser and both modality models it
-#: never had the best CRPS (Euler's sharper draws did), and it adds half again to a tuning's cost.
-#: Use it for calibrated few-step draws (``docs/benchmarks.md``, session 14).
+#: The solvers :func:`~biodiffuse.diffusion.schedule_grid` tries by default. ``"dpm2m"`` is opt-in: it
+#: adds half again to a tuning's cost, and on the validation data of MCD (table and image), SpaDiT,
+#: StainDiffuser and both modality models it never had the best ensemble CRPS of a few draws
+#: (session 14). That score favours too narrow draws, such as few Euler steps'; ranked by the fair
+#: CRPS, as the tuners do since session 17, DPM-Solver++ 2M took the first eight places on the
+#: ECCITE validation cells. The other models were not rescored (``docs/benchmarks.md``).
 TUNED_SOLVERS = ("heun", "euler")
 
 

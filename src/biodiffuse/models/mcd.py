@@ -809,7 +809,9 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             shape come from the ``steps``-step draws, the centre from one step: the mean of a
             few multi-step draws carries their sampling noise, the one-step mean much less
             (Monte Carlo moment matching). Costs no extra network evaluation: a draw's one-step
-            draw is the first evaluation of its own solve.
+            draw is the first evaluation of its own solve. It helped every table it was measured
+            on (CITE-seq, Abseq, dsb); on the MIBI image it made the stitched predictive
+            distribution worse (``docs/benchmarks.md``, session 17).
         seed
             Same seed, same numbers (on the same device), whatever ``batch_size`` and whatever
             other cells are in the query: every cell (tile) draws from its own random stream
