@@ -49,11 +49,13 @@ def _distribution(truth: np.ndarray, draws: np.ndarray) -> dict[str, float]:
 
 
 def run(n_random: int = 3, max_epochs: int | None = None, steps: tuple[int, ...] = (1, 18), n_samples: int = 10, seed: int = 0,
-        path: str | None = None, baselines: tuple[str, ...] = BASELINES, recentre: bool = False) -> dict[str, Any]:
+        path: str | None = None, baselines: tuple[str, ...] = BASELINES, recentre: bool = False,
+        sampler: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fixed and random held-out sets; ``max_epochs`` None: MCD's default training length;
     ``baselines``: the point baselines to run (their draws: ridge and kNN, when listed);
     ``recentre``: also every multi-step sampler with its draws centred on the one-step mean
-    (rows "recentred", at no extra evaluation)."""
+    (rows "recentred", at no extra evaluation); ``sampler``: MCD's solver and schedule (the
+    constructor's keywords; default: the model's)."""
     from biodiffuse.datasets import dsb_adt_pbmc
 
     adata = dsb_adt_pbmc(path)
@@ -75,7 +77,7 @@ def run(n_random: int = 3, max_epochs: int | None = None, steps: tuple[int, ...]
 
     train_ad = adata[tr].copy()
     MCD.setup_anndata(train_ad)
-    model = MCD(train_ad)
+    model = MCD(train_ad, **(sampler or {}))
     t0 = time.perf_counter()
     model.train(max_epochs=max_epochs, enable_progress_bar=False, seed=seed)
     fit_s = time.perf_counter() - t0
@@ -116,7 +118,7 @@ def run(n_random: int = 3, max_epochs: int | None = None, steps: tuple[int, ...]
         "dataset": f"dsb_adt_pbmc_cells: {adata.n_obs} cells x {len(names)} ADTs (isotype controls dropped)",
         "split": f"one 80/20 split over cells (seed {seed}): {len(tr)} train / {len(te)} test",
         "missing_sets": missing_sets, "rows": rows, "epochs": len(model.history),
-        "best_val_loss": float(model.history["val_loss"].min()), "n_samples": n_samples,
+        "best_val_loss": float(model.history["val_loss"].min()), "n_samples": n_samples, "sampler": model.sampler_settings,
     }
 
 
@@ -241,12 +243,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-samples", type=int, default=10)
     p.add_argument("--recentre", action="store_true", help="also score each multi-step sampler with its draws centred on the one-step mean")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None, metavar="SOLVER,SIGMA_MAX,SIGMA_MIN,RHO",
+                   help="MCD's sampler, e.g. dpm2m,10,0.05,7 (default: the model's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/channels_dsb")
     p.add_argument("--union", action="store_true", help="run the union-of-panels comparison instead")
     p.add_argument("--channel-specific", type=int, default=0, metavar="N", help="instead: channel-specific vs any-subset MCD on the first N fixed targets")
     a = p.parse_args(argv)
-    from _cli import limit_threads  # sibling module of the drivers
+    from _cli import limit_threads, sampler_arg  # sibling module of the drivers
 
     limit_threads(a.threads)
     if a.channel_specific:
@@ -265,8 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = f"held-out shared proteins: {', '.join(res['held_out'])}\n\n" + "\n".join(lines)
         _write(f"{a.out}_union", res, table)
         return res
-    res = run(a.n_random, a.max_epochs, tuple(a.steps), a.n_samples, a.seed, recentre=a.recentre)
-    _write(a.out, res, res["dataset"] + "\n\n" + res["split"] + f"; MCD {res['epochs']} epochs\n\n" + format_table(res)
+    res = run(a.n_random, a.max_epochs, tuple(a.steps), a.n_samples, a.seed, recentre=a.recentre, sampler=sampler_arg(a.sampler))
+    _write(a.out, res, res["dataset"] + "\n\n" + res["split"] + f"; MCD {res['epochs']} epochs, sampler {res['sampler']}\n\n" + format_table(res)
            + "\n\n" + format_distribution(res))
     return res
 

@@ -95,3 +95,21 @@ def test_interrupted_run_writes_what_it_has(tmp_path, monkeypatch):
     assert res["complete"] is False and "INTERRUPTED" in res["header"]
     assert "INTERRUPTED" in (tmp_path / "res.md").read_text()
     assert json.loads((tmp_path / "res.json").read_text())["complete"] is False
+
+
+def test_quick_is_the_readme_main_job(monkeypatch, tmp_path):
+    """``--quick`` (the README's main job): one fold at 1, 5 and 18 steps, the recentred rows of the
+    table default beside the plain ones, MCD at most 600 epochs, the model's own sampler."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(adata, name, protein_key, folds, steps, n_samples, max_epochs, seed, totalvi, accelerator, max_folds, **kw):
+        seen.update(steps=steps, max_epochs=max_epochs, max_folds=max_folds, recentre=kw["recentre"], mcd_kwargs=kw["mcd_kwargs"])
+        raise Stop
+
+    monkeypatch.setattr(citeseq, "run_benchmark", fake_run)
+    with pytest.raises(Stop):
+        citeseq.main(["--quick", "--out", str(tmp_path / "quick")])
+    assert seen == dict(steps=(1, 5, 18), max_epochs=600, max_folds=1, recentre=True, mcd_kwargs=None)

@@ -452,7 +452,7 @@ def test_tune_sampler_chooses_on_validation_cells_and_keeps_the_choice(trained, 
     best = table.iloc[0]
     assert model.init_args["solver"] == best["solver"] and model.init_args["sigma_max"] == best["sigma_max"]
     assert model.registry["sampler_tuning"]["nfe"] == 5 == model.network_evaluations(steps=int(best["steps"]))
-    assert trained.init_args["solver"] == "euler"  # the copy was tuned, not the fixture
+    assert trained.init_args["solver"] == "dpm2m"  # the copy was tuned, not the fixture
 
     _, test = split
     norm = ChannelNormalizer.from_dict(model.registry["normalizer"])
@@ -482,7 +482,7 @@ def test_sampler_settings_are_validated_and_old_models_keep_heun(split) -> None:
         with pytest.raises(ValueError, match=match):
             MCD(a, n_genes=50, **bad)
     model = MCD(a, n_genes=50)
-    assert model.sampler_settings == {"solver": "euler", "sigma_max": 10.0, "sigma_min": 0.05, "rho": 7.0}
+    assert model.sampler_settings == {"solver": "dpm2m", "sigma_max": 10.0, "sigma_min": 0.05, "rho": 7.0}
     for k in ("solver", "sigma_max", "sigma_min", "rho"):  # a model saved before these were settings
         del model.init_args[k]
     assert model.sampler_settings == {"solver": "heun", "sigma_max": 80.0, "sigma_min": 0.002, "rho": 7.0}
@@ -513,8 +513,11 @@ def test_recentred_draws_keep_their_spread_around_the_one_step_mean(trained, spl
     one-step draws; the deviations, hence the variance, are those of the multi-step draws."""
     q = rna_only(split[1][:30])
     one = trained.posterior(q, n_samples=4, steps=1, seed=2)
-    plain = trained.posterior(q, n_samples=4, steps=3, seed=2, return_draws=True)
+    plain = trained.posterior(q, n_samples=4, steps=3, seed=2, recentre=False, return_draws=True)
     rc = trained.posterior(q, n_samples=4, steps=3, seed=2, recentre=True, return_draws=True)
+    assert trained.recentres  # a table model recentres by default
+    default = trained.posterior(q, n_samples=4, steps=3, seed=2, return_draws=True)
+    np.testing.assert_array_equal(default["draws_normalized"], rc["draws_normalized"])
     np.testing.assert_allclose(rc["mean_normalized"], one["mean_normalized"], atol=1e-6)
     np.testing.assert_allclose(rc["variance_normalized"], plain["variance_normalized"], rtol=1e-5, atol=1e-9)
     dev = plain["draws_normalized"] - plain["draws_normalized"].mean(axis=1, keepdims=True)
@@ -524,10 +527,64 @@ def test_recentred_draws_keep_their_spread_around_the_one_step_mean(trained, spl
     np.testing.assert_array_equal(trained.posterior(q, n_samples=4, steps=1, seed=2, recentre=True)["mean"], one["mean"])
 
 
+def test_recentre_is_a_setting_kept_by_save_and_old_models_do_not_recentre(trained, split, tmp_path) -> None:
+    """Tables recentre by default; the setting decides what ``recentre=None`` does, ``set_sampler``
+    changes it, ``save`` keeps it, and a model saved before it existed reads False."""
+    import copy
+
+    a = split[0][:60].copy()
+    MCD.setup_anndata(a, protein_obsm_key=KEY)
+    assert MCD(a, n_genes=50).init_args["recentre"] is True and MCD(a, n_genes=50, recentre=False).recentres is False
+    for bad in ("yes", 1):
+        with pytest.raises(TypeError, match="recentre must be True, False or None"):
+            MCD(a, n_genes=50, recentre=bad)
+    model = copy.deepcopy(trained)
+    model.set_sampler(solver="heun")
+    assert model.recentres  # not given: kept
+    model.set_sampler(recentre=False)
+    assert not model.recentres and model.sampler_settings["solver"] == "heun"
+    with pytest.raises(TypeError, match="recentre must be"):
+        model.set_sampler(recentre="no")
+    assert not model.recentres
+    q = rna_only(split[1][:10])
+    plain = model.posterior(q, n_samples=3, steps=3, seed=1, recentre=False)["mean"]
+    np.testing.assert_array_equal(model.posterior(q, n_samples=3, steps=3, seed=1)["mean"], plain)
+    model.save(tmp_path / "plain")
+    loaded = MCD.load(tmp_path / "plain", q)
+    assert loaded.recentres is False
+    np.testing.assert_array_equal(loaded.posterior(q, n_samples=3, steps=3, seed=1)["mean"], plain)
+    loaded.impute(q, n_samples=3, steps=3, seed=1, key_added="default")
+    assert q.uns["default"]["recentre"] is False
+    del model.init_args["recentre"]  # a model saved before recentring was a setting
+    assert model.recentres is False
+
+
+def test_tune_sampler_scores_the_draws_as_the_model_samples_them(trained, split) -> None:
+    """A recentring model is tuned on recentred draws (the fair CRPS of its validation cells'
+    posterior draws with ``recentre=True``), one that does not on plain draws."""
+    import copy
+
+    cand = [dict(solver="euler", steps=3, nfe=3, sigma_max=10.0, sigma_min=0.05, rho=7.0)]
+    train = trained.adata
+    val = trained.validation_indices
+    y = ChannelNormalizer.from_dict(trained.registry["normalizer"]).transform(train.obsm[KEY].to_numpy(float)[val])
+    for recentre in (True, False):
+        model = copy.deepcopy(trained)
+        model.set_sampler(recentre=recentre)
+        tuned = model.tune_sampler(nfe=3, n_samples=4, candidates=cand, seed=5).iloc[0]["crps_fair"]
+        draws = model.posterior(rna_only(train), indices=val, n_samples=4, steps=3, seed=5, recentre=recentre, return_draws=True)
+        assert tuned == pytest.approx(bd.metrics.crps(y, draws["draws_normalized"], fair=True).mean(), rel=1e-6), recentre
+
+
 def test_impute_records_recentre_at_no_extra_evaluation(trained, split) -> None:
     q = rna_only(split[1][:10])
     trained.impute(q, n_samples=2, steps=3, recentre=True, key_added="rc")
     run = q.uns["rc"]
     assert run["recentre"] is True and run["network_evaluations_per_draw"] == trained.network_evaluations(steps=3)
-    with pytest.raises(TypeError, match="recentre must be True or False"):
+    trained.impute(q, n_samples=2, steps=3, key_added="default")  # the model's setting: a table recentres
+    np.testing.assert_array_equal(q.obsm["default"], q.obsm["rc"])
+    assert q.uns["default"]["recentre"] is True
+    trained.impute(q, n_samples=2, steps=1, key_added="one")  # one step is its own one-step mean
+    assert q.uns["one"]["recentre"] is False
+    with pytest.raises(TypeError, match="recentre must be True, False or None"):
         trained.posterior(q, n_samples=2, steps=3, recentre="yes")

@@ -191,7 +191,7 @@ def test_absent_channel_is_imputed_and_errors(trained):
         model.impute(__import__("anndata").AnnData(np.ones((3, 3))))
     with pytest.raises(TypeError):
         model.image_posterior(sdata, None)  # keyword-only
-    with pytest.raises(TypeError, match="recentre must be True or False"):
+    with pytest.raises(TypeError, match="recentre must be True, False or None"):
         model.image_posterior(sdata, missing=["B"], n_samples=2, steps=2, recentre="yes")
 
 
@@ -203,6 +203,8 @@ def test_recentred_tiles_centre_on_the_one_step_mean(trained):
     kw = dict(missing=["C"], n_samples=3, seed=1)
     one = model.image_posterior(sdata, steps=1, **kw)
     plain = model.image_posterior(sdata, steps=3, **kw)
+    assert model.recentres is False  # images do not recentre by default (it hurt on MIBI)
+    np.testing.assert_array_equal(model.image_posterior(sdata, steps=3, recentre=False, **kw)["mean"], plain["mean"])
     rc = model.image_posterior(sdata, steps=3, recentre=True, **kw)
     np.testing.assert_allclose(rc["mean_normalized"], one["mean_normalized"], atol=1e-5)
     assert np.abs(rc["mean_normalized"][2] - plain["mean_normalized"][2]).max() > 1e-3  # it moved the centre
@@ -273,7 +275,8 @@ def test_image_defaults_are_the_measured_small_network_and_budget():
     bd.models.MCD.setup_anndata(table)
     tab = bd.models.MCD(table)
     assert (tab.init_args["model_channels"], tab.init_args["heads"]) == (32, 4)
-    assert tab.sampler_settings == dict(solver="euler", sigma_max=10.0, sigma_min=0.05, rho=7.0)
+    assert tab.sampler_settings == dict(solver="dpm2m", sigma_max=10.0, sigma_min=0.05, rho=7.0) and tab.recentres
+    assert model.recentres is False  # images: recentring hurt on MIBI
     assert tab._training_defaults()["batch_size"] == 256 and tab._training_defaults()["steps"] == 1500
     assert bd.models.MCD(sdata, model_channels=8, heads=1).init_args["model_channels"] == 8
 
@@ -323,3 +326,9 @@ def test_tune_sampler_scores_validation_tiles_and_keeps_the_better_schedule(trai
     assert loaded.sampler_settings == model.sampler_settings
     with pytest.raises(ValueError, match="No validation tiles"):
         loaded.tune_sampler(candidates=[good])
+
+    # an image model set to recentre is tuned on recentred tiles: centred on the one-step mean
+    plain_score = model.tune_sampler(candidates=[good], n_samples=4).iloc[0]
+    model.set_sampler(recentre=True)
+    rc_score = model.tune_sampler(candidates=[good], n_samples=4).iloc[0]
+    assert rc_score["nfe"] == plain_score["nfe"] and abs(rc_score["crps_fair"] - plain_score["crps_fair"]) > 1e-5

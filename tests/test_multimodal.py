@@ -416,8 +416,9 @@ def test_recentred_draws_centre_on_the_one_step_mean(toy_models, cls) -> None:
         if cls is CoherentDenoising:
             model.init_args["max_retries"] = 0  # no redraws: the kept solve is the first for every step count
         one = model.sample(mdata, steps=1, **kw)
-        plain = model.sample(mdata, steps=3, **kw)
+        plain = model.sample(mdata, steps=3, recentre=False, **kw)
         rc = model.sample(mdata, steps=3, recentre=True, **kw)
+        default = model.sample(mdata, steps=3, **kw)  # both models recentre by default
     finally:
         if before is not None:
             model.init_args["max_retries"] = before
@@ -427,10 +428,12 @@ def test_recentred_draws_centre_on_the_one_step_mean(toy_models, cls) -> None:
     assert np.abs(rc["latent_mean"] - plain["latent_mean"]).max() > 1e-3
     np.testing.assert_allclose(rc["mean"], rc["features"].mean(axis=0), rtol=1e-6, atol=1e-9)  # decoded from the recentred draws
     np.testing.assert_array_equal(rc["nfe"], plain["nfe"])
+    np.testing.assert_array_equal(default["latent"], rc["latent"])
     out = mdata.copy()
-    model.synthesize(out, target="target", n_samples=2, steps=3, recentre=True, key_added="t_rc")
-    assert out.uns["t_rc"]["recentre"] is True
-    with pytest.raises(TypeError, match="recentre must be True or False"):
+    model.synthesize(out, target="target", n_samples=2, steps=3, recentre=False, key_added="t_plain")
+    model.synthesize(out, target="target", n_samples=2, steps=3, key_added="t_rc")
+    assert out.uns["t_rc"]["recentre"] is True and out.uns["t_plain"]["recentre"] is False
+    with pytest.raises(TypeError, match="recentre must be True, False or None"):
         model.sample(mdata, recentre="no", **{**kw, "steps": 3})
 
 

@@ -242,8 +242,10 @@ def test_recentred_draws_centre_on_the_one_step_mean(trained) -> None:
     model, sp, _, _ = trained
     kw = dict(indices=np.arange(30), n_samples=4, seed=3, return_draws=True)
     one = model.posterior(sp, steps=1, **kw)
-    plain = model.posterior(sp, steps=3, **kw)
+    plain = model.posterior(sp, steps=3, recentre=False, **kw)
     rc = model.posterior(sp, steps=3, recentre=True, **kw)
+    assert model.recentres  # SpaDiT recentres by default
+    np.testing.assert_array_equal(model.posterior(sp, steps=3, **kw)["draws"], rc["draws"])
     free = (one["draws"] > 0).all(axis=1) & (rc["draws"] > 0).all(axis=1) & (plain["draws"] > 0).all(axis=1)
     assert free.mean() > 0.5, free.mean()
     np.testing.assert_allclose(rc["mean"][free], one["mean"][free], atol=1e-6)
@@ -253,7 +255,9 @@ def test_recentred_draws_centre_on_the_one_step_mean(trained) -> None:
     q = sp[:10].copy()
     model.predict(q, n_samples=2, steps=3, recentre=True, key_added="rc")
     assert q.uns["rc"]["recentre"] is True and q.uns["rc"]["nfe_per_draw"] == model.network_evaluations(steps=3)
-    with pytest.raises(TypeError, match="recentre must be True or False"):
+    model.predict(q, n_samples=2, steps=3, key_added="default")
+    assert q.uns["default"]["recentre"] is True
+    with pytest.raises(TypeError, match="recentre must be True, False or None"):
         model.posterior(sp, indices=[0], n_samples=2, steps=3, recentre=1)
 
 
@@ -318,7 +322,7 @@ def test_sampler_settings_change_the_draws_and_are_recorded(trained, tmp_path) -
     for k in ("solver", "sigma_min", "rho"):
         del old.init_args[k]
     assert old.sampler_settings == model.sampler_settings  # sigma_max stays the model's 10, not EDM's 80
-    kw = dict(indices=np.arange(30), n_samples=2, steps=3, seed=2)
+    kw = dict(indices=np.arange(30), n_samples=2, steps=3, seed=2, recentre=False)  # recentred means are the one-step mean
     heun = model.posterior(sp, **kw)["mean"]
     np.testing.assert_array_equal(old.posterior(sp, **kw)["mean"], heun)
     euler = copy.deepcopy(model)
@@ -371,6 +375,12 @@ def test_tune_sampler_scores_validation_cells_and_keeps_the_better_schedule(trai
         model.tune_sampler(candidates=[good], max_cells=0)
     with pytest.raises(ValueError, match="at least 2 draws"):
         model.tune_sampler(candidates=[good], n_samples=1)
+    # tuned as the model samples: recentred draws while it recentres (the default), plain ones after
+    assert model.recentres
+    rc_score = model.tune_sampler(candidates=[good], n_samples=3, max_cells=40).iloc[0]
+    model.set_sampler(recentre=False)
+    plain_score = model.tune_sampler(candidates=[good], n_samples=3, max_cells=40).iloc[0]
+    assert abs(rc_score["crps_fair"] - plain_score["crps_fair"]) > 1e-5
 
 
 def test_within_panel_model_tunes_on_hidden_genes(accelerator) -> None:

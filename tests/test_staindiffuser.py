@@ -339,7 +339,9 @@ def test_sampler_settings_defaults_checks_and_old_models(trained):
         StainDiffuser(sdata, **SMALL, sigma_min=2.0, sigma_max=1.0)
     with pytest.raises(ValueError, match="solver"):
         model.set_sampler(solver="rk4")
-    assert model.sampler_settings["solver"] == "euler"
+    with pytest.raises(ValueError, match="does not recentre"):
+        model.set_sampler(recentre=True)
+    assert model.sampler_settings["solver"] == "euler" and model.recentres is False
     old = StainDiffuser(sdata, **SMALL)
     for k in ("solver", "sigma_max", "sigma_min", "rho"):
         del old.init_args[k]

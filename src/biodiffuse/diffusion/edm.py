@@ -219,13 +219,12 @@ def karras_sigmas(
 
 
 SOLVERS = ("heun", "euler", "dpm2m")
-#: The solvers :func:`~biodiffuse.diffusion.schedule_grid` tries by default. ``"dpm2m"`` is opt-in: it
-#: adds half again to a tuning's cost, and on the validation data of MCD (table and image), SpaDiT,
-#: StainDiffuser and both modality models it never had the best ensemble CRPS of a few draws
-#: (session 14). That score favours too narrow draws, such as few Euler steps'; ranked by the fair
-#: CRPS, as the tuners do since session 17, DPM-Solver++ 2M took the first eight places on the
-#: ECCITE validation cells. The other models were not rescored (``docs/benchmarks.md``).
-TUNED_SOLVERS = ("heun", "euler")
+#: The solvers :func:`~biodiffuse.diffusion.schedule_grid` tries by default. DPM-Solver++ 2M joined
+#: them in session 18, when it became MCD's table default: ranked by the fair CRPS (the tuners' score
+#: since session 17) it took the first eight places on the ECCITE validation cells, and at 5 steps it
+#: scored the best test CRPS on ECCITE-seq, dsb and Abseq. It adds half again to a tuning's cost
+#: (18 candidates per budget beside Heun's and Euler's 36); pass ``solvers=`` for a smaller grid.
+TUNED_SOLVERS = ("heun", "euler", "dpm2m")
 
 
 def _check_solver(solver: str) -> None:

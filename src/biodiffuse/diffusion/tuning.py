@@ -38,7 +38,7 @@ def schedule_grid(
         Network evaluations per draw, at least 1.
     solvers, sigma_max, sigma_min, rho
         The grid (pairs with ``sigma_min >= sigma_max`` are left out). ``solvers`` defaults to
-        Heun and Euler; add ``"dpm2m"`` to try DPM-Solver++ 2M.
+        Heun, Euler and DPM-Solver++ 2M (``"dpm2m"``).
 
     Returns
     -------
@@ -48,7 +48,7 @@ def schedule_grid(
     --------
     >>> grid = bd.diffusion.schedule_grid(5)
     >>> sorted({(c["solver"], c["steps"], c["nfe"]) for c in grid})
-    [('euler', 5, 5), ('heun', 3, 5)]
+    [('dpm2m', 5, 5), ('euler', 5, 5), ('heun', 3, 5)]
     """
     if isinstance(nfe, bool) or int(nfe) != nfe or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}.")

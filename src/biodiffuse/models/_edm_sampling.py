@@ -93,13 +93,35 @@ class EDMSamplerMixin:
         """The ODE sampler on this model's schedule (``keep_one_step``: for :meth:`_run_recentred`)."""
         return edm_sampler(steps, **self.sampler_settings, keep_one_step=keep_one_step)
 
-    @staticmethod
-    def _check_recentre(recentre: Any, steps: Any) -> bool:
-        """Whether to recentre (``recentre`` and more than one step), after a clear error for a
-        non-bool ``recentre``."""
+    #: Whether the model's draws can be recentred (MCD, SpaDiT and the modality models).
+    _can_recentre: bool = False
+
+    @property
+    def recentres(self) -> bool:
+        """Whether the model recentres its multi-step draws when a method's ``recentre`` is None.
+
+        Recentred draws are centred, per row, on the mean of their one-step draws (the first
+        evaluation of every solve, so it costs nothing; :class:`~biodiffuse.diffusion.Recentred`).
+        Set by the constructor's ``recentre`` and by :meth:`set_sampler`, kept by :meth:`save`; a
+        model saved before this was a setting reads False.
+        """
+        return bool(self.init_args.get("recentre", False))
+
+    def _recentre_setting(self, recentre: Any, default: bool) -> bool:
+        """The constructor's ``recentre`` (None: ``default``), after a clear error for a bad one."""
+        if recentre is None:
+            return bool(default)
         if not isinstance(recentre, (bool, np.bool_)):
-            raise TypeError(f"recentre must be True or False, got {recentre!r}.")
-        return bool(recentre) and check_count(steps, "steps") > 1
+            raise TypeError(f"recentre must be True, False or None (the default), got {recentre!r}.")
+        if recentre and not self._can_recentre:
+            raise ValueError(f"{self._model_name} does not recentre its draws.")
+        return bool(recentre)
+
+    def _check_recentre(self, recentre: Any, steps: Any) -> bool:
+        """Whether to recentre: ``recentre`` (None: the model's setting, :attr:`recentres`) and
+        more than one step, after a clear error for a bad ``recentre``."""
+        recentre = self.recentres if recentre is None else self._recentre_setting(recentre, False)
+        return recentre and check_count(steps, "steps") > 1
 
     @staticmethod
     def _run_recentred(run: Callable[[Any, Any], Any], sampler: Any, reducer: Any, recentre: bool) -> Any:
@@ -129,7 +151,13 @@ class EDMSamplerMixin:
         return network_evaluations(steps, self.sampler_settings["solver"])
 
     def set_sampler(
-        self, *, solver: str | None = None, sigma_max: float | None = None, sigma_min: float | None = None, rho: float | None = None
+        self,
+        *,
+        solver: str | None = None,
+        sigma_max: float | None = None,
+        sigma_min: float | None = None,
+        rho: float | None = None,
+        recentre: bool | None = None,
     ) -> None:
         """Change the sampler (ODE solver and Karras noise schedule) the model samples with.
 
@@ -143,6 +171,9 @@ class EDMSamplerMixin:
             ``"euler"``, ``"heun"`` or ``"dpm2m"`` (DPM-Solver++ 2M: one evaluation a step, second order).
         sigma_max, sigma_min, rho
             The Karras schedule: highest and lowest noise level and its curvature.
+        recentre
+            Whether multi-step draws are recentred on their one-step mean by default
+            (:attr:`recentres`; MCD, SpaDiT and the modality models).
 
         Examples
         --------
@@ -153,7 +184,10 @@ class EDMSamplerMixin:
         self._check_edm_sampler()
         current = self.sampler_settings
         given = dict(solver=solver, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)
-        self.init_args.update(checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()}))
+        checked = checked_sampler(**{k: current[k] if v is None else v for k, v in given.items()})
+        if recentre is not None:
+            checked["recentre"] = self._recentre_setting(recentre, False)
+        self.init_args.update(checked)
 
     @staticmethod
     def _check_tuning(n_samples: Any, max_items: Any, *, unit: str, have_validation: bool, items: str = "tiles") -> None:
@@ -179,7 +213,10 @@ class EDMSamplerMixin:
         score of the distribution the draws come from; the ensemble's own CRPS of a few
         validation draws favours samplers whose draws are too narrow). ``make_sampler``: the
         loop sampler of a schedule; a model whose draws are more than one ODE solve, such as
-        Coherent Denoising's consensus, passes its own.
+        Coherent Denoising's consensus, passes its own. A model that recentres (:attr:`recentres`)
+        is tuned as it samples: each multi-step candidate's sampler keeps its one-step draws
+        (``keep_one_step=True``), and ``score`` recentres the draws of a sampler that
+        ``keeps_one_step``.
 
         The winner becomes the model's schedule (:meth:`set_sampler`) and its row is kept in
         ``registry["sampler_tuning"]``. Returns every candidate, best first
@@ -189,7 +226,10 @@ class EDMSamplerMixin:
 
         def by_settings(cand: Mapping[str, Any]) -> Mapping[str, float]:
             steps = check_count(cand["steps"], "a candidate's steps")
-            return score(make_sampler(steps, **{k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}))
+            schedule = {k: cand[k] for k in ("solver", "sigma_max", "sigma_min", "rho")}
+            if self._check_recentre(None, steps):
+                schedule["keep_one_step"] = True
+            return score(make_sampler(steps, **schedule))
 
         table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe), key="crps_fair")
         best = table.iloc[0]

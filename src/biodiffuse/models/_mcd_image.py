@@ -279,12 +279,14 @@ class MCDImageMixin:
         def read(rows: np.ndarray):
             return x[rows], np.broadcast_to(observed, (len(rows), c)), None
 
-        out = self._sample_tiles(
-            read, len(x), x.shape[1:], seeds=row_seeds(seed, [f"validation tile {i}" for i in range(len(x))]), sampler=sampler,
-            n_samples=n_samples, batch_size=self._inference_tiles, device=device,
-            reducer=Moments(len(x), transforms={"": lambda d, r: (d[:, :, ~observed] + 1.0) / 2.0}, keep_draws=True),
-        )
-        return out["draws"]
+        def run(smp: Any, reducer: Any) -> dict[str, np.ndarray]:
+            return self._sample_tiles(
+                read, len(x), x.shape[1:], seeds=row_seeds(seed, [f"validation tile {i}" for i in range(len(x))]), sampler=smp,
+                n_samples=n_samples, batch_size=self._inference_tiles, device=device, reducer=reducer,
+            )
+
+        reducer = Moments(len(x), transforms={"": lambda d, r: (d[:, :, ~observed] + 1.0) / 2.0}, keep_draws=True)
+        return self._run_recentred(run, sampler, reducer, getattr(sampler, "keeps_one_step", False))["draws"]
 
     def _normalize_image(self, small: np.ndarray) -> np.ndarray:
         """(C, h, w) values -> model scale [-1, 1]-ish, NaN kept."""
@@ -325,7 +327,7 @@ class MCDImageMixin:
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
         image_key: str | None = None,
-        recentre: bool = False,
+        recentre: bool | None = None,
     ) -> dict[str, Any]:
         """Stitched posterior mean and variance of every channel at the model's resolution,
         without writing anything.
@@ -408,7 +410,7 @@ class MCDImageMixin:
         variance_key_added: str | bool | None,
         overwrite: bool,
         device: str,
-        recentre: bool = False,
+        recentre: bool | None = None,
     ):
         from spatialdata.models import Image2DModel
         from spatialdata.transformations import get_transformation
@@ -457,7 +459,7 @@ class MCDImageMixin:
         self._record_run(sdata, key, dict(
             image_key=image_key, n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing,
             imputed=names, variance_key_added=vkey, table_key=table_key if with_table else None,
-            table_obsm_keys=[cell_key, cell_vkey] if with_table else None, recentre=bool(recentre),
+            table_obsm_keys=[cell_key, cell_vkey] if with_table else None, recentre=self._check_recentre(recentre, steps),
             network_evaluations_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return sdata.images[key]

@@ -119,16 +119,25 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         EDM's data standard deviation (data are scaled to about [-1, 1]).
     solver, sigma_max, sigma_min, rho
         The sampler: ODE solver (``"euler"``, ``"heun"`` or ``"dpm2m"``) and Karras noise schedule. None
-        takes the defaults: for tables Euler from ``sigma_max=10`` to ``sigma_min=0.05``
-        (``rho=7``), chosen on the validation cells of one ECCITE-seq split; there 5 Euler
-        steps (5 network evaluations per draw) scored a CRPS of 0.128 against 0.131 for 500 Heun
-        steps from EDM's ``sigma_max=80`` (999 evaluations), while 3 Heun steps from 80 scored
-        0.33 (``docs/benchmarks.md``). Images: Euler from ``sigma_max=80`` to 0.002 with
+        takes the defaults: for tables DPM-Solver++ 2M (one evaluation a step) from
+        ``sigma_max=10`` to ``sigma_min=0.05`` (``rho=7``). The schedule was chosen on the
+        validation cells of one ECCITE-seq split, where 3 Heun steps from EDM's 80 scored a CRPS
+        of 0.33 against 0.13. At 5 steps (recentred) the solver scored a lower fair CRPS than
+        Euler's on every table it ran on: ECCITE-seq 0.1184 against 0.1235, dsb 0.1202 against
+        0.1253, Abseq's new donors 0.1083 against 0.1114, with 90 % intervals covering 0.89-0.93
+        (``docs/benchmarks.md``, session 18). Images: Euler from ``sigma_max=80`` to 0.002 with
         ``rho=3``, the schedule :meth:`tune_sampler` chose on the validation tiles of the MIBI
         image; on its test region 5 steps scored CRPS 0.141 and pixel r 0.458 against 0.228 and
         0.292 for EDM's Heun from 80, and 18 steps 0.143 / 0.427 against 0.152 / 0.405 for
         18 Heun steps (35 evaluations). :meth:`tune_sampler` chooses them on a model's own
         validation cells or tiles.
+    recentre
+        Whether :meth:`impute` / :meth:`posterior` recentre multi-step draws on the mean of
+        their one-step draws by default (:attr:`recentres`; each call's ``recentre`` overrides
+        it). None: True for tables, False for images. On the tables it helped every one
+        measured (Abseq, ECCITE-seq, dsb: lower CRPS and energy score, r_p of the one-step
+        mean); on the MIBI image it made the predictive distribution worse (CRPS 0.139 ->
+        0.158, 90 % coverage 0.64 -> 0.53; ``docs/benchmarks.md``, session 17).
     P_mean, P_std
         Training noise levels, ``ln sigma ~ N(P_mean, P_std^2)`` (EDM's defaults).
     seed
@@ -144,6 +153,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
     """
 
     _model_name = "MCD"
+    _can_recentre = True
     # Tables: about 1,500 steps. On an Abseq donor fold (3,000 training cells) 750 / 1,500 / 3,000 / 6,000
     # steps scored CRPS 0.1104 / 0.1097 / 0.1105 / 0.1129 and r_p 0.519 / 0.516 / 0.506 / 0.484 on the
     # held-out donor (docs/benchmarks.md): longer training fitted the training donors, not the new one.
@@ -221,6 +231,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         sigma_max: float | None = None,
         sigma_min: float | None = None,
         rho: float | None = None,
+        recentre: bool | None = None,
         P_mean: float = -1.2,
         P_std: float = 1.2,
         seed: int = 0,
@@ -246,7 +257,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         model_channels = (32 if table else 16) if model_channels is None else model_channels
         heads = (4 if table else 2) if heads is None else heads
         sampler = checked_sampler(
-            solver="euler" if solver is None else solver,
+            solver=("dpm2m" if table else "euler") if solver is None else solver,
             sigma_max=(10.0 if table else 80.0) if sigma_max is None else sigma_max,
             sigma_min=(0.05 if table else 0.002) if sigma_min is None else sigma_min,
             rho=(7.0 if table else 3.0) if rho is None else rho,
@@ -289,7 +300,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             n_genes=n_genes, gene_pcs=gene_pcs, residual=residual, target_channels=target_channels, observed_fraction=observed_fraction,
             loss_on=loss_on, model_channels=model_channels, channel_mult=list(channel_mult), num_blocks=num_blocks,
             heads=heads, dropout=dropout, cond_dropout=cond_dropout, sigma_data=sigma_data,
-            **sampler, P_mean=float(P_mean), P_std=float(P_std),
+            **sampler, recentre=self._recentre_setting(recentre, table), P_mean=float(P_mean), P_std=float(P_std),
         )
         self.adata = adata
         with torch.random.fork_rng(devices=[]):
@@ -518,7 +529,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             n_scored = f"{len(rows)} validation cells"
 
             def draw(sampler) -> np.ndarray:
-                return self._draw(prepared, sampler, n_samples=n_samples, seed=seed, device=device, return_draws=True)["draws_normalized"][:, :, cols]
+                return self._draw(prepared, sampler, n_samples=n_samples, seed=seed, device=device, return_draws=True,
+                                  recentre=getattr(sampler, "keeps_one_step", False))["draws_normalized"][:, :, cols]
         if np.isnan(y).all():
             raise ValueError("The scoring data have no measured value in the channels to impute.")
 
@@ -640,7 +652,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         device: str = "auto",
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
-        recentre: bool = False,
+        recentre: bool | None = None,
         return_draws: bool = False,
     ) -> dict[str, np.ndarray]:
         """Posterior mean and variance of every target channel, without writing anything.
@@ -767,7 +779,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         device: str = "auto",
         observed: Sequence[str] | None = None,
         missing: Sequence[str] | None = None,
-        recentre: bool = False,
+        recentre: bool | None = None,
         image_key: str | None = None,
     ) -> pd.DataFrame | Any:
         """Impute the target channels and write them into the object.
@@ -800,8 +812,9 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             Posterior draws per cell; their mean is the imputation, their variance the
             uncertainty.
         steps
-            Sampler steps: network evaluations per draw are ``steps`` with the Euler solver
-            (the default) and ``2 * steps - 1`` with Heun (see :meth:`network_evaluations`);
+            Sampler steps: network evaluations per draw are ``steps`` with DPM-Solver++ 2M or
+            Euler (the defaults of tables and images) and ``2 * steps - 1`` with Heun (see
+            :meth:`network_evaluations`);
             ``steps=1`` is the denoiser's estimate of the conditional mean.
         recentre
             ``steps > 1``: shift each cell's (tile's) draws so that their mean is the mean of its
@@ -809,9 +822,8 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             shape come from the ``steps``-step draws, the centre from one step: the mean of a
             few multi-step draws carries their sampling noise, the one-step mean much less
             (Monte Carlo moment matching). Costs no extra network evaluation: a draw's one-step
-            draw is the first evaluation of its own solve. It helped every table it was measured
-            on (CITE-seq, Abseq, dsb); on the MIBI image it made the stitched predictive
-            distribution worse (``docs/benchmarks.md``, session 17).
+            draw is the first evaluation of its own solve. None (default): the model's setting
+            (:attr:`recentres`; the constructor's ``recentre``).
         seed
             Same seed, same numbers (on the same device), whatever ``batch_size`` and whatever
             other cells are in the query: every cell (tile) draws from its own random stream
@@ -845,6 +857,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         >>> model.impute(query, n_samples=10, steps=5)           # obsm["MCD_imputed"], obsm["MCD_variance"]
         >>> model.impute(adt[:200].copy(), missing=["CD4_PROT", "CD19_PROT"])   # channels mode
         """
+        recentre = self._check_recentre(recentre, steps)
         if self.registry["mode"] == "image":
             if indices is not None:
                 raise ValueError("indices selects cells of a table; image models impute the whole image element.")
@@ -878,7 +891,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             query.obsm[vkey] = frame(post["variance"])
         self._record_run(query, key, dict(
             n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing, variance_key_added=vkey,
-            n_cells=len(rows), mode=self.registry["mode"], recentre=bool(recentre),
+            n_cells=len(rows), mode=self.registry["mode"], recentre=recentre,
             network_evaluations_per_draw=self.network_evaluations(steps=steps),
             **self.sampler_settings,
         ))

@@ -524,7 +524,7 @@ class StainDiffuser(EDMSamplerMixin, BaseModel):
             default: that grid.
         max_tiles
             Score at most this many validation tiles (a random subset, the same for every
-            candidate). At 16 (the default) the 36 candidates of ``schedule_grid(5)`` took 84-119 s
+            candidate). At 16 (the default) the 36 Heun and Euler candidates of ``schedule_grid(5)`` took 84-119 s
             for a 0.33 M-weight UNet on one CPU thread, 374 s in token mode (every stain of a crop
             is its own row; ``benchmarks/staining.py``).
         seed, device
