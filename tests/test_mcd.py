@@ -571,7 +571,9 @@ def test_tune_sampler_scores_the_draws_as_the_model_samples_them(trained, split)
     for recentre in (True, False):
         model = copy.deepcopy(trained)
         model.set_sampler(recentre=recentre)
-        tuned = model.tune_sampler(nfe=3, n_samples=4, candidates=cand, seed=5).iloc[0]["crps_fair"]
+        row = model.tune_sampler(nfe=3, n_samples=4, candidates=cand, seed=5).iloc[0]
+        assert bool(row["recentred"]) is recentre and model.registry["sampler_tuning"]["recentred"] is recentre
+        tuned = row["crps_fair"]
         draws = model.posterior(rna_only(train), indices=val, n_samples=4, steps=3, seed=5, recentre=recentre, return_draws=True)
         assert tuned == pytest.approx(bd.metrics.crps(y, draws["draws_normalized"], fair=True).mean(), rel=1e-6), recentre
 

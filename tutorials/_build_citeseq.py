@@ -223,12 +223,13 @@ How to read these numbers:
   within it. Nothing was tuned on the test cells.
 * MCD was trained very briefly here ({EPOCHS} epochs) and sampled with {N_SAMPLES} draws of {STEPS}
   sampler steps, below the defaults (about 1,500 optimiser steps, 18 sampler steps). In this
-  short run the baselines come out ahead: this is a usage example, not a fair comparison.
+  short run kNN comes out ahead, and ridge ahead of a single one-step draw: this is a usage
+  example, not a fair comparison.
 * One sampler step (`steps=1`) returns the denoiser's estimate of the conditional mean
   E[proteins | RNA]. It is usually the better point estimate: the mean of a few plain posterior
   draws still carries their spread. That is why the multi-step draws are recentred on it by
-  default: their mean is the mean of the {N_SAMPLES} one-step draws, their spread that of the
-  {STEPS}-step draws."""
+  default: their mean is the mean of the {N_SAMPLES} one-step draws (less noisy than one such
+  draw), their spread that of the {STEPS}-step draws."""
     ),
     code(
         """top = r.sort_values("MCD (1 step)").tail(30)[["MCD (1 step)", "ridge", "kNN"]]

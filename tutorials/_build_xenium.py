@@ -356,8 +356,8 @@ or kNN baseline ties or beats MCD's point estimate at these scales; whether MCD 
 training and more cells is an open question of the project, measured there, not here.
 
 **Impute the Xenium cells.** `impute` matches genes by name, draws `n_samples` posterior samples
-per cell and writes the posterior mean (`obsm["MCD_imputed"]`, raw antibody-count scale) and
-variance (`obsm["MCD_variance"]`).
+per cell (centred on the mean of their one-step draws, the default of tables) and writes the
+posterior mean (`obsm["MCD_imputed"]`, raw antibody-count scale) and variance (`obsm["MCD_variance"]`).
 
 **What can and cannot be validated.** No protein was measured in these Xenium cells, so the
 imputation cannot be scored here. What we can check is consistency: the imputed proteins per
@@ -423,7 +423,7 @@ plt.close(fig)"""
     md(
         """In the run shown, the cell-type patterns of B-cell CD19 and CD20, T-cell CD3 and progenitor
 CD34 carry over from the measured Abseq proteins to the imputed Xenium ones (correlations printed
-above), CD38 and CD8 less so, and myeloid CD11b and monocyte CD14 not at all. The
+above), CD38 and CD8 less so, myeloid CD11b weakly and monocyte CD14 not at all. The
 imputed values are on the Abseq antibody-count scale, and the posterior sd map shows where the
 model is unsure.
 

@@ -220,7 +220,8 @@ class EDMSamplerMixin:
 
         The winner becomes the model's schedule (:meth:`set_sampler`) and its row is kept in
         ``registry["sampler_tuning"]``. Returns every candidate, best first
-        (:func:`~biodiffuse.diffusion.choose_schedule`).
+        (:func:`~biodiffuse.diffusion.choose_schedule`), with a column ``recentred`` (whether
+        its draws were scored recentred).
         """
         from ..diffusion import choose_schedule, schedule_grid
 
@@ -232,6 +233,7 @@ class EDMSamplerMixin:
             return score(make_sampler(steps, **schedule))
 
         table = choose_schedule(by_settings, list(candidates) if candidates is not None else schedule_grid(nfe), key="crps_fair")
+        table["recentred"] = [self._check_recentre(None, int(st)) for st in table["steps"]]  # how each was scored
         best = table.iloc[0]
         self.set_sampler(solver=str(best["solver"]), **{k: float(best[k]) for k in ("sigma_max", "sigma_min", "rho")})
         self.registry["sampler_tuning"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
