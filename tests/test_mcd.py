@@ -588,5 +588,11 @@ def test_impute_records_recentre_at_no_extra_evaluation(trained, split) -> None:
     assert q.uns["default"]["recentre"] is True
     trained.impute(q, n_samples=2, steps=1, key_added="one")  # one step is its own one-step mean
     assert q.uns["one"]["recentre"] is False
+    # a single draw is left as drawn (centred on its own one-step draw it would be that draw, not a sample)
+    single = trained.posterior(q, n_samples=1, steps=3, seed=4)["mean"]
+    np.testing.assert_array_equal(single, trained.posterior(q, n_samples=1, steps=3, seed=4, recentre=False)["mean"])
+    assert np.abs(single - trained.posterior(q, n_samples=1, steps=1, seed=4)["mean"]).max() > 1e-3
+    trained.impute(q, n_samples=1, steps=3, variance_key_added=False, key_added="single")
+    assert q.uns["single"]["recentre"] is False
     with pytest.raises(TypeError, match="recentre must be True, False or None"):
         trained.posterior(q, n_samples=2, steps=3, recentre="yes")

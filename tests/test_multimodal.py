@@ -435,6 +435,9 @@ def test_recentred_draws_centre_on_the_one_step_mean(toy_models, cls) -> None:
     assert out.uns["t_rc"]["recentre"] is True and out.uns["t_plain"]["recentre"] is False
     with pytest.raises(TypeError, match="recentre must be True, False or None"):
         model.sample(mdata, recentre="no", **{**kw, "steps": 3})
+    # one draw per patient (e.g. synthetic records) is a sample, not recentred onto its one-step draw
+    single = {**kw, "n_samples": 1, "steps": 3}
+    np.testing.assert_array_equal(model.sample(mdata, **single)["latent"], model.sample(mdata, recentre=False, **single)["latent"])
 
 
 def _first_draw_rejection(model, mdata, mods, *, steps: int, seed: int, rows=None) -> np.ndarray:

@@ -117,11 +117,13 @@ class EDMSamplerMixin:
             raise ValueError(f"{self._model_name} does not recentre its draws.")
         return bool(recentre)
 
-    def _check_recentre(self, recentre: Any, steps: Any) -> bool:
-        """Whether to recentre: ``recentre`` (None: the model's setting, :attr:`recentres`) and
-        more than one step, after a clear error for a bad ``recentre``."""
+    def _check_recentre(self, recentre: Any, steps: Any, n_samples: Any = None) -> bool:
+        """Whether to recentre: ``recentre`` (None: the model's setting, :attr:`recentres`), more
+        than one step and more than one draw (``n_samples``; None: the tuners' several), after a
+        clear error for a bad ``recentre``. A single draw is left as drawn: centred on its own
+        one-step draw it would be that one-step draw, not a sample."""
         recentre = self.recentres if recentre is None else self._recentre_setting(recentre, False)
-        return recentre and check_count(steps, "steps") > 1
+        return recentre and check_count(steps, "steps") > 1 and (n_samples is None or check_count(n_samples, "n_samples") > 1)
 
     @staticmethod
     def _run_recentred(run: Callable[[Any, Any], Any], sampler: Any, reducer: Any, recentre: bool) -> Any:

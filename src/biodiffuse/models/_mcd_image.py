@@ -374,7 +374,7 @@ class MCDImageMixin:
             raise ValueError(f"images[{image_key!r}] is smaller than one tile ({tile * f} pixels).")
         z = np.nan_to_num(self._normalize_image(small), nan=0.0)
         origins = tile_origins(h, w, tile, max(1, tile // 2))
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         norm = ChannelNormalizer.from_dict(self.registry["normalizer"])
 
         def read(rows: np.ndarray):
@@ -459,7 +459,7 @@ class MCDImageMixin:
         self._record_run(sdata, key, dict(
             image_key=image_key, n_samples=n_samples, steps=steps, seed=seed, observed=observed, missing=missing,
             imputed=names, variance_key_added=vkey, table_key=table_key if with_table else None,
-            table_obsm_keys=[cell_key, cell_vkey] if with_table else None, recentre=self._check_recentre(recentre, steps),
+            table_obsm_keys=[cell_key, cell_vkey] if with_table else None, recentre=self._check_recentre(recentre, steps, n_samples),
             network_evaluations_per_draw=self.network_evaluations(steps=steps), **self.sampler_settings,
         ))
         return sdata.images[key]

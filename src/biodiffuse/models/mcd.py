@@ -684,7 +684,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         adata, rows = self._query(adata, indices)
         check_adata(adata, "query")  # names are matched and values checked as the rows are read
         prepared = self._prepare_query(adata, rows, observed=observed, missing=missing)
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         return self._draw(prepared, self._sampler(steps, keep_one_step=recentre), n_samples=n_samples, seed=seed,
                           device=device, batch_size=batch_size, return_draws=return_draws, recentre=recentre)
 
@@ -817,7 +817,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
             :meth:`network_evaluations`);
             ``steps=1`` is the denoiser's estimate of the conditional mean.
         recentre
-            ``steps > 1``: shift each cell's (tile's) draws so that their mean is the mean of its
+            ``steps > 1`` and ``n_samples > 1`` (a single draw is left as drawn): shift each cell's (tile's) draws so that their mean is the mean of its
             one-step draws (the denoiser's estimate of the conditional mean). The spread and
             shape come from the ``steps``-step draws, the centre from one step: the mean of a
             few multi-step draws carries their sampling noise, the one-step mean much less
@@ -857,7 +857,7 @@ class MCD(img.MCDImageMixin, EDMSamplerMixin, BaseModel):
         >>> model.impute(query, n_samples=10, steps=5)           # obsm["MCD_imputed"], obsm["MCD_variance"]
         >>> model.impute(adt[:200].copy(), missing=["CD4_PROT", "CD19_PROT"])   # channels mode
         """
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         if self.registry["mode"] == "image":
             if indices is not None:
                 raise ValueError("indices selects cells of a table; image models impute the whole image element.")

@@ -348,7 +348,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         already computed (tune_sampler scores many schedules on the same patients); ``recentre``:
         each patient's latent draws centred on the mean of their one-step draws."""
         check_count(n_samples, "n_samples")
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         t = self._target_index(target)
         conds = self._conditions(target, conditions)
         zs, present = self._latents(mdata, rows) if encoded is None else encoded
@@ -538,7 +538,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         device
             ``"auto"`` (GPU if present) or a torch device.
         recentre
-            ``steps > 1``: shift each patient's latent draws so that their mean is the mean of
+            ``steps > 1`` and ``n_samples > 1`` (a single draw is left as drawn): shift each patient's latent draws so that their mean is the mean of
             its one-step draws (the denoiser's, or the consensus's, estimate of the conditional
             mean, less noisy than the mean of a few draws); spread and shape stay those of the
             ``steps``-step draws. No extra network evaluation: a draw's one-step draw is the
@@ -633,7 +633,7 @@ class _ModalityDiffusion(EDMSamplerMixin, BaseModel):
         chosen = rows[has_cond & (~present[:, t] if patients == "missing" else True)]
         if len(chosen) == 0:
             raise ValueError(f"No patient to synthesise {target!r} for (patients={patients!r}).")
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         res = self._sample(mdata, chosen, target=target, conditions=conditions, batch_size=batch_size,
                            n_samples=n_samples, steps=steps, seed=seed, device=device, recentre=recentre)
         new = AnnData(np.asarray(res["mean"], dtype=np.float32))

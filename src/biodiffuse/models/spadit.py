@@ -542,7 +542,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         mu = np.asarray(reg["ref_mean"])[cols]
         sd = np.asarray(reg["ref_std"])[cols]
         batch_size = self._default_batch_size if batch_size is None else batch_size
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         sampler = self._sampler(steps, keep_one_step=recentre)
         obs_names = [str(n) for n in adata.obs_names[rows]]
 
@@ -719,7 +719,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         device
             ``"auto"`` (GPU if present) or a torch device.
         recentre
-            ``steps > 1``: shift each cell's draws so that their mean is the mean of its
+            ``steps > 1`` and ``n_samples > 1`` (a single draw is left as drawn): shift each cell's draws so that their mean is the mean of its
             one-step draws (the denoiser's estimate of the conditional mean, less noisy than the
             mean of a few draws); spread and shape stay those of the ``steps``-step draws. No
             extra network evaluation: a draw's one-step draw is the first evaluation of its solve.
@@ -736,7 +736,7 @@ class SpaDiT(EDMSamplerMixin, BaseModel):
         >>> model.predict(other_panel, steps=1)                           # another section, matched by gene name
         """
         adata, rows = self._query(adata, indices)
-        recentre = self._check_recentre(recentre, steps)
+        recentre = self._check_recentre(recentre, steps, n_samples)
         key = self._key(key_added, "predicted")
         var_key = self._variance_key(key, key_added, variance_key_added, self._key(None, "variance"), n_samples=n_samples)
         self._check_free(adata.obsm, [key, var_key], "adata.obsm", overwrite)
