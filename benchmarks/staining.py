@@ -285,10 +285,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--full-steps", type=int, default=18, help="steps of the reference sampler (EDM Heun from 80)")
     p.add_argument("--seg-weight", type=float, default=1.0,
                    help="lambda of the multi-task models, L = L_stain + lambda L_seg (the model's default: 1)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["main", "seeds", "per_stain", "token", "full", "single", "baselines"],
+    p.add_argument("--skip", nargs="*", default=[], choices=["main", "seeds", "per_stain", "token", "full", "single", "multi",
+                                                              "baselines", "pix2pix"],
                    help="leave out: the seed-0 models and the baselines, the second training seed, the per-stain "
                         "models, the token model, the reference sampler and the mean of 4 draws, the single-task "
-                        "models, the L1 U-Net and Pix2Pix")
+                        "models, the multi-task (joint) models, the L1 U-Net and Pix2Pix, Pix2Pix alone")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--threads", type=int, default=2)
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def diffusion(seed: int, **kwargs) -> None:
         multi = kwargs.get("segmentation", True)
+        if multi and "multi" in args.skip:
+            return
         tag = f"{'multi' if multi else 'single'}-task s{seed}"
         model, secs = train_model(data, args, seed=seed, **kwargs)
         timings[tag] = secs
@@ -366,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         diffusion(0)
         if single:
             diffusion(0, segmentation=False)
-        for objective in () if "baselines" in args.skip else ("l1", "pix2pix"):
+        for objective in [o for o in ("l1", "pix2pix") if o not in args.skip and "baselines" not in args.skip]:
             model, secs = train_model(data, args, objective=objective, segmentation=False)
             timings[objective] = secs
             run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1, show=True)
