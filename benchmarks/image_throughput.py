@@ -24,7 +24,7 @@ CPU (the benchmarks' settings)::
 
     python benchmarks/image_throughput.py --threads 2 --out results/image_throughput_cpu
 
-GPU at the papers' tile size (256 px), in about five minutes::
+GPU at the papers' tile size (256 px; not yet run)::
 
     python benchmarks/image_throughput.py --data synthetic --tile-size 256 --crop 256 --model-channels 64 \\
         --train-steps 60 --generate 64 256 1024 --predict-sides 2 4 8 --accelerator gpu --precision bf16-mixed \\
@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from lightning.pytorch.callbacks import Callback
 
 __all__ = ["StepTimer", "PeakMemory", "main"]
 
@@ -53,13 +54,7 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _lightning_callback():
-    from lightning.pytorch.callbacks import Callback
-
-    return Callback
-
-
-class StepTimer(_lightning_callback()):
+class StepTimer(Callback):
     """Lightning callback: the seconds of every optimiser step (``on_train_batch_start`` to
     ``on_train_batch_end``, so EMA's update is in it) and of the wait for every batch but an
     epoch's first (from the previous batch's end: the loader's fetch and the device transfer;
@@ -267,7 +262,6 @@ def measure_geneflow(args) -> dict[str, Any]:
     model = bd.models.GeneFlow(sdata, model_channels=args.model_channels, channel_mult=tuple(args.gf_channel_mult),
                                dim=128, rank=16, seed=args.seed)
     params = sum(p.numel() for p in model.network.parameters())
-    rows = min(n, args.gf_cells)
     train = _train(model, n, batch, args)
     _log(f"GeneFlow: {train['train_tiles_per_s']:.1f} training tiles/s, wait share {train['wait_share']:.3f}")
     gen = []
@@ -286,7 +280,7 @@ def measure_geneflow(args) -> dict[str, Any]:
                     "working_mib": mem.peak_mib - output_mib})
         del out
         _log(f"GeneFlow: {k} tiles in {secs:.1f} s, peak {mem.peak_mib:.0f} MiB")
-    return {"model": "GeneFlow", "params": params, "tile_px": args.tile_size, "batch_size": batch, "rows": rows,
+    return {"model": "GeneFlow", "params": params, "tile_px": args.tile_size, "batch_size": batch, "rows": n,
             "evals_per_tile": args.gf_steps, **train, "generation": gen}
 
 

@@ -262,6 +262,12 @@ def mean_table(rows: list[dict]) -> str:
         for name, row in means.iterrows())
 
 
+def point_models(skip: list[str]) -> list[str]:
+    """The point baselines to train: ``"l1"`` and ``"pix2pix"``, less those ``--skip`` names
+    (``"baselines"`` leaves out both)."""
+    return [] if "baselines" in skip else [o for o in ("l1", "pix2pix") if o not in skip]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["hemit", "deepliif"], default="hemit")
@@ -369,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         diffusion(0)
         if single:
             diffusion(0, segmentation=False)
-        for objective in [o for o in ("l1", "pix2pix") if o not in args.skip and "baselines" not in args.skip]:
+        for objective in point_models(args.skip):
             model, secs = train_model(data, args, objective=objective, segmentation=False)
             timings[objective] = secs
             run({"l1": "L1 U-Net", "pix2pix": "Pix2Pix"}[objective], model, 1, show=True)

@@ -57,6 +57,7 @@ def test_tiny_run_of_both_models_writes_the_tables(tmp_path):
     assert sd["wait_s"] > 0  # 30 training crops of batch 16: two batches per epoch, so waits are timed
     assert [g["tiles"] for g in gf["generation"]] == [8, 32, 100]  # synthetic data: cells for the largest size
     assert [g["crops"] for g in sd["generation"]] == [1, 9]  # overlap 0.25: a 64-px image is 3 x 3 crops of 32
+    assert gf["rows"] == 100 and sd["rows"] == 40  # the cells / tiles the data hold
     assert gf["evals_per_tile"] == 8 and sd["evals_per_tile"] == 5
     md = (tmp_path / "t.md").read_text()
     assert "| GeneFlow | 16 |" in md and "| StainDiffuser | 64 px image | 9 | 5 |" in md

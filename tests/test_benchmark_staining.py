@@ -97,3 +97,10 @@ def test_solvers_set_the_tuning_grid_and_tune_nfe_zero_skips_tuning():
     assert model.calls[1]["candidates"] is None
     args.tune_nfe = 0
     assert staining.choose_sampler_steps(model, "x", args, tunings) == 7 and len(model.calls) == 2
+
+
+def test_skip_names_the_point_baselines_to_leave_out():
+    assert staining.point_models([]) == ["l1", "pix2pix"]
+    assert staining.point_models(["pix2pix", "seeds"]) == ["l1"]
+    assert staining.point_models(["l1"]) == ["pix2pix"]
+    assert staining.point_models(["baselines"]) == []
