@@ -61,4 +61,6 @@ def test_tiny_run_of_both_models_writes_the_tables(tmp_path):
     assert gf["evals_per_tile"] == 8 and sd["evals_per_tile"] == 5
     md = (tmp_path / "t.md").read_text()
     assert "| GeneFlow | 16 |" in md and "| StainDiffuser | 64 px image | 9 | 5 |" in md
+    for r in (gf, sd):  # the steps actually timed (whole epochs), not the --train-steps asked for
+        assert f"| {r['batch_size']} | {r['steps_timed']} | {r['train_tiles_per_s']:.1f} |" in md
     assert (tmp_path / "t.json").exists()
